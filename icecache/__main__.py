@@ -1,0 +1,5 @@
+import sys
+
+from icecache.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks run as ``icecache bench NAME``: each prints a table and writes JSON."""

@@ -1,0 +1,65 @@
+"""The budget ledger: where each attended token of a decode step came from.
+
+One ledger per selection, with counts per (batch row, KV head). The invariant
+``sink + window + selected + extra <= budget`` is checked at construction; a selector that
+breaks it raises :class:`BudgetError` instead of silently attending more.
+"""
+
+from __future__ import annotations
+
+import torch
+from attrs import field, frozen
+from torch import Tensor
+
+from icecache.core.errors import BudgetError
+
+
+def _as_counts(value: Tensor | int) -> Tensor:
+    return torch.as_tensor(value, dtype=torch.int64)
+
+
+@frozen(kw_only=True)
+class BudgetLedger:
+    """Token counts per ``[B, H_kv]``: ``sink``, ``window``, ``selected`` and ``extra``.
+
+    ``extra`` holds tokens attended outside the three named parts (a selector's outliers, say).
+    ``budget`` is the most tokens one KV head may attend. A dense step (layer kept dense, or the
+    ``full`` selector) sets ``dense=True`` and its budget is the context length.
+    """
+
+    budget: int
+    sink: Tensor = field(converter=_as_counts)
+    window: Tensor = field(converter=_as_counts)
+    selected: Tensor = field(converter=_as_counts)
+    extra: Tensor = field(converter=_as_counts, default=0)
+    dense: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        total = self.total
+        if bool((total < 1).any()):
+            raise BudgetError(f"empty selection: a KV head attends {int(total.min())} tokens")
+        worst = int(total.max())
+        if worst > self.budget:
+            where = torch.nonzero(total == worst)[0].tolist()
+            raise BudgetError(
+                f"selection attends {worst} tokens at [batch, kv_head]={where}, over the budget of "
+                f"{self.budget} (sink {int(self.sink.max())}, window {int(self.window.max())}, "
+                f"selected {int(self.selected.max())}, extra {int(self.extra.max())})"
+            )
+
+    @property
+    def total(self) -> Tensor:
+        """Tokens attended per ``[B, H_kv]``."""
+        return self.sink + self.window + self.selected + self.extra
+
+    def summary(self) -> dict[str, float | int | bool]:
+        """Means over batch rows and heads, plus the worst total: for tables and JSON."""
+        return {
+            "budget": self.budget,
+            "sink": float(self.sink.float().mean()),
+            "window": float(self.window.float().mean()),
+            "selected": float(self.selected.float().mean()),
+            "extra": float(self.extra.float().mean()),
+            "max_total": int(self.total.max()),
+            "dense": self.dense,
+        }

@@ -1,0 +1,55 @@
+"""Exceptions raised for bad user input and storage faults.
+
+Every error names the offending value. Subclasses also derive from the builtin that a caller
+would naturally catch (``ValueError``, ``LookupError``, ``OSError``).
+"""
+
+from __future__ import annotations
+
+
+class IceCacheError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(IceCacheError, ValueError):
+    """A configuration value is invalid (page size, budget, dtype, tier capacity...)."""
+
+
+class BudgetError(IceCacheError, ValueError):
+    """A selection attends more tokens than its budget allows, or the budget is unusable."""
+
+
+class TensorSpecError(IceCacheError, ValueError):
+    """A tensor has the wrong dtype, shape or device for the operation."""
+
+
+class UnknownComponentError(IceCacheError, LookupError):
+    """A component name (selector, tier, kernel...) is not registered."""
+
+    def __init__(self, kind: str, name: str, available: list[str]):
+        self.kind, self.name, self.available = kind, name, sorted(available)
+        super().__init__(
+            f"unknown {kind} {name!r}; available {kind}s: {', '.join(self.available) or '(none)'}"
+        )
+
+    def __str__(self) -> str:  # LookupError would repr() the message otherwise
+        return self.args[0]
+
+
+class PageError(IceCacheError, LookupError):
+    """A page id is out of range, freed, or not resident where it was asked for."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+class StorageError(IceCacheError, OSError):
+    """A storage tier cannot do what was asked (directory missing, unwritable...)."""
+
+
+class DiskFullError(StorageError):
+    """The disk tier ran out of space; nothing was written and other tiers are intact."""
+
+
+class ChecksumError(StorageError):
+    """A page read back from disk does not match the checksum written with it."""

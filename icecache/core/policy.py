@@ -1,0 +1,98 @@
+"""A cache policy: components composed by name, checked against the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+from attrs import field, frozen
+
+from icecache.core.config import CacheConfig
+from icecache.core.errors import ConfigError
+from icecache.core.plugins import build_registry, get_plugin_manager
+from icecache.core.registry import Registry
+
+DEFAULT_TIERS: tuple[str, ...] = ("device", "host")
+
+
+@frozen(kw_only=True)
+class CachePolicy:
+    """A named composition. Build it with :func:`compose_policy`; every name is already checked.
+
+    ``options`` holds keyword options per component kind, e.g. ``{"selector": {"reuse_cycle": 2}}``.
+    """
+
+    config: CacheConfig
+    selector: str
+    index: str | None
+    clusterer: str | None
+    tiers: tuple[str, ...]
+    kernel: str
+    options: dict[str, dict[str, Any]] = field(factory=dict)
+    registry: Registry = field(eq=False, repr=False)
+    plugin_manager: pluggy.PluginManager = field(eq=False, repr=False)
+
+    @property
+    def hook(self) -> Any:
+        """Observer hooks, e.g. ``policy.hook.icecache_selection_made(layer_idx=0, selection=s)``."""
+        return self.plugin_manager.hook
+
+    def make_selector(self, layer_idx: int) -> Any:
+        """A new selector for one layer; the first ``config.dense_layers`` layers get ``full``."""
+        name = "full" if layer_idx < self.config.dense_layers else self.selector
+        options = self.options.get("selector", {}) if name == self.selector else {}
+        return self.registry.create("selector", name, self.config, layer_idx=layer_idx, policy=self,
+                                    **options)
+
+    def make_index(self) -> Any:
+        if self.index is None:
+            raise ConfigError(f"policy with selector {self.selector!r} has no index")
+        return self.registry.create("index", self.index, self.config, **self.options.get("index", {}))
+
+    def make_clusterer(self) -> Any:
+        if self.clusterer is None:
+            raise ConfigError(f"policy with selector {self.selector!r} has no clusterer")
+        return self.registry.create("clusterer", self.clusterer, **self.options.get("clusterer", {}))
+
+    def make_tier(self, name: str) -> Any:
+        return self.registry.create("tier", name, self.config, **self.options.get(name, {}))
+
+    def make_kernels(self) -> Any:
+        return self.registry.create("kernel", self.kernel, **self.options.get("kernel", {}))
+
+    def describe(self) -> dict[str, Any]:
+        return {"selector": self.selector, "index": self.index, "clusterer": self.clusterer,
+                "tiers": list(self.tiers), "kernel": self.kernel, "budget": self.config.budget,
+                "page_size": self.config.page_size, "sink_tokens": self.config.sink_tokens,
+                "window_tokens": self.config.window_tokens, "dense_layers": self.config.dense_layers}
+
+
+def compose_policy(
+    *,
+    selector: str,
+    config: CacheConfig | None = None,
+    index: str | None = None,
+    clusterer: str | None = None,
+    tiers: tuple[str, ...] | list[str] = DEFAULT_TIERS,
+    kernel: str = "auto",
+    options: dict[str, dict[str, Any]] | None = None,
+    plugin_manager: pluggy.PluginManager | None = None,
+) -> CachePolicy:
+    """Compose a policy by component names; an unknown name raises
+    :class:`~icecache.core.errors.UnknownComponentError` listing the available ones."""
+    pm = plugin_manager or get_plugin_manager()
+    registry = build_registry(pm)
+    registry.get("selector", selector)
+    if index is not None:
+        registry.get("index", index)
+    if clusterer is not None:
+        registry.get("clusterer", clusterer)
+    tiers = tuple(tiers)
+    if not tiers:
+        raise ConfigError("tiers must name at least one storage tier, got ()")
+    for tier in tiers:
+        registry.get("tier", tier)
+    registry.get("kernel", kernel)
+    return CachePolicy(config=config or CacheConfig(), selector=selector, index=index,
+                       clusterer=clusterer, tiers=tiers, kernel=kernel, options=dict(options or {}),
+                       registry=registry, plugin_manager=pm)
