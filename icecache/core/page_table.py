@@ -108,7 +108,9 @@ class PageTable:
         indptr[1:] = torch.cumsum(counts, 0)
         last = torch.zeros(pages.shape[0], dtype=torch.int64, device=pages.device)
         # last valid entry of each row (valid entries need not be packed left)
-        pos = torch.where(valid, torch.arange(pages.shape[1], device=pages.device), -1).amax(dim=1)
+        cols = torch.arange(pages.shape[1], device=pages.device)
+        # NOTE: a padding column keeps amax defined when K == 0
+        pos = torch.nn.functional.pad(torch.where(valid, cols, -1), (0, 1), value=-1).amax(dim=1)
         has = pos >= 0
         last[has] = lens[has, pos[has]].long()
         return cls(indptr=indptr, indices=pages[valid], last_page_len=last, page_size=page_size,
