@@ -1,0 +1,73 @@
+"""The task suite: generators by name and a seeded suite builder."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from icecache.core.errors import ConfigError, UnknownComponentError
+from icecache.tasks.common_words import common_words
+from icecache.tasks.niah import (
+    niah_multikey,
+    niah_multiquery,
+    niah_multivalue,
+    niah_noise,
+    niah_single,
+    passkey,
+)
+from icecache.tasks.sample import TaskSample
+from icecache.tasks.variable_tracking import variable_tracking
+
+#: name -> generator ``(rng, tokenizer, target_tokens, *, sample_id) -> TaskSample``
+TASKS: dict[str, Callable[..., TaskSample]] = {
+    "niah_single": niah_single,
+    "niah_multikey": niah_multikey,
+    "niah_multivalue": niah_multivalue,
+    "niah_multiquery": niah_multiquery,
+    "niah_noise": niah_noise,
+    "variable_tracking": variable_tracking,
+    "common_words": common_words,
+    "passkey": passkey,
+}
+
+#: what ``icecache run`` evaluates: tasks the embedded 135M model solves with full KV at 4k tokens
+DEFAULT_SUITE: tuple[str, ...] = ("niah_single", "niah_multikey", "niah_multiquery", "niah_multivalue",
+                                  "variable_tracking", "passkey")
+
+
+def parse_task_names(spec: str | Sequence[str]) -> list[str]:
+    """``"a,b"`` or a list -> validated names; ``"all"`` means every task."""
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [n.strip() for n in spec]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"no task names given in {spec!r}")
+    if names == ["all"]:
+        return list(TASKS)
+    for name in names:
+        if name not in TASKS:
+            raise UnknownComponentError("task", name, list(TASKS))
+    return names
+
+
+def generate_task(task: str, *, n: int, context: int, tokenizer: Any, seed: int = 0) -> list[TaskSample]:
+    """``n`` samples of ``task`` whose prompts fit in ``context`` tokens, deterministic in ``seed``."""
+    if task not in TASKS:
+        raise UnknownComponentError("task", task, list(TASKS))
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"number of samples must be a positive integer, got {n!r}")
+    if not isinstance(context, int) or context < 1:
+        raise ConfigError(f"context must be a positive number of tokens, got {context!r}")
+    out = []
+    for i in range(n):
+        # NOTE: str seeds hash deterministically (sha512), unlike hash() of a tuple across runs.
+        rng = random.Random(f"{seed}:{task}:{context}:{i}")
+        out.append(TASKS[task](rng, tokenizer, context, sample_id=f"{task}-{context}-s{seed}-{i}"))
+    return out
+
+
+def generate_suite(tasks: Sequence[str], *, n: int, context: int, tokenizer: Any,
+                   seed: int = 0) -> list[TaskSample]:
+    """Samples of every task in ``tasks``, task by task."""
+    names = parse_task_names(tasks)
+    return [s for t in names for s in generate_task(t, n=n, context=context, tokenizer=tokenizer, seed=seed)]
