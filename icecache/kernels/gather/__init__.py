@@ -1,0 +1,1 @@
+"""Page gather (pool -> contiguous staging) and scatter (staging -> pool slots)."""

@@ -1,0 +1,1 @@
+"""Sparse paged decode attention: torch reference (``reference.py``) beside the Triton kernel."""
