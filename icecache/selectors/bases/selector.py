@@ -1,0 +1,265 @@
+"""``SelectorBase``: the plumbing every built-in selector shares.
+
+It keeps the keys and the positions (sinks, paged tokens, recent window; see
+:mod:`icecache.selectors.plumbing.positions`), validates inputs, computes each row's token budget
+for selected pages (``budget - sinks - window``, per KV head), assembles the :class:`Selection`
+with its exact :class:`BudgetLedger`, and calls the ``icecache_selection_made`` observer hook.
+
+A subclass writes three methods:
+
+* ``_build(keys, token_ids, queries)`` at prefill: ``token_ids`` int64 ``[B, H_kv, N]`` is the
+  position of each key that goes into pages, ``-1`` for the rest (padding, sinks, window);
+* ``_extend(keys, token_ids)`` when tokens leave the window (same meaning, ``[B, H_kv, n]``);
+* ``_choose(query, max_tokens)`` per decode step: ``query`` ``[B, H_kv, G, D]``, ``max_tokens``
+  int64 ``[B, H_kv]`` -> ``(token_ids [B, H_kv, T], page_ids [B, H_kv, K], num_tokens [B, H_kv])``,
+  the chosen paged tokens (``-1`` padded) and pages, ``num_tokens <= max_tokens``;
+
+plus the ``layout`` property.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from attrs import define, field
+from torch import Tensor
+
+from icecache.core.budget import BudgetLedger
+from icecache.core.config import CacheConfig
+from icecache.core.errors import ConfigError, IceCacheError, TensorSpecError
+from icecache.selectors.plumbing.fill import compact
+from icecache.selectors.plumbing.keybuffer import KeyBuffer
+from icecache.selectors.plumbing.positions import Positions
+from icecache.selectors.types import PageLayout, Selection
+
+
+class SelectorStateError(IceCacheError, RuntimeError):
+    """A selector method was called out of order (``select`` or ``append`` before ``prefill``)."""
+
+
+def _check_flush(instance: Any, attribute: Any, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigError(f"{attribute.name} must be a positive integer or None, got {value!r}")
+
+
+@define(kw_only=True, slots=False)
+class SelectorBase:
+    """Shared state and plumbing; see the module docstring for what a subclass writes.
+
+    ``flush_tokens``: how many tokens leave the window for pages at once (default: a page, or less
+    when the budget left after sinks and window is smaller, so the ledger never overflows).
+    ``scale``: attention scale (default ``head_dim ** -0.5``).
+    """
+
+    name: ClassVar[str] = "base"
+
+    config: CacheConfig = field()
+    layer_idx: int = 0
+    policy: Any = field(default=None, repr=False)
+    flush_tokens: int | None = field(default=None, validator=_check_flush)
+    scale: float | None = None
+
+    _keys: KeyBuffer | None = field(default=None, init=False, repr=False)
+    _pos: Positions | None = field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        c = self.config
+        if c.sink_tokens + c.window_tokens == 0 and c.budget < c.page_size:
+            # NOTE: with nothing always attended, a budget below one page could select nothing at all.
+            raise ConfigError(
+                f"budget={c.budget} is below page_size={c.page_size} with no sink or window "
+                f"tokens: a selection could be empty"
+            )
+        _ = self.effective_flush_tokens  # validates flush_tokens against the budget
+
+    # ------------------------------------------------------------------ protocol
+    def prefill(self, keys: Tensor, *, start: Tensor | None = None, queries: Tensor | None = None) -> None:
+        """Index the prompt. ``keys``: float ``[B, H_kv, N, D]`` post-RoPE; ``start``: int64 ``[B]``
+        first real position per row (left padding); ``queries``: optional float ``[B, H_q, N, D]``
+        prompt queries (used by selectors that score with them, e.g. InfLLM; others ignore it)."""
+        self._check_keys(keys, "keys")
+        B, H, N, _ = keys.shape
+        start = self._check_start(start, B, N, keys.device)
+        if queries is not None and (
+            queries.dim() != 4 or queries.shape[0] != B or queries.shape[2] != N or queries.shape[1] % H
+        ):
+            raise TensorSpecError(
+                f"queries must be [B={B}, H_q (multiple of {H}), N={N}, D], got {tuple(queries.shape)}"
+            )
+        c = self.config
+        self._keys = KeyBuffer.from_keys(keys)
+        self._pos = Positions.after_prefill(
+            start,
+            N,
+            sink_tokens=c.sink_tokens,
+            window_tokens=c.window_tokens,
+            flush_tokens=self.effective_flush_tokens,
+        )
+        ids = self._pos.paged_ids(0, N)[:, None].expand(B, H, N)  # [B, H_kv, N]
+        self._build(keys, ids, queries)
+
+    def append(self, keys: Tensor) -> None:
+        """Add keys ``[B, H_kv, n, D]`` of new positions; flush window tokens into pages when due."""
+        self._require_prefill("append")
+        self._check_keys(keys, "keys")
+        ref = self._keys.keys
+        if keys.shape[:2] != ref.shape[:2] or keys.shape[3] != ref.shape[3]:
+            raise TensorSpecError(
+                f"appended keys must be [B={ref.shape[0]}, H_kv={ref.shape[1]}, n, "
+                f"D={ref.shape[3]}], got {tuple(keys.shape)}"
+            )
+        if keys.shape[2] == 0:
+            return
+        self._keys.append(keys.to(ref.dtype))
+        lo, hi = self._pos.advance(keys.shape[2])
+        if hi > lo:
+            B, H = ref.shape[:2]
+            ids = self._pos.paged_ids(lo, hi)[:, None].expand(B, H, hi - lo)
+            self._extend(self._keys.keys[:, :, lo:hi], ids)
+
+    def select(self, query: Tensor) -> Selection:
+        """Choose what one decode position attends. ``query``: float ``[B, H_q, D]``."""
+        self._require_prefill("select")
+        q = self._group(query)
+        pos = self._pos
+        B, H = q.shape[:2]
+        sink_n, window_n = pos.sink_count(), pos.window_count()  # [B]
+        max_tokens = (self.config.budget - sink_n - window_n)[:, None].expand(B, H)
+        assert bool((max_tokens >= 0).all()), "flush size keeps sinks + window within the budget"
+        tokens, pages, count = self._choose(q, max_tokens.contiguous())
+        selection = self._assemble(tokens, pages, count, sink_n, window_n, budget=self.config.budget)
+        self._notify(selection)
+        return selection
+
+    @property
+    def layout(self) -> PageLayout:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _extend(self, keys: Tensor, token_ids: Tensor) -> None:
+        raise NotImplementedError
+
+    def _choose(self, query: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    @property
+    def keys(self) -> Tensor:
+        """All keys so far, ``[B, H_kv, n, D]``."""
+        self._require_prefill("keys")
+        return self._keys.keys
+
+    @property
+    def positions(self) -> Positions:
+        self._require_prefill("positions")
+        return self._pos
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self._pos is None else self._pos.n
+
+    @property
+    def effective_flush_tokens(self) -> int:
+        if self.flush_tokens is not None:
+            if self.flush_tokens > self.config.selected_budget + 1:
+                raise ConfigError(
+                    f"flush_tokens={self.flush_tokens} would let the window overflow the budget: at most "
+                    f"budget - sink_tokens - window_tokens + 1 = {self.config.selected_budget + 1}"
+                )
+            return self.flush_tokens
+        return max(1, min(self.config.page_size, self.config.selected_budget + 1))
+
+    def attention_scale(self, head_dim: int) -> float:
+        return self.scale if self.scale is not None else head_dim**-0.5
+
+    def resident_ids(self) -> Tensor:
+        """int64 ``[B, R]``: sink and window positions, ``-1`` padded (same for every KV head)."""
+        return torch.cat([self._pos.sink_ids(), self._pos.window_ids()], dim=1)
+
+    def resident_logits(self, query: Tensor) -> Tensor:
+        """Exact ``scale * q.k`` of the sink and window tokens: ``query`` ``[B, H_kv, G, D]`` ->
+        ``[B, H_kv, G, R]``, ``-inf`` at padding."""
+        ids = self.resident_ids()  # [B, R]
+        B, H, G, D = query.shape
+        keys = self.keys
+        idx = ids.clamp(min=0)[:, None, :, None].expand(B, H, ids.shape[1], D)
+        k = keys.gather(2, idx)  # [B, H_kv, R, D]
+        logits = torch.einsum("bhgd,bhrd->bhgr", query.to(k.dtype), k) * self.attention_scale(D)
+        return torch.where((ids >= 0)[:, None, None, :], logits, float("-inf"))
+
+    def _group(self, query: Tensor) -> Tensor:
+        if not isinstance(query, Tensor) or query.dim() != 3 or not query.is_floating_point():
+            raise TensorSpecError(
+                f"query must be a float tensor [B, H_q, D], got "
+                f"{getattr(query, 'dtype', type(query))} {tuple(getattr(query, 'shape', ()))}"
+            )
+        B, H, _, D = self._keys.keys.shape
+        if query.shape[0] != B or query.shape[2] != D or query.shape[1] % H:
+            raise TensorSpecError(
+                f"query must be [B={B}, H_q (a multiple of H_kv={H}), D={D}], got {tuple(query.shape)}"
+            )
+        return query.view(B, H, query.shape[1] // H, D)  # [B, H_kv, G, D]
+
+    def _assemble(
+        self,
+        tokens: Tensor,
+        pages: Tensor,
+        count: Tensor,
+        sink_n: Tensor,
+        window_n: Tensor,
+        *,
+        budget: int,
+        dense: bool = False,
+    ) -> Selection:
+        B, H = count.shape
+        resident = self.resident_ids()[:, None].expand(B, H, -1)  # [B, H_kv, R]
+        token_ids = compact(torch.cat([resident, tokens.to(torch.int64)], dim=2))
+        ledger = BudgetLedger(
+            budget=budget,
+            sink=sink_n[:, None].expand(B, H),
+            window=window_n[:, None].expand(B, H),
+            selected=count,
+            dense=dense,
+        )
+        return Selection(token_ids=token_ids, page_ids=pages.to(torch.int64), ledger=ledger)
+
+    def _notify(self, selection: Selection) -> None:
+        if self.policy is not None:
+            self.policy.hook.icecache_selection_made(layer_idx=self.layer_idx, selection=selection)
+
+    def _require_prefill(self, what: str) -> None:
+        if self._pos is None:
+            raise SelectorStateError(
+                f"{self.name} selector of layer {self.layer_idx}: {what}() before prefill()"
+            )
+
+    def _check_keys(self, keys: Tensor, what: str) -> None:
+        if not isinstance(keys, Tensor) or keys.dim() != 4 or not keys.is_floating_point():
+            raise TensorSpecError(
+                f"{what} must be a float tensor [B, H_kv, N, D], got "
+                f"{getattr(keys, 'dtype', type(keys))} {tuple(getattr(keys, 'shape', ()))}"
+            )
+        geo = self.config.geometry
+        if geo is not None and (keys.shape[1] != geo.num_kv_heads or keys.shape[3] != geo.head_dim):
+            raise TensorSpecError(
+                f"{what} have {keys.shape[1]} KV heads of dim {keys.shape[3]}, the config's "
+                f"geometry says {geo.num_kv_heads} of dim {geo.head_dim}"
+            )
+
+    @staticmethod
+    def _check_start(start: Tensor | None, B: int, N: int, device: torch.device) -> Tensor:
+        if start is None:
+            return torch.zeros(B, dtype=torch.int64, device=device)
+        start = torch.as_tensor(start, device=device)
+        if start.dtype not in (torch.int32, torch.int64) or start.shape != (B,):
+            raise TensorSpecError(
+                f"start must be an integer tensor [B={B}], got {start.dtype} {tuple(start.shape)}"
+            )
+        start = start.to(torch.int64)
+        if bool(((start < 0) | (start > N)).any()):
+            raise TensorSpecError(f"start values must lie in [0, N={N}], got {start.tolist()}")
+        return start

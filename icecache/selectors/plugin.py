@@ -1,0 +1,91 @@
+"""Built-in selectors, registered through the same hook as third-party plugins.
+
+Every factory has the signature ``factory(config, *, layer_idx=0, policy=None, **options)``.
+NOTE: selector modules are imported inside the factories so that building the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from icecache.core.hookspecs import hookimpl
+
+#: id(policy) -> the ReuseGroup its icecache-reuse layers share (dropped with the policy)
+_REUSE_GROUPS: dict[int, Any] = {}
+
+
+def _reuse_group(policy: Any) -> Any:
+    from icecache.selectors.policies.icecache_reuse import ReuseGroup
+
+    key = id(policy)
+    group = _REUSE_GROUPS.get(key)
+    if group is None:
+        group = _REUSE_GROUPS[key] = ReuseGroup()
+        weakref.finalize(policy, _REUSE_GROUPS.pop, key, None)
+    return group
+
+
+def _factory(module: str, cls: str):
+    def factory(config: Any, *, layer_idx: int = 0, policy: Any = None, **options: Any) -> Any:
+        import importlib
+
+        selector_cls = getattr(importlib.import_module(f"icecache.selectors.policies.{module}"), cls)
+        return selector_cls(config=config, layer_idx=layer_idx, policy=policy, **options)
+
+    factory.__name__ = f"make_{module}"
+    return factory
+
+
+def _icecache_reuse(config: Any, *, layer_idx: int = 0, policy: Any = None, **options: Any) -> Any:
+    from icecache.selectors.policies.icecache_reuse import IceCacheReuseSelector
+
+    if "shared" not in options and policy is not None:
+        options["shared"] = _reuse_group(policy)
+    return IceCacheReuseSelector(config=config, layer_idx=layer_idx, policy=policy, **options)
+
+
+#: name -> (module, class, description)
+BUILTIN_SELECTORS: dict[str, tuple[str, str, str]] = {
+    "icecache": (
+        "icecache",
+        "IceCacheSelector",
+        "semantic pages from the hierarchical page index over MIPS-transformed keys (IceCache)",
+    ),
+    "clusterkv": (
+        "clusterkv",
+        "ClusterKVSelector",
+        "flat cosine k-means clusters ranked by q.centroid (ClusterKV)",
+    ),
+    "quest": (
+        "quest",
+        "QuestSelector",
+        "pages of consecutive tokens ranked by the min/max upper bound (Quest)",
+    ),
+    "arkvale": (
+        "arkvale",
+        "ArkValeSelector",
+        "pages of consecutive tokens ranked by sphere digests q.c + r|q| (ArkVale)",
+    ),
+    "infllm": (
+        "infllm",
+        "InfLLMSelector",
+        "blocks of consecutive tokens ranked by representative keys (InfLLM)",
+    ),
+    "streamingllm": ("streamingllm", "StreamingLLMSelector", "attention sinks plus the most recent tokens"),
+    "oracle": ("oracle", "OracleSelector", "exact top-k tokens by attention weight (the ceiling)"),
+    "random": ("random_pages", "RandomSelector", "random pages of consecutive tokens (a control)"),
+    "full": ("full", "FullSelector", "dense attention over every token"),
+}
+
+
+@hookimpl
+def icecache_register_selectors(register):
+    for name, (module, cls, description) in BUILTIN_SELECTORS.items():
+        register(name, _factory(module, cls), description=description)
+    register(
+        "icecache-reuse",
+        _icecache_reuse,
+        description="IceCache(r): from layer 3, the first layer of each cycle of n layers searches, "
+        "the others reuse its pages",
+    )

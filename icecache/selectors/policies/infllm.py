@@ -1,0 +1,109 @@
+"""InfLLM: blocks of consecutive tokens, each represented by a few of its keys."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from attrs import define, field, frozen
+from attrs.validators import ge
+from torch import Tensor
+
+from icecache.core.errors import ConfigError
+from icecache.selectors.bases.page_score import PageScoreSelector
+from icecache.selectors.plumbing.layout import gather_page_keys
+
+
+@frozen(kw_only=True)
+class BlockSummaries:
+    """Per page (pages of one block share their block's entries):
+
+    * ``rep_keys``: float ``[B, H_kv, P, r, D]``, the block's representative keys;
+    * ``rep_valid``: bool ``[B, H_kv, P, r]``.
+    """
+
+    rep_keys: Tensor
+    rep_valid: Tensor
+
+
+@define(kw_only=True, slots=False)
+class InfLLMSelector(PageScoreSelector):
+    """Score blocks of ``block_size`` consecutive tokens by the mean ``q . k`` of their
+    ``representatives`` most representative keys.
+
+    Based on https://arxiv.org/abs/2402.04617 (Xiao et al., NeurIPS 2024). A token's
+    representativeness is the attention it received from the prompt queries of the next
+    ``local_window`` positions (``sum_j q_{m+j} . k_m``, GQA group averaged) when ``prefill`` is given
+    ``queries``; without them, and for tokens paged during decode, it is ``k_m . mean(block keys)``
+    (the block's most typical keys). A block spans ``block_size // page_size`` pages that share its
+    score; a block that does not fit the budget whole is taken in part (its first pages).
+    """
+
+    name: ClassVar[str] = "infllm"
+    block_size: int = field(default=128, validator=ge(1))
+    representatives: int = field(default=4, validator=ge(1))
+    local_window: int = field(default=512, validator=ge(1))
+
+    _rep: Tensor | None = field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.block_size % self.config.page_size:
+            raise ConfigError(
+                f"block_size={self.block_size} is not a multiple of page_size={self.config.page_size}"
+            )
+
+    def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
+        B, H, N, D = keys.shape
+        self._rep = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=keys.device)
+        if queries is not None:
+            qm = queries.view(B, H, -1, N, D).float().mean(2)  # [B, H_kv, N, D]
+            cs = torch.cat([qm.new_zeros(B, H, 1, D), qm.cumsum(2)], dim=2)  # [B, H_kv, N+1, D]
+            m = torch.arange(N, device=keys.device)
+            ahead = cs[:, :, (m + 1 + self.local_window).clamp(max=N)] - cs[:, :, m + 1]  # next queries' sum
+            self._rep = (ahead * keys.float()).sum(-1)
+        super()._build(keys, token_ids, queries)
+
+    def _extend(self, keys: Tensor, token_ids: Tensor) -> None:
+        grow = self.num_tokens - self._rep.shape[2]
+        if grow > 0:
+            self._rep = torch.cat(
+                [self._rep, self._rep.new_full((*self._rep.shape[:2], grow), float("nan"))], 2
+            )
+        super()._extend(keys, token_ids)
+
+    def summarize(self, keys: Tensor, pages: Tensor) -> BlockSummaries:
+        # NOTE: representatives depend on the whole block, so summaries are always rebuilt from the full
+        # layout (once per flush, O(tokens)); ``pages`` may be a subset during updates.
+        return self._block_summaries(keys, self._pages)
+
+    def _update_summaries(self, idx: Tensor, num_pages: int) -> BlockSummaries:
+        return self._block_summaries(self.keys, self._pages)
+
+    def _block_summaries(self, keys: Tensor, pages: Tensor) -> BlockSummaries:
+        B, H, P, S = pages.shape
+        D = keys.shape[-1]
+        per = self.block_size // S
+        nb = -(-P // per)
+        padded = torch.full((B, H, nb * per, S), -1, dtype=torch.int64, device=pages.device)
+        padded[:, :, :P] = pages
+        blocks = padded.view(B, H, nb, per * S)  # one block = ``per`` pages
+        k, valid = gather_page_keys(keys, blocks)  # [B, H_kv, nb, T, D]
+        tok = blocks.clamp(min=0)
+        rep = self._rep.gather(2, tok.view(B, H, -1)).view(B, H, nb, -1)  # [B, H_kv, nb, T]
+        mean = k.sum(3) / valid.sum(3, keepdim=True).clamp(min=1)  # [B, H_kv, nb, D]
+        typical = torch.einsum("bhntd,bhnd->bhnt", k.float(), mean.float())
+        rep = torch.where(torch.isnan(rep), typical, rep)
+        rep = torch.where(valid, rep, float("-inf"))
+        r = min(self.representatives, per * S)
+        top = rep.topk(r, dim=-1)
+        rep_keys = k.gather(3, top.indices[..., None].expand(B, H, nb, r, D))  # [B, H_kv, nb, r, D]
+        rep_valid = torch.isfinite(top.values)
+        rep_keys = rep_keys.repeat_interleave(per, dim=2)[:, :, :P]  # [B, H_kv, P, r, D]
+        rep_valid = rep_valid.repeat_interleave(per, dim=2)[:, :, :P]
+        return BlockSummaries(rep_keys=rep_keys, rep_valid=rep_valid)
+
+    def score(self, query: Tensor, summaries: BlockSummaries) -> Tensor:  # [B, H_kv, G, P]
+        dots = torch.einsum("bhgd,bhprd->bhgpr", query.to(summaries.rep_keys.dtype), summaries.rep_keys)
+        valid = summaries.rep_valid[:, :, None]  # [B, H_kv, 1, P, r]
+        return (dots * valid).sum(-1) / valid.sum(-1).clamp(min=1)

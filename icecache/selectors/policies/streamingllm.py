@@ -1,0 +1,27 @@
+"""StreamingLLM: attention sinks plus the most recent tokens."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from attrs import define
+from torch import Tensor
+
+from icecache.selectors.bases.token_score import TokenScoreSelector
+
+
+@define(kw_only=True, slots=False)
+class StreamingLLMSelector(TokenScoreSelector):
+    """Sinks plus a recent window as long as the budget allows; no query is looked at.
+
+    Based on https://arxiv.org/abs/2309.17453 (Xiao et al., ICLR 2024). The budget left after the
+    sinks and the configured window goes to the next most recent tokens, so the whole budget is one
+    window: this is the floor every query-aware selector must beat.
+    """
+
+    name: ClassVar[str] = "streamingllm"
+
+    def token_scores(self, query: Tensor, keys: Tensor) -> Tensor:  # [B, H_kv, N]
+        B, H, N, _ = keys.shape
+        return torch.arange(N, device=keys.device, dtype=torch.float32).expand(B, H, N)
