@@ -32,14 +32,15 @@ class ReferenceBackend:
                                ) -> tuple[Tensor, Tensor]:
         return merge_attention_states(o1, lse1, o2, lse2)
 
-    def gather_pages(self, pool: Tensor, slot_ids: Tensor, *, out: Tensor | None = None) -> Tensor:
-        slot_ids = checks.check_slots(pool, slot_ids)
+    def gather_pages(self, pool: Tensor, slot_ids: Tensor, *, out: Tensor | None = None,
+                     check: bool = True) -> Tensor:
+        slot_ids = checks.check_slots(pool, slot_ids, check_range=check)
         if out is not None:
             checks.check_page_buffer(pool, out, slot_ids.numel(), "out")
         return gather_ref.gather_pages(pool, slot_ids, out)
 
-    def scatter_pages(self, pool: Tensor, slot_ids: Tensor, src: Tensor) -> None:
-        slot_ids = checks.check_slots(pool, slot_ids)
+    def scatter_pages(self, pool: Tensor, slot_ids: Tensor, src: Tensor, *, check: bool = True) -> None:
+        slot_ids = checks.check_slots(pool, slot_ids, check_range=check)
         checks.check_page_buffer(pool, src, slot_ids.numel(), "src")
         gather_ref.scatter_pages(pool, slot_ids, src)
 
@@ -93,21 +94,22 @@ class TritonBackend(ReferenceBackend):
         return attn_triton.paged_decode_attention(query, k_pool, v_pool, table, scale=scale,
                                                   max_pages_per_row=max_pages_per_row)
 
-    def gather_pages(self, pool: Tensor, slot_ids: Tensor, *, out: Tensor | None = None) -> Tensor:
+    def gather_pages(self, pool: Tensor, slot_ids: Tensor, *, out: Tensor | None = None,
+                     check: bool = True) -> Tensor:
         self._require_device(pool, "pool")
-        slot_ids = checks.check_slots(pool, slot_ids)
+        slot_ids = checks.check_slots(pool, slot_ids, check_range=check)
         if out is not None:
             checks.check_page_buffer(pool, out, slot_ids.numel(), "out")
         from icecache.kernels.gather import triton as gather_triton
 
         return gather_triton.gather_pages(pool, slot_ids, out)
 
-    def scatter_pages(self, pool: Tensor, slot_ids: Tensor, src: Tensor) -> None:
+    def scatter_pages(self, pool: Tensor, slot_ids: Tensor, src: Tensor, *, check: bool = True) -> None:
         self._require_device(pool, "pool")
         if not pool.is_contiguous():
             raise TensorSpecError(
                 f"triton scatter_pages needs a contiguous pool, got strides {pool.stride()}")
-        slot_ids = checks.check_slots(pool, slot_ids)
+        slot_ids = checks.check_slots(pool, slot_ids, check_range=check)
         checks.check_page_buffer(pool, src, slot_ids.numel(), "src")
         from icecache.kernels.gather import triton as gather_triton
 

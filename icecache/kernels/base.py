@@ -61,11 +61,13 @@ class KernelBackend(Protocol):
                                ) -> tuple[Tensor, Tensor]:
         """Combine attention over two disjoint key sets: ``o`` ``[..., D]``, ``lse`` ``[...]`` float32."""
 
-    def gather_pages(self, pool: Tensor, slot_ids: Tensor, *, out: Tensor | None = None) -> Tensor:
+    def gather_pages(self, pool: Tensor, slot_ids: Tensor, *, out: Tensor | None = None,
+                     check: bool = True) -> Tensor:
         """``out[i] = pool[slot_ids[i]]``. ``pool`` ``[num_slots, *page]``, ``slot_ids`` int ``[n]``,
-        ``out`` ``[n, *page]`` (allocated when ``None``; e.g. a staging buffer)."""
+        ``out`` ``[n, *page]`` (allocated when ``None``; e.g. a staging buffer). ``check=False`` skips
+        the id range check (a device sync)."""
 
-    def scatter_pages(self, pool: Tensor, slot_ids: Tensor, src: Tensor) -> None:
+    def scatter_pages(self, pool: Tensor, slot_ids: Tensor, src: Tensor, *, check: bool = True) -> None:
         """In place: ``pool[slot_ids[i]] = src[i]``; ``slot_ids`` must be distinct."""
 
     def score_pages(

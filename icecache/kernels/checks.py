@@ -45,14 +45,16 @@ def check_paged_attention(query: Tensor, k_pool: Tensor, v_pool: Tensor, table: 
     return B, H_kv, H_q // H_kv, float(scale)
 
 
-def check_slots(pool: Tensor, slot_ids: Tensor, name: str = "slot_ids") -> Tensor:
-    """Validate page ids into ``pool``; returns them as int64 on the pool's device."""
+def check_slots(pool: Tensor, slot_ids: Tensor, name: str = "slot_ids", *,
+                check_range: bool = True) -> Tensor:
+    """Validate page ids into ``pool``; returns them as int64 on the pool's device. The range check
+    costs a device sync; ``check_range=False`` skips it (the caller vouches for the ids)."""
     if slot_ids.dim() != 1 or slot_ids.dtype not in (torch.int32, torch.int64):
         raise TensorSpecError(f"{name} must be a 1-D integer tensor, got {slot_ids.dtype} "
                               f"{tuple(slot_ids.shape)}")
     if pool.dim() < 1:
         raise TensorSpecError(f"pool must have a leading slot dim, got shape {tuple(pool.shape)}")
-    if slot_ids.numel():
+    if check_range and slot_ids.numel():
         lo, hi = int(slot_ids.min()), int(slot_ids.max())
         if lo < 0 or hi >= pool.shape[0]:
             raise TensorSpecError(f"{name} out of range [0, {pool.shape[0]}): min {lo}, max {hi}")

@@ -107,21 +107,23 @@ def random_problem(*, batch: int, kv_heads: int, group: int, head_dim: int, page
     """A large random problem built on ``device`` without per-page loops (for GPU checks/benchmarks):
     every row lists ``pages_per_row`` distinct random slots; with ``partial`` each page holds a random
     number of valid slots in ``[1, page_size]``."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     R = batch * kv_heads
     nnz = R * pages_per_row
     if nnz > num_slots:
         raise ValueError(f"num_slots={num_slots} is smaller than the {nnz} pages listed")
-    query = torch.randn(batch, kv_heads * group, head_dim, generator=g).to(device=device, dtype=dtype)
-    k_pool = torch.randn(num_slots, page_size, head_dim, generator=g).to(device=device, dtype=dtype)
-    v_pool = torch.randn(num_slots, page_size, head_dim, generator=g).to(device=device, dtype=dtype)
-    indices = torch.randperm(num_slots, generator=g)[:nnz].to(torch.int32)
+    # NOTE: generated on the target device: GPU benchmarks build multi-GB pools in milliseconds.
+    query = torch.randn(batch, kv_heads * group, head_dim, generator=g, device=device).to(dtype)
+    k_pool = torch.randn(num_slots, page_size, head_dim, generator=g, device=device).to(dtype)
+    v_pool = torch.randn(num_slots, page_size, head_dim, generator=g, device=device).to(dtype)
+    indices = torch.randperm(num_slots, generator=g, device=device)[:nnz].to(torch.int32)
     if partial:
-        lens = torch.randint(1, page_size + 1, (nnz,), generator=g, dtype=torch.int32)
+        lens = torch.randint(1, page_size + 1, (nnz,), generator=g, dtype=torch.int32, device=device)
     else:
-        lens = torch.full((nnz,), page_size, dtype=torch.int32)
-    indptr = torch.arange(0, nnz + 1, pages_per_row, dtype=torch.int32)
-    table = PageTable(indptr=indptr.to(device), indices=indices.to(device),
-                      last_page_len=lens.reshape(R, pages_per_row)[:, -1].contiguous().to(device),
-                      page_size=page_size, page_lens=lens.to(device))
+        lens = torch.full((nnz,), page_size, dtype=torch.int32, device=device)
+    indptr = torch.arange(0, nnz + 1, pages_per_row, dtype=torch.int32, device=device)
+    table = PageTable(indptr=indptr, indices=indices,
+                      last_page_len=lens.reshape(R, pages_per_row)[:, -1].contiguous(),
+                      page_size=page_size, page_lens=lens)
     return PagedProblem(query=query, k_pool=k_pool, v_pool=v_pool, table=table)
