@@ -1,0 +1,6 @@
+"""Storage tiers (device / host / disk), the page pool and the tiered store that moves pages in bulk.
+
+Entry points: :class:`icecache.storage.store.TieredStore` (``build``, ``from_policy``),
+:class:`icecache.storage.pool.PagePool`, the :class:`icecache.storage.base.Tier` protocol.
+See ``docs/storage.md``.
+"""

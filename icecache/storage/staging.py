@@ -1,0 +1,65 @@
+"""Staging buffers for bulk moves: one contiguous (pinned on CUDA) buffer, one copy to the device.
+
+The buffers are kept and grown, never allocated per move. On CUDA the host->device copy is
+``non_blocking`` from pinned memory; a CUDA event recorded after it guards the host buffer, so the
+next move waits only if it would overwrite bytes still in flight. Work queued on the current stream
+after a move (attention kernels) sees the moved pages without a host synchronization.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from attrs import define, field
+from torch import Tensor
+
+from icecache.storage.layout import PageSpec, contiguous_run
+
+
+@define(eq=False)
+class Stager:
+    """Staging for moves into a tier on ``device``."""
+
+    spec: PageSpec
+    device: torch.device = field(converter=torch.device)
+    _host: Tensor | None = field(init=False, default=None)  # [cap, 2, S, D], pinned on CUDA
+    _dev: Tensor | None = field(init=False, default=None)  # [cap, 2, S, D] on the device
+    _event: Any = field(init=False, default=None)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def host_buffer(self, n: int) -> Tensor:
+        """A contiguous ``[n, 2, S, D]`` CPU buffer (pinned on CUDA), safe to overwrite now."""
+        if self._event is not None:
+            self._event.synchronize()  # the previous copy out of the buffer has finished
+            self._event = None
+        if self._host is None or self._host.shape[0] < n:
+            cap = max(n, 2 * (0 if self._host is None else self._host.shape[0]), 64)
+            self._host = self.spec.empty(cap, pin_memory=self.cuda)
+        return self._host[:n]
+
+    def upload(self, staged: Tensor, tier: Any, slots: Tensor) -> int:
+        """Copy ``staged`` ``[n, 2, S, D]`` (from :meth:`host_buffer`) into ``slots`` of ``tier``: one
+        copy (straight into the slots when they are one run, else into device staging and then one
+        scatter, ``index_copy_``). Returns the number of host->device copies (1)."""
+        if not self.cuda:
+            tier.write(slots, staged)
+            return 1
+        n = staged.shape[0]
+        start = contiguous_run(slots)
+        target = tier.view(start, start + n) if start is not None else None
+        if target is not None:
+            target.copy_(staged, non_blocking=True)
+        else:
+            if self._dev is None or self._dev.shape[0] < n:
+                cap = max(n, 2 * (0 if self._dev is None else self._dev.shape[0]), 64)
+                self._dev = self.spec.empty(cap, device=self.device)
+            dev = self._dev[:n]
+            dev.copy_(staged, non_blocking=True)
+            tier.write(slots, dev)
+        self._event = torch.cuda.Event()
+        self._event.record()
+        return 1

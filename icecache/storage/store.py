@@ -1,0 +1,426 @@
+"""A stack of tiers composed by name: writes go to backing tiers, loads bring pages to the device.
+
+With tiers ``(t0, t1, ..., tk)`` (default ``("device", "host", "disk")``):
+
+* ``t0`` is the **cache** that attention reads: it holds *copies* of pages, bounded, evicted LRU.
+  Evicting from it drops a copy (no bytes move).
+* ``t1..tk`` are the **backing** tiers: each written page lives in exactly one of them. New pages go
+  to ``t1``; when it is full its least recently used pages spill to ``t2`` and so on (host -> disk).
+  When the last one is full, the write fails with :class:`StorageError` and nothing changes.
+* A single-tier stack (e.g. ``("device",)``) keeps every page in that tier; ``load`` just pins/touches.
+
+Every move is bulk: gathers are one ``index_select`` per source tier into one contiguous staging
+buffer (pinned on CUDA), one copy to the device, one ``index_copy_`` scatter; when the device slots
+are one contiguous run the pages go straight into them. No loop runs per page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pluggy
+import torch
+from attrs import frozen
+from torch import Tensor
+
+from icecache.core.config import CacheConfig
+from icecache.core.errors import ConfigError, PageError, StorageError
+from icecache.core.page_table import PageTable
+from icecache.storage.base import Tier
+from icecache.storage.layout import as_page_ids, contiguous_run
+from icecache.storage.pool import PagePool
+from icecache.storage.staging import Stager
+from icecache.storage.stats import MOVE_KINDS, MoveCounter, MoveRecord, StoreStats
+
+DEFAULT_STACK: tuple[str, ...] = ("device", "host", "disk")
+
+
+@frozen
+class DevicePool:
+    """The cache tier's memory: ``kv`` ``[num_slots, 2, S, D]``, ``k`` and ``v`` ``[num_slots, S, D]``
+    views of it (page stride ``2 * S * D``). Index them with slots from :meth:`TieredStore.load`."""
+
+    kv: Tensor
+    k: Tensor
+    v: Tensor
+
+
+class TieredStore:
+    """Pages of K/V in an ordered stack of tiers. Build with :meth:`build` or :meth:`from_policy`.
+
+    ``hook`` (a pluggy hook relay, e.g. ``policy.hook``) receives ``icecache_pages_loaded`` and
+    ``icecache_pages_evicted``.
+    """
+
+    def __init__(self, tiers: Sequence[Tier], *, hook: Any = None, max_pages: int | None = None):
+        tiers = tuple(tiers)
+        if not tiers:
+            raise ConfigError("a store needs at least one tier, got ()")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tier names must be distinct, got {names}")
+        specs = {t.spec for t in tiers}
+        if len(specs) != 1:
+            raise ConfigError(f"tiers disagree on the page layout: {sorted(map(repr, specs))}")
+        self.tiers = tiers
+        self.spec = tiers[0].spec
+        self.cache: Tier | None = tiers[0] if len(tiers) > 1 else None
+        self.backing: tuple[Tier, ...] = tiers[1:] or tiers
+        self.pool = PagePool(capacity=max_pages)
+        self.hook = hook
+        self._stager = Stager(self.spec, self.tiers[0].device)
+        self._moves = {k: MoveCounter() for k in MOVE_KINDS}
+        self._last: dict[str, MoveRecord] = {}
+
+    # ----- construction --------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: CacheConfig, tiers: Sequence[str] = DEFAULT_STACK, *, head_dim: int | None = None,
+              options: dict[str, dict[str, Any]] | None = None,
+              plugin_manager: pluggy.PluginManager | None = None, max_pages: int | None = None
+              ) -> TieredStore:
+        """Create tiers by registered name (``factory(config, **options[name])``) with capacities from
+        ``config.tiers``; ``head_dim`` overrides ``config.geometry.head_dim``."""
+        from icecache.core.plugins import build_registry, get_plugin_manager
+
+        pm = plugin_manager or get_plugin_manager()
+        registry = build_registry(pm)
+        options = options or {}
+        extra = {} if head_dim is None else {"head_dim": head_dim}
+        made: list[Tier] = []
+        try:
+            for name in tiers:
+                made.append(registry.create("tier", name, config, **{**extra, **options.get(name, {})}))
+            return cls(made, hook=pm.hook, max_pages=max_pages)
+        except BaseException:
+            for tier in made:
+                tier.close()
+            raise
+
+    @classmethod
+    def from_policy(cls, policy: Any, *, head_dim: int | None = None, max_pages: int | None = None
+                    ) -> TieredStore:
+        """The tiers of a :class:`~icecache.core.policy.CachePolicy` (``policy.tiers``), with its
+        observer hooks."""
+        made: list[Tier] = []
+        try:
+            for name in policy.tiers:
+                if head_dim is None:
+                    made.append(policy.make_tier(name))
+                else:
+                    made.append(policy.registry.create("tier", name, policy.config, head_dim=head_dim,
+                                                       **policy.options.get(name, {})))
+            return cls(made, hook=policy.hook, max_pages=max_pages)
+        except BaseException:
+            for tier in made:
+                tier.close()
+            raise
+
+    # ----- page ids --------------------------------------------------------------------------------
+    def allocate(self, n: int, *, seq: int | Tensor = 0, layer: int | Tensor = 0,
+                 head: int | Tensor = 0) -> Tensor:
+        """``n`` page ids, int64 ``[n]``, owned by ``(seq, layer, head)`` (ints or int tensors ``[n]``)."""
+        return self.pool.allocate(n, seq=seq, layer=layer, head=head)
+
+    def free(self, page_ids: Tensor) -> None:
+        """Drop pages from every tier and return their ids. :class:`PageError` names a bad id or a page
+        in flight (pinned); nothing is freed then."""
+        ids = self.pool.check(page_ids)
+        found = []
+        for tier in self.tiers:
+            held = ids[tier.slot_of(ids) >= 0]
+            busy = torch.isin(held, tier.in_flight())
+            if bool(busy.any()):
+                raise PageError(f"page {int(held[busy][0])} is in flight in tier {tier.name!r}; release it "
+                                "before freeing")
+            found.append(held)
+        for tier, held in zip(self.tiers, found, strict=True):
+            if held.numel():
+                tier.free(held)
+        self.pool.free(ids)
+
+    # ----- moves -----------------------------------------------------------------------------------
+    def write_pages(self, page_ids: Tensor, k: Tensor, v: Tensor, lens: Tensor | None = None) -> None:
+        """Offload (store) pages: ``k``, ``v`` ``[n, S, D]`` in the store dtype, on the CPU or the cache
+        device; ``lens`` int ``[n]`` valid slots per page (default ``S``). New pages go to the first
+        backing tier (spilling its LRU pages down when full); a page written before is rewritten
+        where it lives, and in the device tier too if it holds a copy.
+
+        Raises :class:`TensorSpecError` (bad tensors), :class:`PageError` (bad ids),
+        :class:`StorageError` (no room) or :class:`DiskFullError`, with nothing changed."""
+        ids = self.pool.check(page_ids)
+        n = ids.numel()
+        self.spec.check_kv(k, v, n, (torch.device("cpu"), self.tiers[0].device))
+        lens = self.spec.check_lens(lens, n)
+        if n == 0:
+            return
+        records = torch.stack([k, v], dim=1)  # [n, 2, S, D] on the caller's device
+        cpu_records = records.to("cpu")
+        loc = self._locate(ids)
+        new = loc < 0
+        if bool(new.any()):
+            self._place(0, ids[new], cpu_records[new])  # may raise: nothing changed yet
+        for i, tier in enumerate(self.backing):
+            here = loc == i
+            if bool(here.any()):
+                self._store_into(tier, ids[here], cpu_records[here], kind="write")
+        if self.cache is not None:
+            cached = self.cache.lookup(ids)
+            if bool(cached.any()):
+                self._writethrough(ids[cached], records[cached])
+        self.pool.set_lens(ids, lens)
+
+    def load(self, page_ids: Tensor, *, pin: bool = False) -> Tensor:
+        """Make pages resident in the device tier; returns their device slots, int64 ``[n]`` (CPU), in
+        the order of ``page_ids`` (repeats allowed). Missing pages are gathered from their backing
+        tiers into one staging buffer, copied to the device once and scattered into free slots
+        (least recently used unpinned pages are evicted to make room). ``pin=True`` keeps the pages
+        from eviction until :meth:`release`. On CUDA the copy is asynchronous on the current stream."""
+        ids_all = as_page_ids(page_ids, unique=False)
+        ids, inverse = torch.unique(ids_all, return_inverse=True)
+        self.pool.check(ids)
+        unwritten = self.pool.lens(ids) == 0
+        if bool(unwritten.any()):
+            raise PageError(f"page {int(ids[unwritten][0])} has no data (never written)")
+        if self.cache is None:
+            tier = self.backing[0]
+            slots = tier.prepare_load(ids)
+            tier.touch(ids)
+            if not pin:
+                tier.complete_load(ids)
+            return slots[inverse]
+        cache = self.cache
+        resident = cache.lookup(ids)
+        held = ids[resident]
+        cache.prepare_load(held)  # NOTE: pinned so that making room for the others cannot evict them
+        try:
+            missing = ids[~resident]
+            if missing.numel():
+                self._bring_in(missing)
+        finally:
+            cache.complete_load(held)
+        if pin:
+            cache.prepare_load(ids)
+        cache.touch(ids)
+        return cache.slot_of(ids)[inverse]
+
+    def release(self, page_ids: Tensor) -> None:
+        """Unpin pages pinned by ``load(..., pin=True)`` (once per pin)."""
+        tier = self.cache if self.cache is not None else self.backing[0]
+        tier.complete_load(as_page_ids(page_ids))
+
+    def evict(self, page_ids: Tensor) -> None:
+        """Drop the device tier's copies of ``page_ids`` (those it holds). :class:`PageError` for a pinned
+        page. The backing copy stays."""
+        if self.cache is None:
+            return
+        ids = self.pool.check(page_ids)
+        held = ids[self.cache.lookup(ids)]
+        if held.numel():
+            self.cache.free(held)
+            self._evicted(self.cache, held)
+
+    def read_pages(self, page_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(k, v, lens)`` of written pages from their backing tiers: ``[n, S, D]`` each on the CPU and
+        int32 ``[n]`` (verifies disk checksums)."""
+        ids = self.pool.check(page_ids)
+        lens = self.pool.lens(ids)
+        unwritten = lens == 0
+        if bool(unwritten.any()):
+            raise PageError(f"page {int(ids[unwritten][0])} has no data (never written)")
+        loc = self._locate(ids)
+        order = torch.argsort(loc, stable=True)
+        out = self.spec.empty(ids.numel())
+        a = 0
+        for i, tier in enumerate(self.backing):
+            sub = ids[order][loc[order] == i]
+            if sub.numel():
+                slots = tier.prepare_load(sub)
+                try:
+                    tier.read(slots, out=out[a:a + sub.numel()])
+                finally:
+                    tier.complete_load(sub)
+                a += sub.numel()
+        records = torch.empty_like(out)
+        records[order] = out
+        return records[:, 0].contiguous(), records[:, 1].contiguous(), lens
+
+    def page_table(self, pages: Tensor, *, pin: bool = False) -> PageTable:
+        """Load the pages of padded lists ``pages`` int ``[R, K]`` (``-1`` padding) and return a
+        :class:`PageTable` over device slots (``page_lens`` from the written lengths), on the device."""
+        pages = torch.as_tensor(pages).to("cpu", torch.int64)
+        valid = pages >= 0
+        uniq = torch.unique(pages[valid])
+        slots = self.load(uniq, pin=pin)
+        if uniq.numel():
+            pos = torch.searchsorted(uniq, pages.clamp_min(0)).clamp_max(uniq.numel() - 1)  # [R, K]
+            slot_lists = torch.where(valid, slots[pos], -1)
+            lens = torch.where(valid, self.pool.lens(uniq).long()[pos], 0)
+        else:
+            slot_lists, lens = torch.full_like(pages, -1), torch.zeros_like(pages)
+        table = PageTable.from_page_lists(slot_lists, lens, self.spec.page_size)
+        dev = self.tiers[0].device
+        return PageTable(indptr=table.indptr.to(dev), indices=table.indices.to(dev),
+                         last_page_len=table.last_page_len.to(dev), page_size=table.page_size,
+                         page_lens=None if table.page_lens is None else table.page_lens.to(dev))
+
+    # ----- views and stats -------------------------------------------------------------------------
+    @property
+    def device_pool(self) -> DevicePool:
+        """K/V memory of the first tier (a bounded device tier never reallocates it)."""
+        kv = self.tiers[0].data
+        return DevicePool(kv=kv, k=kv[:, 0], v=kv[:, 1])
+
+    def where(self, page_ids: Tensor) -> list[str | None]:
+        """Name of the backing tier holding each page (``None``: not written)."""
+        loc = self._locate(self.pool.check(page_ids))
+        return [None if i < 0 else self.backing[i].name for i in loc.tolist()]
+
+    def stats(self) -> StoreStats:
+        return StoreStats(tiers=tuple(t.stats() for t in self.tiers),
+                          moves={k: {"calls": c.calls, "pages": c.pages, "nbytes": c.nbytes,
+                                     "copies": c.copies} for k, c in self._moves.items()},
+                          last=dict(self._last))
+
+    def close(self) -> None:
+        for tier in self.tiers:
+            tier.close()
+
+    def __enter__(self) -> TieredStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- internals -------------------------------------------------------------------------------
+    def _locate(self, ids: Tensor) -> Tensor:
+        """Index into ``backing`` of the tier holding each page, ``-1`` for none, int64 ``[n]``."""
+        loc = torch.full_like(ids, -1)
+        for i, tier in enumerate(self.backing):  # a loop over tiers, not pages
+            loc[tier.lookup(ids)] = i
+        return loc
+
+    def _place(self, level: int, ids: Tensor, records: Tensor) -> None:
+        """Store new pages in ``backing[level]``, spilling its LRU pages (and the oldest of the new ones
+        when even eviction leaves too little room) to the next level first. Atomic: a failure below
+        leaves this level unchanged."""
+        tier = self.backing[level]
+        n = ids.numel()
+        free = tier.free_slots
+        if free is None or n <= free:
+            self._store_into(tier, ids, records, kind="write" if level == 0 else "spill")
+            return
+        if level == len(self.backing) - 1:
+            raise StorageError(
+                f"tier {tier.name!r} is full: {n} pages do not fit in its {free} free slots "
+                f"(capacity {tier.capacity}) and no tier below takes them"
+            )
+        keep = min(n, free + tier.evictable())
+        direct = n - keep  # the oldest new pages go straight down
+        victims = tier.victims(keep - free)
+        slots = tier.prepare_load(victims)
+        try:
+            victim_records = tier.read(slots)
+            self._place(level + 1, torch.cat([victims, ids[:direct]]),
+                        torch.cat([victim_records, records[:direct]]))
+        finally:
+            tier.complete_load(victims)
+        if victims.numel():
+            tier.free(victims)
+            self._evicted(tier, victims)
+        if keep:
+            self._store_into(tier, ids[direct:], records[direct:], kind="write" if level == 0 else "spill")
+
+    def _store_into(self, tier: Tier, ids: Tensor, records: Tensor, *, kind: str) -> None:
+        slots = tier.prepare_store(ids)
+        try:
+            tier.write(slots, records)
+        except BaseException:
+            tier.complete_store(ids, success=False)
+            raise
+        tier.complete_store(ids)
+        self._moved(MoveRecord(kind=kind, tier=tier.name, pages=ids.numel(),
+                               nbytes=ids.numel() * self.spec.page_nbytes, copies=1), ids)
+
+    def _writethrough(self, ids: Tensor, records: Tensor) -> None:
+        cache = self.cache
+        assert cache is not None
+        slots = cache.prepare_store(ids)
+        try:
+            cache.write(slots, records.to(cache.device))
+        except BaseException:
+            cache.complete_store(ids, success=False)
+            raise
+        cache.complete_store(ids)
+        self._moved(MoveRecord(kind="writethrough", tier=cache.name, pages=ids.numel(),
+                               nbytes=ids.numel() * self.spec.page_nbytes, copies=1), ids)
+
+    def _bring_in(self, missing: Tensor) -> None:
+        """Gather ``missing`` pages from their backing tiers and put them in free device slots."""
+        cache = self.cache
+        assert cache is not None
+        m = missing.numel()
+        free = cache.free_slots
+        if free is not None and m > free:
+            if m > free + cache.evictable():
+                raise StorageError(
+                    f"cannot load {m} pages into tier {cache.name!r}: {free} free slots and "
+                    f"{cache.evictable()} evictable pages (capacity {cache.capacity}; pinned and "
+                    "requested pages are not evicted)"
+                )
+            self._evicted(cache, cache.evict(m - free))
+        loc = self._locate(missing)
+        assert bool((loc >= 0).all()), "a written page is in no backing tier"
+        order = torch.argsort(loc, stable=True)
+        missing, loc = missing[order], loc[order]  # grouped by source tier
+        slots = cache.prepare_store(missing)
+        try:
+            record = self._fill(missing, loc, slots)
+        except BaseException:
+            cache.complete_store(missing, success=False)
+            raise
+        cache.complete_store(missing)
+        self._moved(record, missing)
+
+    def _fill(self, ids: Tensor, loc: Tensor, slots: Tensor) -> MoveRecord:
+        cache = self.cache
+        assert cache is not None
+        m = ids.numel()
+        start = contiguous_run(slots)
+        target = cache.view(start, start + m) if start is not None and cache.device.type == "cpu" else None
+        # NOTE: a CPU device tier takes the gather straight into its slots (one pass over the bytes);
+        # otherwise the pages meet in one staging buffer, pinned on CUDA.
+        staged = target if target is not None else self._stager.host_buffer(m)
+        sources: dict[str, int] = {}
+        a = 0
+        for i, tier in enumerate(self.backing):  # one gather per source tier
+            count = int((loc == i).sum())
+            if not count:
+                continue
+            sub = ids[a:a + count]
+            tier_slots = tier.prepare_load(sub)
+            try:
+                tier.read(tier_slots, out=staged[a:a + count])
+            finally:
+                tier.complete_load(sub)
+            tier.touch(sub)
+            sources[tier.name] = count
+            a += count
+        copies = 1 if target is not None else self._stager.upload(staged, cache, slots)
+        return MoveRecord(kind="load", tier=cache.name, pages=m, nbytes=m * self.spec.page_nbytes,
+                          copies=copies, sources=sources, direct=target is not None)
+
+    def _moved(self, record: MoveRecord, ids: Tensor) -> None:
+        self._moves[record.kind].add(record)
+        self._last[record.kind] = record
+        if self.hook is not None:
+            self.hook.icecache_pages_loaded(tier=record.tier, page_ids=ids, nbytes=record.nbytes,
+                                            copies=record.copies)
+
+    def _evicted(self, tier: Tier, ids: Tensor) -> None:
+        if not ids.numel():
+            return
+        self._moves["evict"].add(MoveRecord(kind="evict", tier=tier.name, pages=ids.numel(), nbytes=0,
+                                            copies=0))
+        if self.hook is not None:
+            self.hook.icecache_pages_evicted(tier=tier.name, page_ids=ids)
