@@ -20,8 +20,8 @@ def assert_close(actual: Tensor, expected: Tensor, *, rtol: float | None = None,
     precision dtype of the two; reports the worst element and the relative norm error."""
     if actual.shape != expected.shape:
         raise AssertionError(f"{msg} shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
-    dtype = actual.dtype if TOLERANCES.get(actual.dtype, (0, 0))[0] >= TOLERANCES.get(expected.dtype, (0, 0))[0] \
-        else expected.dtype
+    loose = TOLERANCES.get(actual.dtype, (0, 0))[0] >= TOLERANCES.get(expected.dtype, (0, 0))[0]
+    dtype = actual.dtype if loose else expected.dtype
     d_rtol, d_atol = TOLERANCES.get(dtype, (1e-4, 1e-5))
     rtol = d_rtol if rtol is None else rtol
     atol = d_atol if atol is None else atol
