@@ -1,7 +1,7 @@
 """An example icecache plugin, installed as its own package with an ``icecache`` entry point.
 
-It adds one observer (``SelectionStats``, counting pages and tokens per step). A selector is
-added in :mod:`icecache_example_plugin.selector`.
+It adds one component (the ``recency-quest`` selector, :mod:`icecache_example_plugin.selector`) and
+one observer (``icecache_selection_made``, counting steps and attended tokens per layer).
 """
 
 from __future__ import annotations
@@ -10,6 +10,14 @@ from icecache.core.hookspecs import hookimpl
 
 #: per-layer counts, filled by the observer hook; a test or a user reads it after a run
 SELECTION_STATS: dict[int, dict[str, float]] = {}
+
+
+@hookimpl
+def icecache_register_selectors(register):
+    from icecache_example_plugin.selector import make_recency_quest
+
+    register("recency-quest", make_recency_quest,
+             description="Quest's page bound plus a recency bonus (example plugin)")
 
 
 @hookimpl
