@@ -45,13 +45,15 @@ class TokenScoreSelector(SelectorBase):
 
     def _choose(self, query: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         keys = self.keys
+        paged = self.positions.paged_mask()[:, None]  # [B, 1, N]
         scores = self.token_scores(query, keys)
         if scores.dim() == 4:
+            # NOTE: sinks and window join each head's normalizer once, through their exact logits.
+            scores = torch.where(paged[:, :, None], scores, float("-inf"))
             resident = self.resident_logits(query) if self.merge == "mass" else None
             scores = merge_heads(
                 scores, self.merge, scale=self.attention_scale(query.shape[-1]), resident_logits=resident
             )
-        paged = self.positions.paged_mask()[:, None]  # [B, 1, N]
         scores = torch.where(paged, scores.float(), float("-inf"))
         tokens, count = topk_tokens(scores, max_tokens)
         B, H = max_tokens.shape
