@@ -16,7 +16,7 @@ _REDUCE = {"max": 0, "sum": 1, "none": 2}
 def _score_pages_kernel(
     q_ptr, a_ptr, b_ptr, mask_ptr, out_ptr, P,
     G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-    BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, REDUCE: tl.constexpr,
+    BOUNDS: tl.constexpr, HAS_MASK: tl.constexpr, REDUCE: tl.constexpr, IEEE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # flattened (leading..., KV head)
     pb = tl.program_id(1)
@@ -27,16 +27,20 @@ def _score_pages_kernel(
     p_mask = offs_p < P
     d_mask = offs_d < D
     q = tl.load(q_ptr + (row * G + offs_g)[:, None] * D + offs_d[None, :],
-                mask=g_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)  # [BLOCK_G, BLOCK_D]
+                mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_G, BLOCK_D]
     s_off = (row * P + offs_p)[:, None] * D + offs_d[None, :]
     s_mask = p_mask[:, None] & d_mask[None, :]
-    a = tl.load(a_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)  # [BLOCK_P, BLOCK_D]
-    prod_a = q[:, None, :] * a[None, :, :]  # [BLOCK_G, BLOCK_P, BLOCK_D]
+    a = tl.load(a_ptr + s_off, mask=s_mask, other=0.0)  # [BLOCK_P, BLOCK_D]
     if BOUNDS:
+        qf = q.to(tl.float32)
         b = tl.load(b_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        scores = tl.sum(tl.maximum(prod_a, q[:, None, :] * b[None, :, :]), axis=2)  # [BLOCK_G, BLOCK_P]
+        af = a.to(tl.float32)
+        scores = tl.sum(tl.maximum(qf[:, None, :] * af[None, :, :], qf[:, None, :] * b[None, :, :]),
+                        axis=2)  # [BLOCK_G, BLOCK_P]
+    elif IEEE:  # NOTE: centroid scores are a small matmul; BLOCK_G >= 16 pads the group for tl.dot
+        scores = tl.dot(q, tl.trans(a), input_precision="ieee")  # [BLOCK_G, BLOCK_P] fp32
     else:
-        scores = tl.sum(prod_a, axis=2)  # [BLOCK_G, BLOCK_P]
+        scores = tl.dot(q, tl.trans(a))  # [BLOCK_G, BLOCK_P] fp32
     if HAS_MASK:
         keep = tl.load(mask_ptr + row * P + offs_p, mask=p_mask, other=0) != 0
         scores = tl.where(keep[None, :], scores, float("-inf"))
@@ -70,13 +74,21 @@ def score_pages(query: Tensor, first: Tensor, second: Tensor | None, *, kind: st
         out = torch.empty((*lead, out_heads, P), dtype=torch.float32, device=query.device)
     if rows == 0 or P == 0:
         return out
-    block_g = triton.next_power_of_2(G)
-    block_d = triton.next_power_of_2(D)
-    # NOTE: keep the [G, P, D] product under ~16K elements per program (registers).
-    block_p = max(1, min(triton.next_power_of_2(P), 16384 // (block_g * block_d), 64))
+    bounds = kind == "bounds"
+    if bounds:
+        block_g, block_d = triton.next_power_of_2(G), triton.next_power_of_2(D)
+        # NOTE: keep the [G, P, D] elementwise product under ~16K elements per program (registers).
+        block_p = max(1, min(triton.next_power_of_2(P), 16384 // (block_g * block_d), 64))
+    else:
+        # NOTE: tl.dot needs every block dim >= 16.
+        block_g, block_d = max(16, triton.next_power_of_2(G)), max(16, triton.next_power_of_2(D))
+        block_p = max(16, min(128, triton.next_power_of_2(P)))
+    if a.dtype != q.dtype:  # NOTE: tl.dot wants one dtype; mixed inputs meet in float32
+        q, a = q.float(), a.float()
     grid = (rows, triton.cdiv(P, block_p))
     _score_pages_kernel[grid](
         q, a, b, mask, out, P, G=G, D=D, BLOCK_G=block_g, BLOCK_P=block_p, BLOCK_D=block_d,
-        BOUNDS=kind == "bounds", HAS_MASK=page_mask is not None, REDUCE=_REDUCE[group_reduce], num_warps=4,
+        BOUNDS=bounds, HAS_MASK=page_mask is not None, REDUCE=_REDUCE[group_reduce],
+        IEEE=q.dtype == torch.float32, num_warps=4,
     )
     return out

@@ -1,0 +1,68 @@
+"""``icecache bench decode`` at tiny contexts: JSON shape, plot, and the sparse step's correctness."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from icecache.core.config import CacheConfig
+from icecache.core.errors import UnknownComponentError
+from icecache.kernels.paged_attention.synthetic import dense_masked_attention
+from icecache.testing.assertions import assert_close
+
+
+def _selector_or_skip(name, config, keys):
+    from icecache.bench.decode import _make_selector
+
+    try:
+        return _make_selector(name, config, "reference", keys)
+    except (UnknownComponentError, ModuleNotFoundError) as exc:
+        pytest.skip(f"selector {name!r} not available yet: {exc}")
+
+
+def test_sparse_step_equals_attention_over_the_selection():
+    from icecache.bench.decode import SparseStep, clustered_kv
+
+    n, H, G, D = 1024, 2, 4, 32
+    config = CacheConfig(budget=128)
+    keys, values, q_kv = clustered_kv(n, H, D, seed=3, device=torch.device("cpu"))
+    query = (q_kv[:, :, None, :] + 0.3 * torch.randn(1, H, G, D)).reshape(1, H * G, D)
+    selector, backend, _ = _selector_or_skip("quest", config, keys)
+    step = SparseStep.build(selector, backend, keys, values, config,
+                            min(config.selected_budget, selector.layout.num_pages))
+    mask = selector.select(query).token_mask(n)
+    assert bool((mask.sum(-1) <= config.budget).all())
+    expected, _ = dense_masked_attention(query, keys, values, mask)
+    assert_close(step.step(query), expected.float())
+
+
+def test_bench_decode_cli(tmp_path):
+    from icecache.cli.main import main
+
+    path = tmp_path / "decode.json"
+    rc = main(["bench", "decode", "--contexts", "512,1024", "--selector", "quest", "--kv-heads", "2",
+               "--head-dim", "32", "--budget", "128", "--repeats", "1", "--kernel", "reference",
+               "--json", str(path)])
+    assert rc == 0
+    payload = json.loads(path.read_text())
+    rows = payload["results"]
+    assert {r["policy"] for r in rows} == {"dense", "quest@128"}
+    for r in rows:
+        assert {"context", "policy", "step_ms", "vs_dense"} <= set(r)
+        assert r["step_ms"] > 0
+    assert [r["context"] for r in rows if r["policy"] == "dense"] == [512, 1024]
+    assert path.with_suffix(".png").stat().st_size > 1000
+
+
+def test_unknown_selector_falls_back_and_says_so(tmp_path):
+    from icecache.cli.main import main
+
+    path = tmp_path / "d.json"
+    main(["bench", "decode", "--contexts", "256", "--selector", "no-such-selector", "--fallback-selector",
+          "quest", "--kv-heads", "1", "--head-dim", "16", "--budget", "128", "--repeats", "1",
+          "--json", str(path)])
+    row = [r for r in json.loads(path.read_text())["results"] if r["policy"] != "dense"][0]
+    assert row["policy"] == "quest@128 (stand-in for no-such-selector)"
+    assert "no-such-selector" in row["selector_error"]
