@@ -24,6 +24,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from attrs import define, field
 from torch import Tensor
@@ -41,13 +42,11 @@ def reserve_space(fd: int, offset: int, length: int) -> None:
     os.posix_fallocate(fd, offset, length)
 
 
-def _runs(slots: Tensor) -> tuple[Tensor, Tensor]:
-    """Contiguous runs of ``slots``: ``(first slot, length)`` int64 each, ascending."""
-    s = torch.sort(slots).values
-    starts = torch.ones(s.numel(), dtype=torch.bool)
-    starts[1:] = s[1:] != s[:-1] + 1
-    first = torch.nonzero(starts).flatten()
-    lengths = torch.diff(first, append=torch.tensor([s.numel()]))
+def _runs(slots: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous runs of ``slots``: ``(first slot, length)`` each, ascending."""
+    s = np.sort(slots.numpy())
+    first = np.concatenate([[0], np.flatnonzero(np.diff(s) != 1) + 1])  # where each run begins
+    lengths = np.diff(np.concatenate([first, [s.size]]))
     return s[first], lengths
 
 

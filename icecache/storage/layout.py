@@ -9,6 +9,7 @@ and a run of adjacent slots is one contiguous block of bytes: one gather, one co
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from attrs import field, frozen
 from torch import Tensor
@@ -84,25 +85,37 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 def as_page_ids(page_ids: Tensor | list[int] | int, *, unique: bool = True) -> Tensor:
     """Page ids as a 1-D int64 CPU tensor; raises :class:`PageError` naming a negative or repeated id
     (a repeat only when ``unique``) and :class:`TensorSpecError` for a non-integer tensor."""
-    ids = torch.as_tensor(page_ids)
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-        raise TensorSpecError(f"page ids must be integers, got dtype {ids.dtype}")
-    ids = ids.to("cpu", torch.int64).reshape(-1)
-    if ids.numel() and int(ids.min()) < 0:
-        raise PageError(f"page id {int(ids.min())} is out of range (negative)")
-    if unique and ids.numel() > 1:
-        s, _ = torch.sort(ids)
-        dup = s[1:] == s[:-1]
-        if bool(dup.any()):
-            raise PageError(f"page id {int(s[1:][dup][0])} is listed twice")
+    if isinstance(page_ids, Tensor) and page_ids.dtype == torch.int64 and page_ids.device.type == "cpu" \
+            and page_ids.dim() == 1:
+        ids = page_ids  # NOTE: the common case, kept free of conversions (this runs on every move)
+    else:
+        ids = torch.as_tensor(page_ids)
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise TensorSpecError(f"page ids must be integers, got dtype {ids.dtype}")
+        ids = ids.to("cpu", torch.int64).reshape(-1)
+    a = ids.numpy()
+    if a.size > 1 and unique:
+        if (a[1:] > a[:-1]).all():  # NOTE: ascending ids (the store sorts them) need no sort here
+            low = int(a[0])
+        else:
+            s = np.sort(a)
+            dup = s[1:] == s[:-1]
+            if dup.any():
+                raise PageError(f"page id {int(s[1:][dup][0])} is listed twice")
+            low = int(s[0])
+    else:
+        low = int(a.min()) if a.size else 0
+    if low < 0:
+        raise PageError(f"page id {low} is out of range (negative)")
     return ids
 
 
-def contiguous_run(slots: Tensor) -> int | None:
-    """The first slot if ``slots`` (int64 ``[n]``, n >= 1) is ``start, start+1, ...``, else ``None``."""
-    if slots.numel() == 0:
+def contiguous_run(slots: Tensor | np.ndarray) -> int | None:
+    """The first slot if ``slots`` (int ``[n]``, n >= 1) is ``start, start+1, ...``, else ``None``."""
+    a = slots.numpy() if isinstance(slots, Tensor) else slots
+    if a.size == 0:
         return None
-    start = int(slots[0])
-    if slots.numel() == 1 or bool(torch.equal(slots, torch.arange(start, start + slots.numel()))):
+    start = int(a[0])
+    if a.size == 1 or (int(a[-1]) - start == a.size - 1 and bool((np.diff(a) == 1).all())):
         return start
     return None

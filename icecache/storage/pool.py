@@ -2,11 +2,13 @@
 
 A page id names one page of one (sequence, layer, KV head) for its whole life, whichever tier
 holds its data. Ids are ints in ``[0, capacity)``; allocating takes freed ids first (most
-recently freed first), then fresh ones. Bookkeeping is tensors, so every call is vectorized.
+recently freed first), then fresh ones. Bookkeeping is numpy arrays (cheap to index on every move),
+so each call is vectorized; the API speaks int64 CPU tensors.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from attrs import define, field
 from torch import Tensor
@@ -20,20 +22,21 @@ from icecache.storage.layout import as_page_ids
 class PagePool:
     """Allocator of page ids with owner ``(sequence, layer, kv_head)`` and valid-slot count per page.
 
-    ``capacity=None`` lets the id space grow without bound. ``lens[id]`` is the number of valid
-    token slots (``0`` until the page is written; then ``1..page_size``, so partial pages anywhere).
+    ``capacity=None`` lets the id space grow without bound. ``lens`` is the number of valid token
+    slots per page (``0`` until the page is written; then ``1..page_size``: partial pages anywhere).
     """
 
     capacity: int | None = field(default=None, validator=optional_positive)
-    _allocated: Tensor = field(init=False, factory=lambda: torch.zeros(0, dtype=torch.bool))
-    _lens: Tensor = field(init=False, factory=lambda: torch.zeros(0, dtype=torch.int32))
-    _owner: Tensor = field(init=False, factory=lambda: torch.zeros(0, 3, dtype=torch.int64))
-    _free: Tensor = field(init=False, factory=lambda: torch.zeros(0, dtype=torch.int64))
+    _allocated: np.ndarray = field(init=False, factory=lambda: np.zeros(0, dtype=np.bool_))
+    _lens: np.ndarray = field(init=False, factory=lambda: np.zeros(0, dtype=np.int32))
+    _owner: np.ndarray = field(init=False, factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    _free: np.ndarray = field(init=False, factory=lambda: np.zeros(0, dtype=np.int64))
     _high: int = field(init=False, default=0)
+    _count: int = field(init=False, default=0)
 
     @property
     def num_allocated(self) -> int:
-        return int(self._allocated.sum())
+        return self._count
 
     @property
     def id_space(self) -> int:
@@ -43,98 +46,101 @@ class PagePool:
     def allocate(self, n: int, *, seq: int | Tensor = 0, layer: int | Tensor = 0,
                  head: int | Tensor = 0) -> Tensor:
         """``n`` free page ids, int64 ``[n]``, owned by ``(seq, layer, head)`` (ints or int tensors
-        broadcastable to ``[n]``). Raises :class:`StorageError` when a bounded pool is exhausted."""
+        ``[n]``). Raises :class:`StorageError` when a bounded pool is exhausted."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise PageError(f"number of pages to allocate must be a non-negative int, got {n!r}")
-        reused = min(n, self._free.numel())
+        reused = min(n, self._free.size)
         fresh = n - reused
         if self.capacity is not None and self._high + fresh > self.capacity:
             raise StorageError(
-                f"page pool exhausted: {n} pages asked, {self.capacity - self.num_allocated} of "
+                f"page pool exhausted: {n} pages asked, {self.capacity - self._count} of "
                 f"{self.capacity} free"
             )
         columns = ((seq, "seq"), (layer, "layer"), (head, "head"))
-        owner = torch.stack([_owner_column(x, n, name) for x, name in columns], dim=1)  # [n, 3]
-        ids = torch.cat([self._free[self._free.numel() - reused:].flip(0),
-                         torch.arange(self._high, self._high + fresh, dtype=torch.int64)])
-        self._free = self._free[: self._free.numel() - reused]
+        owner = np.stack([_owner_column(x, n, name) for x, name in columns], axis=1)  # [n, 3]
+        ids = np.concatenate([self._free[self._free.size - reused:][::-1],
+                              np.arange(self._high, self._high + fresh, dtype=np.int64)])
+        self._free = self._free[: self._free.size - reused]
         self._grow(self._high + fresh)
         self._high += fresh
         self._allocated[ids] = True
         self._lens[ids] = 0
         self._owner[ids] = owner
-        return ids
+        self._count += n
+        return torch.from_numpy(ids)
 
     def free(self, page_ids: Tensor) -> None:
         """Return ``page_ids`` to the pool. Raises :class:`PageError` naming an id that is out of range
         or already free; nothing is freed then."""
-        ids = self.check(page_ids)
+        ids = self.check(page_ids).numpy()
         self._allocated[ids] = False
         self._lens[ids] = 0
         self._owner[ids] = -1
-        self._free = torch.cat([self._free, ids])
+        self._free = np.concatenate([self._free, ids])
+        self._count -= ids.size
 
-    def check(self, page_ids: Tensor | list[int] | int) -> Tensor:
+    def check(self, page_ids: Tensor | list[int] | int, *, written: bool = False) -> Tensor:
         """``page_ids`` as int64 CPU ``[n]`` (distinct); raises :class:`PageError` naming the first id
-        that is out of range or not allocated (freed or never handed out)."""
+        that is out of range or not allocated (freed or never handed out), or (``written=True``) that
+        holds no data yet."""
         ids = as_page_ids(page_ids)
-        if ids.numel() == 0:
+        a = ids.numpy()
+        if a.size == 0:
             return ids
-        top = int(ids.max())
-        limit = self._high
-        if top >= limit:
-            bound = f"[0, {limit})" if limit else "(no page allocated yet)"
+        top = int(a.max())
+        if top >= self._high:
+            bound = f"[0, {self._high})" if self._high else "(no page allocated yet)"
             raise PageError(f"page id {top} is out of range {bound}")
-        dead = ~self._allocated[ids]
-        if bool(dead.any()):
-            raise PageError(f"page id {int(ids[dead][0])} is not allocated (freed or never handed out)")
+        dead = ~self._allocated[a]
+        if dead.any():
+            raise PageError(f"page id {int(a[dead][0])} is not allocated (freed or never handed out)")
+        if written:
+            empty = self._lens[a] == 0
+            if empty.any():
+                raise PageError(f"page id {int(a[empty][0])} has no data (never written)")
         return ids
 
     def set_lens(self, page_ids: Tensor, lens: Tensor) -> None:
         """Record valid-slot counts (int ``[n]``) of allocated pages."""
-        self._lens[page_ids] = lens.to(torch.int32)
+        self._lens[page_ids.numpy()] = lens.numpy()
 
     def lens(self, page_ids: Tensor) -> Tensor:
         """Valid slots per page, int32 ``[n]`` (``0`` for a page never written)."""
-        return self._lens[self.check(page_ids)]
-
-    def written(self, page_ids: Tensor) -> Tensor:
-        """Bool ``[n]``: the page holds data."""
-        return self._lens[self.check(page_ids)] > 0
+        return torch.from_numpy(self._lens[self.check(page_ids).numpy()])
 
     def owners(self, page_ids: Tensor) -> Tensor:
         """``(seq, layer, kv_head)`` of each page, int64 ``[n, 3]``."""
-        return self._owner[self.check(page_ids)]
+        return torch.from_numpy(self._owner[self.check(page_ids).numpy()])
 
     def pages_of(self, *, seq: int | None = None, layer: int | None = None,
                  head: int | None = None) -> Tensor:
         """Allocated ids (ascending, int64) whose owner matches every given field."""
-        mask = self._allocated.clone()
+        mask = self._allocated.copy()
         for col, want in enumerate((seq, layer, head)):
             if want is not None:
                 mask &= self._owner[:, col] == want
-        return torch.nonzero(mask).flatten()
+        return torch.from_numpy(np.flatnonzero(mask).astype(np.int64))
 
     def allocated_ids(self) -> Tensor:
-        return torch.nonzero(self._allocated).flatten()
+        return torch.from_numpy(np.flatnonzero(self._allocated).astype(np.int64))
 
     def _grow(self, size: int) -> None:
-        old = self._allocated.numel()
+        old = self._allocated.size
         if size <= old:
             return
         new = max(size, 2 * old, 64)
         if self.capacity is not None:
             new = min(new, self.capacity)
         extra = new - old
-        self._allocated = torch.cat([self._allocated, torch.zeros(extra, dtype=torch.bool)])
-        self._lens = torch.cat([self._lens, torch.zeros(extra, dtype=torch.int32)])
-        self._owner = torch.cat([self._owner, torch.full((extra, 3), -1, dtype=torch.int64)])
+        self._allocated = np.concatenate([self._allocated, np.zeros(extra, dtype=np.bool_)])
+        self._lens = np.concatenate([self._lens, np.zeros(extra, dtype=np.int32)])
+        self._owner = np.concatenate([self._owner, np.full((extra, 3), -1, dtype=np.int64)])
 
 
-def _owner_column(value: int | Tensor, n: int, name: str) -> Tensor:
-    t = torch.as_tensor(value, dtype=torch.int64).reshape(-1)
-    if t.numel() == 1:
-        return t.expand(n)
-    if t.numel() != n:
-        raise PageError(f"{name} has {t.numel()} entries for {n} pages")
+def _owner_column(value: int | Tensor, n: int, name: str) -> np.ndarray:
+    t = torch.as_tensor(value).to("cpu", torch.int64).reshape(-1).numpy()
+    if t.size == 1:
+        return np.broadcast_to(t, (n,))
+    if t.size != n:
+        raise PageError(f"{name} has {t.size} entries for {n} pages")
     return t

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pluggy
 import torch
 from attrs import frozen
@@ -176,33 +177,30 @@ class TieredStore:
         tiers into one staging buffer, copied to the device once and scattered into free slots
         (least recently used unpinned pages are evicted to make room). ``pin=True`` keeps the pages
         from eviction until :meth:`release`. On CUDA the copy is asynchronous on the current stream."""
-        ids_all = as_page_ids(page_ids, unique=False)
-        ids, inverse = torch.unique(ids_all, return_inverse=True)
-        self.pool.check(ids)
-        unwritten = self.pool.lens(ids) == 0
-        if bool(unwritten.any()):
-            raise PageError(f"page {int(ids[unwritten][0])} has no data (never written)")
+        uniq, inverse = _distinct(as_page_ids(page_ids, unique=False).numpy())
+        ids = self.pool.check(torch.from_numpy(uniq), written=True)
         if self.cache is None:
             tier = self.backing[0]
             slots = tier.prepare_load(ids)
             tier.touch(ids)
             if not pin:
                 tier.complete_load(ids)
-            return slots[inverse]
+            return slots if inverse is None else slots[inverse]
         cache = self.cache
-        resident = cache.lookup(ids)
-        held = ids[resident]
+        resident = cache.lookup(ids).numpy()
+        everything = bool(resident.all())
+        held = ids if everything else torch.from_numpy(uniq[resident])
         cache.prepare_load(held)  # NOTE: pinned so that making room for the others cannot evict them
         try:
-            missing = ids[~resident]
-            if missing.numel():
-                self._bring_in(missing)
+            if not everything:
+                self._bring_in(uniq[~resident])
         finally:
             cache.complete_load(held)
         if pin:
             cache.prepare_load(ids)
         cache.touch(ids)
-        return cache.slot_of(ids)[inverse]
+        slots = cache.slot_of(ids)
+        return slots if inverse is None else slots[inverse]
 
     def release(self, page_ids: Tensor) -> None:
         """Unpin pages pinned by ``load(..., pin=True)`` (once per pin)."""
@@ -223,11 +221,8 @@ class TieredStore:
     def read_pages(self, page_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(k, v, lens)`` of written pages from their backing tiers: ``[n, S, D]`` each on the CPU and
         int32 ``[n]`` (verifies disk checksums)."""
-        ids = self.pool.check(page_ids)
+        ids = self.pool.check(page_ids, written=True)
         lens = self.pool.lens(ids)
-        unwritten = lens == 0
-        if bool(unwritten.any()):
-            raise PageError(f"page {int(ids[unwritten][0])} has no data (never written)")
         loc = self._locate(ids)
         order = torch.argsort(loc, stable=True)
         out = self.spec.empty(ids.numel())
@@ -295,10 +290,10 @@ class TieredStore:
     # ----- internals -------------------------------------------------------------------------------
     def _locate(self, ids: Tensor) -> Tensor:
         """Index into ``backing`` of the tier holding each page, ``-1`` for none, int64 ``[n]``."""
-        loc = torch.full_like(ids, -1)
+        loc = np.full(ids.numel(), -1, dtype=np.int64)
         for i, tier in enumerate(self.backing):  # a loop over tiers, not pages
-            loc[tier.lookup(ids)] = i
-        return loc
+            loc[tier.lookup(ids).numpy()] = i
+        return torch.from_numpy(loc)
 
     def _place(self, level: int, ids: Tensor, records: Tensor) -> None:
         """Store new pages in ``backing[level]``, spilling its LRU pages (and the oldest of the new ones
@@ -355,34 +350,40 @@ class TieredStore:
         self._moved(MoveRecord(kind="writethrough", tier=cache.name, pages=ids.numel(),
                                nbytes=ids.numel() * self.spec.page_nbytes, copies=1), ids)
 
-    def _bring_in(self, missing: Tensor) -> None:
+    def _bring_in(self, missing: np.ndarray) -> None:
         """Gather ``missing`` pages from their backing tiers and put them in free device slots."""
         cache = self.cache
         assert cache is not None
-        m = missing.numel()
+        m = missing.size
         free = cache.free_slots
         if free is not None and m > free:
-            if m > free + cache.evictable():
+            evictable = cache.evictable()
+            if m > free + evictable:
                 raise StorageError(
                     f"cannot load {m} pages into tier {cache.name!r}: {free} free slots and "
-                    f"{cache.evictable()} evictable pages (capacity {cache.capacity}; pinned and "
+                    f"{evictable} evictable pages (capacity {cache.capacity}; pinned and "
                     "requested pages are not evicted)"
                 )
             self._evicted(cache, cache.evict(m - free))
-        loc = self._locate(missing)
-        assert bool((loc >= 0).all()), "a written page is in no backing tier"
-        order = torch.argsort(loc, stable=True)
-        missing, loc = missing[order], loc[order]  # grouped by source tier
-        slots = cache.prepare_store(missing)
+        if len(self.backing) == 1:
+            loc = np.zeros(m, dtype=np.int64)  # the tier's prepare_load checks the pages are there
+        else:
+            loc = self._locate(torch.from_numpy(missing)).numpy()
+            assert (loc >= 0).all(), "a written page is in no backing tier"
+        if loc.size and loc.min() != loc.max():
+            order = np.argsort(loc, kind="stable")
+            missing, loc = missing[order], loc[order]  # grouped by source tier
+        ids = torch.from_numpy(missing)
+        slots = cache.prepare_store(ids)
         try:
-            record = self._fill(missing, loc, slots)
+            record = self._fill(ids, loc, slots)
         except BaseException:
-            cache.complete_store(missing, success=False)
+            cache.complete_store(ids, success=False)
             raise
-        cache.complete_store(missing)
-        self._moved(record, missing)
+        cache.complete_store(ids)
+        self._moved(record, ids)
 
-    def _fill(self, ids: Tensor, loc: Tensor, slots: Tensor) -> MoveRecord:
+    def _fill(self, ids: Tensor, loc: np.ndarray, slots: Tensor) -> MoveRecord:
         cache = self.cache
         assert cache is not None
         m = ids.numel()
@@ -391,10 +392,11 @@ class TieredStore:
         # NOTE: a CPU device tier takes the gather straight into its slots (one pass over the bytes);
         # otherwise the pages meet in one staging buffer, pinned on CUDA.
         staged = target if target is not None else self._stager.host_buffer(m)
+        counts = np.bincount(loc, minlength=len(self.backing)) if len(self.backing) > 1 else [m]
         sources: dict[str, int] = {}
         a = 0
         for i, tier in enumerate(self.backing):  # one gather per source tier
-            count = int((loc == i).sum())
+            count = int(counts[i])
             if not count:
                 continue
             sub = ids[a:a + count]
@@ -424,3 +426,12 @@ class TieredStore:
                                             copies=0))
         if self.hook is not None:
             self.hook.icecache_pages_evicted(tier=tier.name, page_ids=ids)
+
+
+def _distinct(a: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
+    """``(distinct ids ascending, inverse)`` with ``a == distinct[inverse]``; ``inverse`` is ``None``
+    when ``a`` is already distinct and ascending."""
+    if a.size <= 1 or (a[1:] > a[:-1]).all():
+        return a, None
+    uniq, inverse = np.unique(a, return_inverse=True)
+    return uniq, torch.from_numpy(inverse.reshape(-1).astype(np.int64))

@@ -1,0 +1,268 @@
+"""Bulk page moves between tiers: host -> device loads against memcpy and per-page copies, disk reads.
+
+Ratios are measured in one run (medians over repeats):
+
+* ``bulk_vs_memcpy``: bandwidth of ``TieredStore.load`` of ``--pages`` scattered host pages into free
+  device slots, over one plain contiguous copy of the same bytes (pinned host -> device on CUDA);
+  ``bulk_vs_memcpy_fragmented`` is the same load when the free device slots are scattered (the
+  staging + scatter path).
+* ``bulk_vs_per_page``: the bulk load against one copy per page.
+* ``disk_clustered_vs_sequential``: ``DiskTier.read`` of pages in contiguous runs (``--run-length``)
+  over one sequential ``preadv`` of as many bytes; ``disk_clustered_vs_scattered``: against as many
+  scattered single pages. Cold reads (the headline): before each repeat the file is fsynced, unmapped,
+  dropped from the page cache (``POSIX_FADV_DONTNEED``) and mapped again. ``*_warm``: page cache hits.
+  Disk reads include checksum verification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from icecache.bench.report import format_table, write_json
+from icecache.core.config import CacheConfig, TierConfig, to_dtype
+from icecache.storage.device import DeviceTier, default_device
+from icecache.storage.disk import DiskTier
+from icecache.storage.host import HostTier, can_pin
+from icecache.storage.layout import PageSpec
+from icecache.storage.store import TieredStore
+
+TARGETS = {"bulk_vs_memcpy": 0.8, "disk_clustered_vs_sequential": 0.7}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--pages", type=int, default=256, help="pages per load (default 256)")
+    parser.add_argument("--host-pages", type=int, default=8192, help="pages in the host tier")
+    parser.add_argument("--disk-pages", type=int, default=8192, help="pages in the disk file")
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--dtype", default="fp16", help="fp16, bf16 or fp32")
+    parser.add_argument("--run-length", type=int, default=16, help="pages per contiguous run on disk")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:i]")
+    parser.add_argument("--disk-dir", default=None, help="directory for the disk tier (default: a temp dir)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _median_ms(fn: Callable[[], Any], *, setup: Callable[[], Any] | None = None, repeats: int,
+               cuda: bool) -> float:
+    """Median milliseconds of ``fn()`` (``setup()`` runs untimed before each call; one warm-up)."""
+    times = []
+    for i in range(repeats + 1):
+        if setup is not None:
+            setup()
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _fill(store: TieredStore, n: int, gen: torch.Generator, chunk: int = 1024) -> torch.Tensor:
+    spec = store.spec
+    ids = store.allocate(n)
+    for a in range(0, n, chunk):
+        sub = ids[a:a + chunk]
+        k = torch.randn(sub.numel(), spec.page_size, spec.head_dim, generator=gen).to(spec.dtype)
+        v = torch.randn(sub.numel(), spec.page_size, spec.head_dim, generator=gen).to(spec.dtype)
+        store.write_pages(sub, k, v)
+    return ids
+
+
+def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Namespace,
+                         gen: torch.Generator) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every repeat moves a fresh random choice of pages (or, for memcpy, a fresh random region of the
+    host pool), so no variant reads bytes that an earlier repeat left in the CPU caches."""
+    m, cuda = args.pages, device.type == "cuda"
+    device_tier = DeviceTier(name="device", spec=spec, capacity=2 * m, device=device)
+    host_tier = HostTier(name="host", spec=spec, capacity=args.host_pages, pin_memory=can_pin())
+    store = TieredStore([device_tier, host_tier])
+    ids = _fill(store, args.host_pages, gen)
+    pick = {"chosen": ids[:m]}
+
+    def choose() -> torch.Tensor:
+        pick["chosen"] = ids[torch.randperm(ids.numel(), generator=gen)[:m]]  # scattered in the host tier
+        return pick["chosen"]
+
+    def empty_device() -> None:
+        store.evict(ids)
+        choose()
+
+    def fragment_device() -> None:
+        store.evict(ids)
+        chosen = choose()
+        others = ids[~torch.isin(ids, chosen)][torch.randperm(ids.numel() - m, generator=gen)[: 2 * m]]
+        store.load(others)
+        store.evict(others[::2])  # free slots 0, 2, 4, ...: no contiguous run
+
+    def load() -> None:
+        store.load(pick["chosen"])
+
+    t = {"bulk_load": _median_ms(load, setup=empty_device, repeats=args.repeats, cuda=cuda)}
+    direct = store.stats().last["load"].direct
+    slots = store.load(pick["chosen"])
+    expected_k, expected_v, _ = store.read_pages(pick["chosen"])
+    ok = torch.equal(store.device_pool.k[slots].cpu(), expected_k) and \
+        torch.equal(store.device_pool.v[slots].cpu(), expected_v)
+    t["bulk_load_fragmented"] = _median_ms(load, setup=fragment_device, repeats=args.repeats, cuda=cuda)
+    fragmented_direct = store.stats().last["load"].direct
+    slots = store.load(pick["chosen"])
+    expected_k, expected_v, _ = store.read_pages(pick["chosen"])
+    ok = ok and torch.equal(store.device_pool.k[slots].cpu(), expected_k) and \
+        torch.equal(store.device_pool.v[slots].cpu(), expected_v)
+
+    dst = spec.empty(m, device=device)
+    region = {"src": host_tier.data[:m]}
+
+    def choose_region() -> None:
+        start = int(torch.randint(0, args.host_pages - m + 1, (1,), generator=gen))
+        region["src"] = host_tier.data[start:start + m]  # contiguous; pinned on CUDA
+
+    t["memcpy"] = _median_ms(lambda: dst.copy_(region["src"], non_blocking=True), setup=choose_region,
+                             repeats=args.repeats, cuda=cuda)
+
+    host_data, dev_data = host_tier.data, device_tier.data
+    pairs = {"slots": []}
+
+    def choose_pages() -> None:
+        chosen = choose()
+        pairs["slots"] = list(zip(host_tier.slot_of(chosen).tolist(), range(m), strict=True))
+
+    def per_page() -> None:
+        for h, d in pairs["slots"]:  # the baseline: one copy per page
+            dev_data[d].copy_(host_data[h], non_blocking=True)
+
+    t["per_page"] = _median_ms(per_page, setup=choose_pages, repeats=args.repeats, cuda=cuda)
+    t["load_1_page"] = _median_ms(lambda: store.load(pick["chosen"][:1]), setup=empty_device,
+                                  repeats=args.repeats, cuda=cuda)
+    info = {"loaded_pages_match": ok, "bulk_load_direct": direct,
+            "fragmented_load_direct": fragmented_direct, "host_pinned": host_tier.pin_memory,
+            "device_tier": device_tier.stats().as_dict()}
+    store.close()
+    return t, info
+
+
+def bench_disk(spec: PageSpec, args: argparse.Namespace, gen: torch.Generator, directory: str
+               ) -> tuple[dict[str, float], dict[str, Any]]:
+    m, run = args.pages, max(1, min(args.run_length, args.pages))
+    n = max(args.disk_pages, 4 * m)
+    disk = DiskTier(name="disk", spec=spec, capacity=n, directory=directory)
+    store = TieredStore([disk])
+    _fill(store, n, gen)
+    disk.flush()
+    runs = m // run
+    starts = torch.randperm(n // run, generator=gen)[:runs] * run
+    clustered = (starts[:, None] + torch.arange(run)).flatten()  # [runs * run] slots in runs
+    scattered = torch.randperm(n, generator=gen)[: clustered.numel()]
+    count = clustered.numel()
+    out = spec.empty(count)
+    raw = out.view(torch.uint8).numpy().reshape(-1)
+    nbytes = count * spec.page_nbytes
+    fd = os.open(disk.path, os.O_RDONLY)
+    offset = {"at": 0}
+
+    def seq_setup() -> None:
+        offset["at"] = int(torch.randint(0, n - count + 1, (1,), generator=gen)) * spec.page_nbytes
+
+    def sequential() -> None:
+        got = os.preadv(fd, [raw], offset["at"])
+        assert got == nbytes, got
+
+    def cold(setup: Callable[[], None] | None = None) -> Callable[[], None]:
+        def both() -> None:
+            disk.drop_page_cache()
+            if setup is not None:
+                setup()
+        return both
+
+    t: dict[str, float] = {}
+    try:
+        for label, make in (("cold", cold), ("warm", lambda s=None: s)):
+            t[f"disk_clustered_{label}"] = _median_ms(lambda: disk.read(clustered, out=out),
+                                                      setup=make(), repeats=args.repeats, cuda=False)
+            t[f"disk_scattered_{label}"] = _median_ms(lambda: disk.read(scattered, out=out),
+                                                      setup=make(), repeats=args.repeats, cuda=False)
+            t[f"disk_sequential_{label}"] = _median_ms(sequential, setup=make(seq_setup),
+                                                       repeats=args.repeats, cuda=False)
+        t["disk_clustered_nohints_warm"] = _time_without_hints(disk, clustered, out, args.repeats)
+    finally:
+        os.close(fd)
+        store.close()
+    return t, {"disk_directory": directory, "disk_file_pages": n, "runs": runs, "run_length": run}
+
+
+def _time_without_hints(disk: DiskTier, slots: torch.Tensor, out: torch.Tensor, repeats: int) -> float:
+    disk.read_hints = False
+    try:
+        return _median_ms(lambda: disk.read(slots, out=out), repeats=repeats, cuda=False)
+    finally:
+        disk.read_hints = True
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = default_device() if args.device == "auto" else torch.device(args.device)
+    spec = PageSpec(page_size=args.page_size, head_dim=args.head_dim, dtype=to_dtype(args.dtype))
+    # NOTE: built through the config types the store uses, so a bad size fails like it would there.
+    CacheConfig(page_size=args.page_size, dtype=spec.dtype, tiers=TierConfig(device_pages=2 * args.pages))
+    gen = torch.Generator().manual_seed(args.seed)
+    times, info = bench_host_to_device(spec, device, args, gen)
+    with tempfile.TemporaryDirectory(prefix="icecache-bench-", dir=args.disk_dir) as directory:
+        disk_times, disk_info = bench_disk(spec, args, gen, directory)
+    times.update(disk_times)
+    nbytes = args.pages * spec.page_nbytes
+    disk_bytes = (args.pages // max(1, min(args.run_length, args.pages))) \
+        * max(1, min(args.run_length, args.pages)) * spec.page_nbytes
+    ratios = {
+        "bulk_vs_memcpy": times["memcpy"] / times["bulk_load"],
+        "bulk_vs_memcpy_fragmented": times["memcpy"] / times["bulk_load_fragmented"],
+        "bulk_vs_per_page": times["per_page"] / times["bulk_load"],
+        "disk_clustered_vs_sequential": times["disk_sequential_cold"] / times["disk_clustered_cold"],
+        "disk_clustered_vs_scattered": times["disk_scattered_cold"] / times["disk_clustered_cold"],
+        "disk_clustered_vs_sequential_warm": times["disk_sequential_warm"] / times["disk_clustered_warm"],
+        "disk_clustered_vs_scattered_warm": times["disk_scattered_warm"] / times["disk_clustered_warm"],
+    }
+    rows = []
+    for name, ms in times.items():
+        size = disk_bytes if name.startswith("disk") else nbytes
+        size = spec.page_nbytes if name == "load_1_page" else size
+        rows.append({"measure": name, "median_ms": ms, "GB/s": size / ms / 1e6})
+    print(f"device {device} ({'CPU stand-in' if device.type == 'cpu' else 'CUDA'}), {args.pages} pages of "
+          f"{spec.page_size}x{spec.head_dim} {spec.dtype} K+V = {spec.page_nbytes} B/page, "
+          f"{torch.get_num_threads()} threads")
+    print(format_table(rows, ["measure", "median_ms", "GB/s"]))
+    print()
+    print(format_table([{"ratio": k, "value": v, "target": TARGETS.get(k, "")} for k, v in ratios.items()],
+                       ["ratio", "value", "target"]))
+    payload = {
+        "benchmark": "transfer",
+        "device": str(device),
+        "device_is_cpu_standin": device.type == "cpu",
+        "config": {"pages": args.pages, "host_pages": args.host_pages, "disk_pages": args.disk_pages,
+                   "page_size": spec.page_size, "head_dim": spec.head_dim, "dtype": str(spec.dtype),
+                   "page_nbytes": spec.page_nbytes, "run_length": args.run_length, "repeats": args.repeats,
+                   "threads": torch.get_num_threads()},
+        "disk_reads": "cold = fsync, unmap, POSIX_FADV_DONTNEED, remap before each repeat; warm = page "
+                      "cache hits; DiskTier.read includes checksum verification",
+        **ratios,
+        "targets": TARGETS,
+        "times_ms": times,
+        **info,
+        **disk_info,
+    }
+    write_json(args.json, payload)
+    return 0
