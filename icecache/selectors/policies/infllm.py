@@ -85,6 +85,12 @@ class InfLLMSelector(PageScoreSelector):
         D = keys.shape[-1]
         per = self.block_size // S
         nb = -(-P // per)
+        r = min(self.representatives, per * S)
+        if nb == 0:
+            return BlockSummaries(
+                rep_keys=keys.new_zeros(B, H, 0, r, D),
+                rep_valid=torch.zeros(B, H, 0, r, dtype=torch.bool, device=keys.device),
+            )
         padded = torch.full((B, H, nb * per, S), -1, dtype=torch.int64, device=pages.device)
         padded[:, :, :P] = pages
         blocks = padded.view(B, H, nb, per * S)  # one block = ``per`` pages
@@ -95,7 +101,6 @@ class InfLLMSelector(PageScoreSelector):
         typical = torch.einsum("bhntd,bhnd->bhnt", k.float(), mean.float())
         rep = torch.where(torch.isnan(rep), typical, rep)
         rep = torch.where(valid, rep, float("-inf"))
-        r = min(self.representatives, per * S)
         top = rep.topk(r, dim=-1)
         rep_keys = k.gather(3, top.indices[..., None].expand(B, H, nb, r, D))  # [B, H_kv, nb, r, D]
         rep_valid = torch.isfinite(top.values)
