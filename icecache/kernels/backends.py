@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from attrs import define
 from torch import Tensor
@@ -20,7 +22,7 @@ from icecache.kernels.scoring import reference as score_ref
 class ReferenceBackend:
     """Plain torch on any device: obviously correct, the ground truth of every test."""
 
-    name: str = "reference"
+    name: ClassVar[str] = "reference"
 
     def paged_decode_attention(self, query: Tensor, k_pool: Tensor, v_pool: Tensor, table: PageTable, *,
                                scale: float | None = None, max_pages_per_row: int | None = None
@@ -69,7 +71,7 @@ class TritonBackend(ReferenceBackend):
     Merging and top-k use torch (they are a few elementwise ops / ``torch.topk``).
     """
 
-    name: str = "triton"
+    name: ClassVar[str] = "triton"
 
     def __attrs_post_init__(self) -> None:
         if not triton_available():
