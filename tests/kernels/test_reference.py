@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 from icecache.core.errors import TensorSpecError
 from icecache.core.page_table import PageTable
 from icecache.kernels import get_backend, merge_attention_states
-from icecache.kernels.paged_attention.synthetic import dense_masked_attention
+from icecache.kernels.paged_attention.synthetic import dense_masked_attention, split_table
 from icecache.testing.assertions import assert_close
 from icecache.testing.strategies.kernels import paged_attention_cases, scoring_cases
-from tests.kernels.helpers import split_table
 
 REF = get_backend("reference")
 

@@ -127,3 +127,19 @@ def random_problem(*, batch: int, kv_heads: int, group: int, head_dim: int, page
                       last_page_len=lens.reshape(R, pages_per_row)[:, -1].contiguous(),
                       page_size=page_size, page_lens=lens)
     return PagedProblem(query=query, k_pool=k_pool, v_pool=v_pool, table=table)
+
+
+def split_table(table: PageTable, keep: Tensor) -> PageTable:
+    """The sub-table of the entries where ``keep`` (bool ``[nnz]``) is True, with the same rows (for
+    checking that attention over two page subsets merges into attention over all)."""
+    row = table.row_of_entry()
+    counts = torch.zeros(table.num_rows, dtype=torch.int64, device=row.device)
+    counts.index_add_(0, row[keep], torch.ones_like(row[keep]))
+    indptr = torch.zeros(table.num_rows + 1, dtype=torch.int64, device=row.device)
+    indptr[1:] = torch.cumsum(counts, 0)
+    lens = table.lens()[keep]
+    last = torch.zeros(table.num_rows, dtype=torch.int64, device=row.device)
+    nonempty = counts > 0
+    last[nonempty] = lens[(indptr[1:][nonempty] - 1)].long()
+    return PageTable(indptr=indptr, indices=table.indices[keep], last_page_len=last,
+                     page_size=table.page_size, page_lens=lens)
