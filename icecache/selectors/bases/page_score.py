@@ -61,7 +61,8 @@ class PageScoreSelector(SelectorBase):
     # ------------------------------------------------------------------ plumbing
     @property
     def layout(self) -> PageLayout:
-        self._require_prefill("layout")
+        if self._pages is None:
+            return self.empty_layout()
         return PageLayout(token_ids=self._pages)
 
     @property

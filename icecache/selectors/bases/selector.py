@@ -136,6 +136,12 @@ class SelectorBase:
     def layout(self) -> PageLayout:
         raise NotImplementedError
 
+    def empty_layout(self) -> PageLayout:
+        """The layout before ``prefill``: no rows, no pages (``[0, 0, 0, page_size]``).
+
+        NOTE: properties must not raise before prefill: ``isinstance(s, Selector)`` reads them."""
+        return PageLayout(token_ids=torch.empty(0, 0, 0, self.config.page_size, dtype=torch.int64))
+
     # ------------------------------------------------------------------ subclass hooks
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
         raise NotImplementedError

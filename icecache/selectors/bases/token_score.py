@@ -30,6 +30,8 @@ class TokenScoreSelector(SelectorBase):
 
     @property
     def layout(self) -> PageLayout:
+        if self._pos is None:
+            return self.empty_layout()
         pos = self.positions
         return PageLayout(
             token_ids=contiguous_layout(

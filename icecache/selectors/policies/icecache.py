@@ -51,7 +51,8 @@ class IceCacheSelector(SelectorBase):
 
     @property
     def layout(self) -> PageLayout:
-        self._require_prefill("layout")
+        if self._pos is None:
+            return self.empty_layout()
         return self.page_index.layout
 
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:

@@ -73,7 +73,9 @@ class IceCacheReuseSelector(IceCacheSelector):
 
     @property
     def layout(self) -> PageLayout:
-        return super().layout if self.is_leader else self._leader().layout
+        if self.is_leader or self._pos is None:
+            return super().layout
+        return self._leader().layout
 
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
         if self.is_leader:
