@@ -157,10 +157,11 @@ class TieredStore:
             return
         records = torch.stack([k, v], dim=1)  # [n, 2, S, D] on the caller's device
         cpu_records = records.to("cpu")
-        loc = self._locate(ids)
-        new = loc < 0
+        new = self._locate(ids) < 0
         if bool(new.any()):
             self._place(0, ids[new], cpu_records[new])  # may raise: nothing changed yet
+        # NOTE: located again, after placing: making room may have spilled pages rewritten here.
+        loc = torch.where(new, -1, self._locate(ids))
         for i, tier in enumerate(self.backing):
             here = loc == i
             if bool(here.any()):
