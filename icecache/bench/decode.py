@@ -273,6 +273,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, payload)
         png = Path(args.json).with_suffix(".png")
-        plot(results, png)
-        print(f"wrote {args.json} and {png}")
+        try:
+            plot(results, png)
+            print(f"wrote {args.json} and {png}")
+        except ImportError as exc:  # matplotlib is optional (extra "plot")
+            print(f"wrote {args.json}; no plot ({exc})")
     return 0
