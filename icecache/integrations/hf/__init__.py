@@ -1,0 +1,10 @@
+"""Hugging Face transformers integration: the IceCache, the ``"icecache"`` attention, model loading."""
+
+from icecache.integrations.hf.attention import ATTN_NAME, register_attention, use_icecache
+from icecache.integrations.hf.cache import IceCache
+from icecache.integrations.hf.generation import decode, pick_tokens
+from icecache.integrations.hf.loader import load_model
+from icecache.integrations.hf.snapshot import PrefillSnapshot, prefill_snapshot
+
+__all__ = ["ATTN_NAME", "IceCache", "PrefillSnapshot", "decode", "load_model", "pick_tokens",
+           "prefill_snapshot", "register_attention", "use_icecache"]
