@@ -1,0 +1,276 @@
+"""Selector fidelity on real decode queries: attention recall, oracle recall and output error per budget.
+
+``icecache bench selectors --json out.json`` loads the embedded model (or ``--model PATH``), builds
+multi-key needle-in-a-haystack prompts over ``pydoc_data`` prose at each context, captures every
+layer's post-RoPE keys and the queries of a few decoded answer tokens, and evaluates every selector
+at every budget (budget = tokens attended per KV head, sinks and window included). Figures are
+means over layers >= ``dense_layers`` (2), KV heads and decode steps. It also reports the time to
+build every layer's IceCache index over the model's prefill time at the largest context.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from icecache.bench.report import format_table, write_json
+
+DEFAULT_CONTEXTS = (2048, 4096, 8192)
+DEFAULT_BUDGETS = (64, 256, 1024)
+QUICK_SELECTORS = ("streamingllm", "quest", "clusterkv", "icecache", "oracle")
+#: (context, what must hold) checked and reported at the end
+TARGET_CONTEXT = 4096
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="recall-vs-budget plot (default: JSON path .png)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="local llama-family checkpoint (default: embedded SmolLM2)"
+    )
+    parser.add_argument(
+        "--contexts", type=_ints, default=None, help="prompt lengths (default 2048,4096,8192)"
+    )
+    parser.add_argument("--budgets", type=_ints, default=None, help="token budgets (default 64,256,1024)")
+    parser.add_argument("--selectors", default=None, help="comma-separated selector names (default: all)")
+    parser.add_argument(
+        "--decode-steps", type=int, default=4, help="decoded answer tokens whose queries are used"
+    )
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--dense-layers", type=int, default=2, help="first layers left out (kept dense)")
+    parser.add_argument("--task", default="niah_multikey", help="prompt generator (icecache.tasks)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"2k context, budgets 64,256, selectors {','.join(QUICK_SELECTORS)}, 2 decode steps",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from icecache.integrations.hf.loader import load_model
+
+    model, tokenizer = load_model(args.model)
+    payload = run(model, tokenizer, **_plan(args))
+    print_report(payload)
+    if args.json is not None:
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    plot = args.plot or (args.json.with_suffix(".png") if args.json is not None else None)
+    if plot is not None and save_plot(payload, plot):
+        print(f"wrote {plot}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> dict[str, Any]:
+    from icecache.core.plugins import build_registry
+
+    names = build_registry().names("selector")
+    quick = args.quick
+    selectors = args.selectors.split(",") if args.selectors else (list(QUICK_SELECTORS) if quick else names)
+    unknown = [s for s in selectors if s not in names]
+    if unknown:
+        from icecache.core.errors import UnknownComponentError
+
+        raise UnknownComponentError("selector", unknown[0], names)
+    return {
+        "contexts": args.contexts or ([2048] if quick else list(DEFAULT_CONTEXTS)),
+        "budgets": args.budgets or ([64, 256] if quick else list(DEFAULT_BUDGETS)),
+        "selectors": selectors,
+        "decode_steps": 2 if quick and args.decode_steps == 4 else args.decode_steps,
+        "page_size": args.page_size,
+        "dense_layers": args.dense_layers,
+        "task": args.task,
+        "seed": args.seed,
+        "model_name": args.model or "embedded:smollm2-135m-instruct",
+    }
+
+
+def run(
+    model: Any,
+    tokenizer: Any,
+    *,
+    contexts: list[int],
+    budgets: list[int],
+    selectors: list[str],
+    decode_steps: int = 4,
+    page_size: int = 16,
+    dense_layers: int = 2,
+    task: str = "niah_multikey",
+    seed: int = 0,
+    model_name: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Capture each context once, evaluate every (selector, budget); returns the JSON payload."""
+    from tqdm.auto import tqdm
+
+    from icecache.bench.capture import capture, niah_prompt
+    from icecache.bench.selector_eval import EvalSpec, evaluate
+    from icecache.core.plugins import build_registry
+
+    registry = build_registry()
+    results, captures = [], {}
+    bar = tqdm(total=len(contexts) * len(selectors) * len(budgets), desc="selectors", disable=not progress)
+    for context in contexts:
+        ids, sample = niah_prompt(tokenizer, context - decode_steps, seed=seed, task=task)
+        bar.set_postfix_str(f"capturing {len(ids)} tokens")
+        cap = capture(model, ids, decode_steps=decode_steps, tokenizer=tokenizer)
+        captures[context] = {
+            "prompt_tokens": cap.prompt_len,
+            "prefill_seconds": cap.prefill_seconds,
+            "answer": cap.answer,
+            "expected": list(sample.answers),
+        }
+        spec = EvalSpec(
+            layers=tuple(range(dense_layers, cap.num_layers)),
+            steps=decode_steps,
+            page_size=page_size,
+            seed=seed,
+        )
+        for name in selectors:
+            for budget in budgets:
+                bar.set_postfix_str(f"{context} {name}@{budget}")
+                row = evaluate(registry, name, budget, cap, spec)
+                row["context"] = context
+                row["prompt_tokens"] = cap.prompt_len
+                results.append(row)
+                bar.update(1)
+        del cap
+    bar.close()
+    payload: dict[str, Any] = {
+        "bench": "selectors",
+        "model": model_name,
+        "task": task,
+        "settings": {
+            "contexts": contexts,
+            "budgets": budgets,
+            "selectors": selectors,
+            "decode_steps": decode_steps,
+            "page_size": page_size,
+            "dense_layers": dense_layers,
+            "sink_tokens": 4,
+            "seed": seed,
+            "budget_meaning": "tokens attended per KV head per decode step, sinks and window included",
+        },
+        "captures": {str(k): v for k, v in captures.items()},
+        "results": results,
+    }
+    payload["index_build_vs_prefill"] = _build_ratio(results, captures)
+    payload["targets"] = check_targets(results)
+    return payload
+
+
+def _find(results: list[dict[str, Any]], selector: str, budget: int, context: int) -> dict[str, Any] | None:
+    return next(
+        (r for r in results if (r["selector"], r["budget"], r["context"]) == (selector, budget, context)),
+        None,
+    )
+
+
+def _build_ratio(results: list[dict[str, Any]], captures: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """IceCache index build time of every sparse layer over the model's prefill time, at the largest
+    context where icecache ran (its budget-256 run, else its first)."""
+    rows = [r for r in results if r["selector"] == "icecache"]
+    if not rows:
+        return None
+    context = max(r["context"] for r in rows)
+    row = _find(results, "icecache", 256, context) or next(r for r in rows if r["context"] == context)
+    prefill = captures[context]["prefill_seconds"]
+    return {
+        "ratio": row["build_seconds"] / prefill,
+        "build_seconds": row["build_seconds"],
+        "prefill_seconds": prefill,
+        "context": context,
+        "budget": row["budget"],
+        "note": "build = icecache prefill() of every layer >= dense_layers; prefill = the model's forward "
+        "pass over the prompt (all layers), same process",
+    }
+
+
+def check_targets(results: list[dict[str, Any]], context: int = TARGET_CONTEXT) -> dict[str, Any]:
+    """The fidelity targets at ``context`` (None where a needed run is missing)."""
+
+    def recall(sel: str, budget: int) -> float | None:
+        row = _find(results, sel, budget, context)
+        return None if row is None else row["attention_recall"]
+
+    ice, quest, oracle = recall("icecache", 256), recall("quest", 1024), recall("oracle", 256)
+    out: dict[str, Any] = {"context": context, "icecache@256": ice, "quest@1024": quest, "oracle@256": oracle}
+    out["icecache@256 >= 0.93"] = None if ice is None else ice >= 0.93
+    out["icecache@256 >= quest@1024"] = None if ice is None or quest is None else ice >= quest
+    out["icecache@256 within 0.03 of oracle@256"] = (
+        None if ice is None or oracle is None else oracle - ice <= 0.03
+    )
+    return out
+
+
+def print_report(payload: dict[str, Any]) -> None:
+    rows = payload["results"]
+    cols = [
+        "selector",
+        "budget",
+        "context",
+        "attention_recall",
+        "oracle_recall",
+        "output_rel_error",
+        "pages_touched",
+        "copy_runs",
+        "attended",
+        "build_seconds",
+        "select_ms",
+    ]
+    print(format_table(rows, cols))
+    ratio = payload.get("index_build_vs_prefill")
+    if ratio:
+        print(
+            f"\nindex build / prefill at {ratio['context']} tokens: {ratio['build_seconds']:.2f} s / "
+            f"{ratio['prefill_seconds']:.2f} s = {ratio['ratio']:.3f} (target <= 0.10)"
+        )
+    print("targets:", {k: v for k, v in payload["targets"].items()})
+
+
+def save_plot(payload: dict[str, Any], path: Path) -> bool:
+    """Attention recall vs budget, one panel per context, one line per selector."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return False
+    rows = payload["results"]
+    contexts = sorted({r["context"] for r in rows})
+    fig, axes = plt.subplots(1, len(contexts), figsize=(5 * len(contexts), 4), squeeze=False, sharey=True)
+    for ax, context in zip(axes[0], contexts, strict=True):
+        for name in dict.fromkeys(r["selector"] for r in rows):
+            pts = sorted(
+                (r["budget"], r["attention_recall"])
+                for r in rows
+                if r["selector"] == name and r["context"] == context
+            )
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"context {context}")
+        ax.set_xlabel("budget (tokens per KV head, sinks + window included)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("attention recall")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
