@@ -68,7 +68,8 @@ class ReferenceBackend:
 class TritonBackend(ReferenceBackend):
     """Triton kernels on CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``).
 
-    Merging and top-k use torch (they are a few elementwise ops / ``torch.topk``).
+    Merging and top-k use torch (they are a few elementwise ops / ``torch.topk``); so do gather and
+    scatter on host (CPU) pools. Attention and scoring refuse CPU tensors outside the interpreter.
     """
 
     name: ClassVar[str] = "triton"
@@ -96,9 +97,15 @@ class TritonBackend(ReferenceBackend):
         return attn_triton.paged_decode_attention(query, k_pool, v_pool, table, scale=scale,
                                                   max_pages_per_row=max_pages_per_row)
 
+    @staticmethod
+    def _host(pool: Tensor) -> bool:
+        # NOTE: host pools (a CPU tier gathering into pinned staging) are normal; torch does those.
+        return not pool.is_cuda and not triton_interpreting()
+
     def gather_pages(self, pool: Tensor, slot_ids: Tensor, *, out: Tensor | None = None,
                      check: bool = True) -> Tensor:
-        self._require_device(pool, "pool")
+        if self._host(pool):
+            return super().gather_pages(pool, slot_ids, out=out, check=check)
         slot_ids = checks.check_slots(pool, slot_ids, check_range=check)
         if out is not None:
             checks.check_page_buffer(pool, out, slot_ids.numel(), "out")
@@ -107,7 +114,8 @@ class TritonBackend(ReferenceBackend):
         return gather_triton.gather_pages(pool, slot_ids, out)
 
     def scatter_pages(self, pool: Tensor, slot_ids: Tensor, src: Tensor, *, check: bool = True) -> None:
-        self._require_device(pool, "pool")
+        if self._host(pool):
+            return super().scatter_pages(pool, slot_ids, src, check=check)
         if not pool.is_contiguous():
             raise TensorSpecError(
                 f"triton scatter_pages needs a contiguous pool, got strides {pool.stride()}")

@@ -144,8 +144,17 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
     from icecache.core.errors import TensorSpecError
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    p = random_problem(batch=1, kv_heads=1, group=2, head_dim=8, page_size=4, pages_per_row=2, num_slots=3,
+                       dtype=torch.float32, device="cpu")
     with pytest.raises(TensorSpecError, match="needs CUDA tensors"):
-        _triton().gather_pages(torch.randn(3, 2), torch.tensor([0]))
+        _triton().paged_decode_attention(p.query, p.k_pool, p.v_pool, p.table)
+    with pytest.raises(TensorSpecError, match="needs CUDA tensors"):
+        _triton().score_pages(torch.randn(2, 8), torch.randn(1, 3, 8))
+    # host pools gather/scatter with torch (a CPU tier filling pinned staging)
+    pool = torch.randn(5, 2, 3)
+    assert torch.equal(_triton().gather_pages(pool, torch.tensor([4, 1])), pool[[4, 1]])
+    _triton().scatter_pages(pool, torch.tensor([0]), torch.zeros(1, 2, 3))
+    assert bool((pool[0] == 0).all())
 
 
 # ---------------------------------------------------------------- real sizes on CUDA
