@@ -350,11 +350,24 @@ def section_transfer(ctx) -> list[dict]:
             gather()
             transfer()
 
+        chunks = 4 if n >= 1024 else 2
+        bounds = [n * i // chunks for i in range(chunks + 1)]
+
+        def pipelined():
+            # NOTE: copy_ from pinned memory returns at once, so the host gathers chunk i+1 while the
+            # DMA engine moves chunk i; one scatter at the end.
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                torch.index_select(host_pool, 0, host_ids[lo:hi], out=staging[lo:hi])
+                dev_staging[lo:hi].copy_(staging[lo:hi], non_blocking=True)
+            backend.scatter_pages(dev_pool, dev_ids, dev_staging[:n], check=False)
+
         g_ms = timer.wall(gather)
         t_ms = timer.eager(transfer)
         b_ms = timer.eager(bulk)
+        p_ms = timer.eager(pipelined)
         for name, ms in (
             ("bulk: gather+1 copy+scatter", b_ms),
+            (f"bulk pipelined: {chunks} chunks", p_ms),
             ("  of which host gather", g_ms),
             ("  of which 1 copy+scatter", t_ms),
         ):
@@ -560,10 +573,11 @@ def targets(results: dict) -> list[dict]:
             }
         )
     if bl:
-        best = max(bl, key=lambda r: r["pages"])
+        most = max(r["pages"] for r in bl)
+        best = max((r for r in bl if r["pages"] == most), key=lambda r: r["of_peak"])
         out.append(
             {
-                "target": "  same incl. host gather into pinned staging",
+                "target": f"  same incl. host gather into pinned staging ({best['method'].split(':')[0]})",
                 "value": best["of_peak"],
                 "met": best["of_peak"] >= 0.8,
             }
