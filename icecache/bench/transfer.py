@@ -112,13 +112,13 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
         store.load(pick["chosen"])
 
     t = {"bulk_load": _median_ms(load, setup=empty_device, repeats=args.repeats, cuda=cuda)}
-    direct = store.stats().last["load"].direct
+    direct = store.stats().last["load"].via
     slots = store.load(pick["chosen"])
     expected_k, expected_v, _ = store.read_pages(pick["chosen"])
     ok = torch.equal(store.device_pool.k[slots].cpu(), expected_k) and \
         torch.equal(store.device_pool.v[slots].cpu(), expected_v)
     t["bulk_load_fragmented"] = _median_ms(load, setup=fragment_device, repeats=args.repeats, cuda=cuda)
-    fragmented_direct = store.stats().last["load"].direct
+    fragmented_direct = store.stats().last["load"].via
     slots = store.load(pick["chosen"])
     expected_k, expected_v, _ = store.read_pages(pick["chosen"])
     ok = ok and torch.equal(store.device_pool.k[slots].cpu(), expected_k) and \
@@ -146,10 +146,20 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
             dev_data[d].copy_(host_data[h], non_blocking=True)
 
     t["per_page"] = _median_ms(per_page, setup=choose_pages, repeats=args.repeats, cuda=cuda)
+    if cuda:
+        store.transfer = "uva"
+        t["bulk_load_uva"] = _median_ms(load, setup=empty_device, repeats=args.repeats, cuda=cuda)
+        t["bulk_load_uva_fragmented"] = _median_ms(load, setup=fragment_device, repeats=args.repeats,
+                                                   cuda=cuda)
+        slots = store.load(pick["chosen"])
+        expected_k, expected_v, _ = store.read_pages(pick["chosen"])
+        ok = ok and torch.equal(store.device_pool.k[slots].cpu(), expected_k) and \
+            torch.equal(store.device_pool.v[slots].cpu(), expected_v)
+        store.transfer = "staged"
     t["load_1_page"] = _median_ms(lambda: store.load(pick["chosen"][:1]), setup=empty_device,
                                   repeats=args.repeats, cuda=cuda)
-    info = {"loaded_pages_match": ok, "bulk_load_direct": direct,
-            "fragmented_load_direct": fragmented_direct, "host_pinned": host_tier.pin_memory,
+    info = {"loaded_pages_match": ok, "bulk_load_via": direct,
+            "fragmented_load_via": fragmented_direct, "host_pinned": host_tier.pin_memory,
             "device_tier": device_tier.stats().as_dict()}
     store.close()
     return t, info
@@ -231,6 +241,10 @@ def main(args: argparse.Namespace) -> int:
         "bulk_vs_memcpy": times["memcpy"] / times["bulk_load"],
         "bulk_vs_memcpy_fragmented": times["memcpy"] / times["bulk_load_fragmented"],
         "bulk_vs_per_page": times["per_page"] / times["bulk_load"],
+        **({"bulk_uva_vs_memcpy": times["memcpy"] / times["bulk_load_uva"],
+            "bulk_uva_vs_memcpy_fragmented": times["memcpy"] / times["bulk_load_uva_fragmented"],
+            "bulk_uva_vs_per_page": times["per_page"] / times["bulk_load_uva"]} if "bulk_load_uva" in times
+           else {}),
         "disk_clustered_vs_sequential": times["disk_sequential_cold"] / times["disk_clustered_cold"],
         "disk_clustered_vs_scattered": times["disk_scattered_cold"] / times["disk_clustered_cold"],
         "disk_clustered_vs_sequential_warm": times["disk_sequential_warm"] / times["disk_clustered_warm"],

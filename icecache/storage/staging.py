@@ -25,17 +25,36 @@ class Stager:
     device: torch.device = field(converter=torch.device)
     _host: Tensor | None = field(init=False, default=None)  # [cap, 2, S, D], pinned on CUDA
     _dev: Tensor | None = field(init=False, default=None)  # [cap, 2, S, D] on the device
+    _idx: Tensor | None = field(init=False, default=None)  # [cap, 2] int64, pinned on CUDA
     _event: Any = field(init=False, default=None)
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    def wait(self) -> None:
+        """Block until the last move queued on the device has finished reading its sources."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+
+    def record(self) -> None:
+        """Mark the end of a move queued on the current CUDA stream (see :meth:`wait`)."""
+        if self.cuda:
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def index_buffer(self, n: int) -> Tensor:
+        """A contiguous int64 ``[n, 2]`` CPU buffer (pinned on CUDA), safe to overwrite now."""
+        self.wait()
+        if self._idx is None or self._idx.shape[0] < n:
+            cap = max(n, 2 * (0 if self._idx is None else self._idx.shape[0]), 256)
+            self._idx = torch.empty(cap, 2, dtype=torch.int64, pin_memory=self.cuda)
+        return self._idx[:n]
+
     def host_buffer(self, n: int) -> Tensor:
         """A contiguous ``[n, 2, S, D]`` CPU buffer (pinned on CUDA), safe to overwrite now."""
-        if self._event is not None:
-            self._event.synchronize()  # the previous copy out of the buffer has finished
-            self._event = None
+        self.wait()  # the previous copy out of the buffer has finished
         if self._host is None or self._host.shape[0] < n:
             cap = max(n, 2 * (0 if self._host is None else self._host.shape[0]), 64)
             self._host = self.spec.empty(cap, pin_memory=self.cuda)
@@ -60,6 +79,5 @@ class Stager:
             dev = self._dev[:n]
             dev.copy_(staged, non_blocking=True)
             tier.write(slots, dev)
-        self._event = torch.cuda.Event()
-        self._event.record()
+        self.record()
         return 1

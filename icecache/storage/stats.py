@@ -17,8 +17,10 @@ MOVE_KINDS = ("write", "spill", "load", "writethrough", "evict")
 @frozen(kw_only=True)
 class MoveRecord:
     """One move: ``pages`` pages, ``nbytes`` bytes, in ``copies`` copy operations into ``tier``.
-    ``sources`` counts pages per source tier; ``direct`` is True when the pages were gathered straight
-    into a contiguous run of the destination's slots (no staging, no scatter)."""
+    ``sources`` counts pages per source tier; ``via`` says how a load moved them: ``direct`` (gathered
+    straight into a contiguous run of the destination's slots: no staging, no scatter), ``staged``
+    (one staging buffer, one copy, one scatter), ``uva`` (one kernel per source tier reading pinned
+    host pages from the GPU), or ``staged+uva``."""
 
     kind: str
     tier: str
@@ -26,7 +28,11 @@ class MoveRecord:
     nbytes: int
     copies: int
     sources: dict[str, int] = field(factory=dict)
-    direct: bool = False
+    via: str = ""
+
+    @property
+    def direct(self) -> bool:
+        return self.via == "direct"
 
 
 @define
@@ -61,4 +67,4 @@ class StoreStats:
 
 def _record_dict(r: MoveRecord) -> dict[str, Any]:
     return {"kind": r.kind, "tier": r.tier, "pages": r.pages, "nbytes": r.nbytes, "copies": r.copies,
-            "sources": dict(r.sources), "direct": r.direct}
+            "sources": dict(r.sources), "via": r.via}

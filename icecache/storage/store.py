@@ -16,6 +16,7 @@ are one contiguous run the pages go straight into them. No loop runs per page.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,9 +31,11 @@ from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.page_table import PageTable
 from icecache.storage.base import Tier
 from icecache.storage.layout import as_page_ids, contiguous_run
+from icecache.storage.memory import MemoryTier
 from icecache.storage.pool import PagePool
 from icecache.storage.staging import Stager
 from icecache.storage.stats import MOVE_KINDS, MoveCounter, MoveRecord, StoreStats
+from icecache.storage.uva import copy_rows
 
 DEFAULT_STACK: tuple[str, ...] = ("device", "host", "disk")
 
@@ -54,7 +57,8 @@ class TieredStore:
     ``icecache_pages_evicted``.
     """
 
-    def __init__(self, tiers: Sequence[Tier], *, hook: Any = None, max_pages: int | None = None):
+    def __init__(self, tiers: Sequence[Tier], *, hook: Any = None, max_pages: int | None = None,
+                 transfer: str = "auto"):
         tiers = tuple(tiers)
         if not tiers:
             raise ConfigError("a store needs at least one tier, got ()")
@@ -65,6 +69,7 @@ class TieredStore:
         if len(specs) != 1:
             raise ConfigError(f"tiers disagree on the page layout: {sorted(map(repr, specs))}")
         self.tiers = tiers
+        self.transfer = _transfer_mode(transfer, tiers[0].device)
         self.spec = tiers[0].spec
         self.cache: Tier | None = tiers[0] if len(tiers) > 1 else None
         self.backing: tuple[Tier, ...] = tiers[1:] or tiers
@@ -78,8 +83,8 @@ class TieredStore:
     @classmethod
     def build(cls, config: CacheConfig, tiers: Sequence[str] = DEFAULT_STACK, *, head_dim: int | None = None,
               options: dict[str, dict[str, Any]] | None = None,
-              plugin_manager: pluggy.PluginManager | None = None, max_pages: int | None = None
-              ) -> TieredStore:
+              plugin_manager: pluggy.PluginManager | None = None, max_pages: int | None = None,
+              transfer: str = "auto") -> TieredStore:
         """Create tiers by registered name (``factory(config, **options[name])``) with capacities from
         ``config.tiers``; ``head_dim`` overrides ``config.geometry.head_dim``."""
         from icecache.core.plugins import build_registry, get_plugin_manager
@@ -92,15 +97,15 @@ class TieredStore:
         try:
             for name in tiers:
                 made.append(registry.create("tier", name, config, **{**extra, **options.get(name, {})}))
-            return cls(made, hook=pm.hook, max_pages=max_pages)
+            return cls(made, hook=pm.hook, max_pages=max_pages, transfer=transfer)
         except BaseException:
             for tier in made:
                 tier.close()
             raise
 
     @classmethod
-    def from_policy(cls, policy: Any, *, head_dim: int | None = None, max_pages: int | None = None
-                    ) -> TieredStore:
+    def from_policy(cls, policy: Any, *, head_dim: int | None = None, max_pages: int | None = None,
+                    transfer: str = "auto") -> TieredStore:
         """The tiers of a :class:`~icecache.core.policy.CachePolicy` (``policy.tiers``), with its
         observer hooks."""
         made: list[Tier] = []
@@ -111,7 +116,7 @@ class TieredStore:
                 else:
                     made.append(policy.registry.create("tier", name, policy.config, head_dim=head_dim,
                                                        **policy.options.get(name, {})))
-            return cls(made, hook=policy.hook, max_pages=max_pages)
+            return cls(made, hook=policy.hook, max_pages=max_pages, transfer=transfer)
         except BaseException:
             for tier in made:
                 tier.close()
@@ -152,6 +157,7 @@ class TieredStore:
         ids = self.pool.check(page_ids)
         n = ids.numel()
         self.spec.check_kv(k, v, n, (torch.device("cpu"), self.tiers[0].device))
+        self._stager.wait()  # NOTE: a queued device read of a host slot must finish before it is reused
         lens = self.spec.check_lens(lens, n)
         if n == 0:
             return
@@ -279,6 +285,7 @@ class TieredStore:
                           last=dict(self._last))
 
     def close(self) -> None:
+        self._stager.wait()
         for tier in self.tiers:
             tier.close()
 
@@ -388,30 +395,68 @@ class TieredStore:
         cache = self.cache
         assert cache is not None
         m = ids.numel()
-        start = contiguous_run(slots)
-        target = cache.view(start, start + m) if start is not None and cache.device.type == "cpu" else None
-        # NOTE: a CPU device tier takes the gather straight into its slots (one pass over the bytes);
-        # otherwise the pages meet in one staging buffer, pinned on CUDA.
-        staged = target if target is not None else self._stager.host_buffer(m)
         counts = np.bincount(loc, minlength=len(self.backing)) if len(self.backing) > 1 else [m]
+        groups, a = [], 0  # (source tier, first row, rows): ``ids`` are grouped by source tier
+        for i, tier in enumerate(self.backing):
+            if counts[i]:
+                groups.append((tier, a, int(counts[i])))
+                a += int(counts[i])
+        uva = [g for g in groups if self._uva_source(g[0])]
+        staged = [g for g in groups if g not in uva]
+        n_uva, n_staged = sum(g[2] for g in uva), sum(g[2] for g in staged)
+        idx = self._stager.index_buffer(n_uva) if uva else None
+        target = None
+        if staged and not uva and cache.device.type == "cpu":
+            start = contiguous_run(slots)
+            # NOTE: a CPU device tier takes the gather straight into a run of its slots (one pass over
+            # the bytes); otherwise the pages meet in one staging buffer, pinned on CUDA.
+            target = cache.view(start, start + m) if start is not None else None
+        buf = target if target is not None else self._stager.host_buffer(n_staged) if staged else None
         sources: dict[str, int] = {}
-        a = 0
-        for i, tier in enumerate(self.backing):  # one gather per source tier
-            count = int(counts[i])
-            if not count:
-                continue
-            sub = ids[a:a + count]
-            tier_slots = tier.prepare_load(sub)
+        copies, b, dst = 0, 0, []
+        for tier, a, c in staged:  # one gather per source tier
+            self._read_into(tier, ids[a:a + c], buf[b:b + c])
+            dst.append(slots[a:a + c])
+            sources[tier.name] = c
+            b += c
+        if staged:
+            copies += 1 if target is not None else \
+                self._stager.upload(buf, cache, dst[0] if len(dst) == 1 else torch.cat(dst))
+        b = 0
+        for tier, a, c in uva:  # one kernel per source tier: the GPU reads the pinned pages
+            sub = ids[a:a + c]
+            idx[b:b + c, 0] = tier.prepare_load(sub)
+            idx[b:b + c, 1] = slots[a:a + c]
             try:
-                tier.read(tier_slots, out=staged[a:a + count])
+                copy_rows(tier.data, cache.data, idx[b:b + c])
             finally:
-                tier.complete_load(sub)
+                tier.complete_load(sub)  # NOTE: writes wait for the kernel (Stager.wait) before reusing slots
             tier.touch(sub)
-            sources[tier.name] = count
-            a += count
-        copies = 1 if target is not None else self._stager.upload(staged, cache, slots)
+            sources[tier.name] = c
+            copies += 1
+            b += c
+        if uva:
+            self._stager.record()
+        modes = (("direct", target is not None), ("staged", bool(staged) and target is None),
+                 ("uva", bool(uva)))
+        via = "+".join(x for x, used in modes if used)
         return MoveRecord(kind="load", tier=cache.name, pages=m, nbytes=m * self.spec.page_nbytes,
-                          copies=copies, sources=sources, direct=target is not None)
+                          copies=copies, sources=sources, via=via)
+
+    def _read_into(self, tier: Tier, ids: Tensor, out: Tensor) -> None:
+        tier_slots = tier.prepare_load(ids)
+        try:
+            tier.read(tier_slots, out=out)
+        finally:
+            tier.complete_load(ids)
+        tier.touch(ids)
+
+    def _uva_source(self, tier: Tier) -> bool:
+        """Whether ``transfer="uva"`` can read ``tier``'s pages from the device (pinned or same device)."""
+        if self.transfer != "uva" or not isinstance(tier, MemoryTier):
+            return False
+        device = self.tiers[0].device
+        return tier.pin_memory or tier.device == device or device.type == "cpu"
 
     def _moved(self, record: MoveRecord, ids: Tensor) -> None:
         self._moves[record.kind].add(record)
@@ -436,3 +481,18 @@ def _distinct(a: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
         return a, None
     uniq, inverse = np.unique(a, return_inverse=True)
     return uniq, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+
+
+#: how ``load`` moves host pages to the device (see the module docstring and :mod:`icecache.storage.uva`)
+TRANSFERS = ("auto", "staged", "uva")
+
+
+def _transfer_mode(transfer: str, device: torch.device) -> str:
+    if transfer not in TRANSFERS:
+        raise ConfigError(f"transfer must be one of {list(TRANSFERS)}, got {transfer!r}")
+    if transfer == "auto":
+        return "staged"
+    if transfer == "uva" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(f"transfer='uva' needs a CUDA device tier, got {str(device)!r} (or "
+                          "TRITON_INTERPRET=1 to run its kernel on the CPU)")
+    return transfer

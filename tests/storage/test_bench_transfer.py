@@ -14,8 +14,8 @@ def test_transfer_bench_writes_every_ratio(tmp_path, capsys):
                 "disk_clustered_vs_scattered", "bulk_vs_memcpy_fragmented"):
         assert payload[key] > 0, key
     assert payload["loaded_pages_match"] is True
-    assert payload["bulk_load_direct"] is (payload["device_is_cpu_standin"])
-    assert payload["fragmented_load_direct"] is False
+    assert payload["bulk_load_via"] == ("direct" if payload["device_is_cpu_standin"] else "staged")
+    assert payload["fragmented_load_via"] == "staged"
     assert payload["device_is_cpu_standin"] == (payload["machine"]["cuda"] is False)
     assert "bulk_vs_memcpy" in capsys.readouterr().out
     assert not list(tmp_path.glob("icecache-bench-*"))  # the disk file's directory is cleaned up

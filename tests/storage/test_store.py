@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -152,11 +154,12 @@ def test_scattered_device_slots_take_the_staging_path(stack):
     store.load(ids[:4])
     store.evict(ids[[0, 2]])  # free slots 0 and 2: not one run
     slots = store.load(ids[4:])
-    assert sorted(slots.tolist()) == [0, 2] and not store.stats().last["load"].direct
+    assert sorted(slots.tolist()) == [0, 2] and store.stats().last["load"].via == "staged"
     assert torch.equal(bits(store.device_pool.k[slots]), bits(k[4:]))
     store.evict(ids)
     slots = store.load(ids[:3])
-    assert slots.tolist() == [0, 1, 2] and store.stats().last["load"].direct
+    assert slots.tolist() == [0, 1, 2]
+    assert store.stats().last["load"].via == ("direct" if store.tiers[0].device.type == "cpu" else "staged")
 
 
 def test_rewriting_a_resident_page_updates_its_device_copy(stack):
@@ -256,3 +259,29 @@ def test_store_rejects_mismatched_or_duplicate_tiers():
         TieredStore([c, a])
     with pytest.raises(ConfigError, match=r"\(\)"):
         TieredStore([])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the UVA kernel needs CUDA or the Triton interpreter")
+def test_uva_transfer_moves_host_pages_with_one_kernel_and_disk_pages_staged(tmp_path):
+    spec = PageSpec(page_size=2, head_dim=4, dtype=torch.bfloat16)
+    config = CacheConfig(page_size=2, dtype="bf16", tiers=TierConfig(device_pages=6, host_pages=3,
+                                                                     disk_dir=tmp_path, disk_pages=8))
+    pm = get_plugin_manager(load_entrypoints=False)
+    registry = build_registry(pm)
+    tiers = [registry.create("tier", n, config, head_dim=4) for n in ("device", "host", "disk")]
+    store = TieredStore(tiers, transfer="uva")
+    ids = store.allocate(5)
+    k, v = _kv(5, 13, spec)
+    store.write_pages(ids, k, v)  # 2 on disk, 3 on host
+    slots = store.load(ids[[4, 0, 3, 1]])
+    last = store.stats().last["load"]
+    assert last.via == "staged+uva" and last.sources == {"host": 2, "disk": 2} and last.copies == 2
+    assert torch.equal(bits(store.device_pool.k[slots]), bits(k[[4, 0, 3, 1]]))
+    assert torch.equal(bits(store.device_pool.v[slots]), bits(v[[4, 0, 3, 1]]))
+    store.close()
+
+
+def test_transfer_mode_is_checked():
+    with pytest.raises(ConfigError, match="'fast'"):
+        TieredStore([HostTier(name="host", spec=SPEC)], transfer="fast")
