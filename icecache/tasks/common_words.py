@@ -38,4 +38,4 @@ def common_words(rng: random.Random, tokenizer: Any, target: int, *, sample_id: 
             max_new_tokens=6 * num_common + 4, meta={"repeats": reps},
         )
 
-    return fit_to_tokens(build, tokenizer, target, min_units=len(rare))
+    return fit_to_tokens(build, tokenizer, target)

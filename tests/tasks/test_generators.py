@@ -1,0 +1,81 @@
+import re
+
+import pytest
+
+from icecache.core.errors import ConfigError, UnknownComponentError
+from icecache.tasks import TASKS, generate_suite, generate_task, parse_task_names, prompt_ids, render_prompt
+
+CONTEXT = 1024
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_prompt_fits_the_token_target_closely(task, tokenizer):
+    for sample in generate_task(task, n=2, context=CONTEXT, tokenizer=tokenizer, seed=3):
+        n = len(prompt_ids(tokenizer, sample))
+        assert n == sample.meta["prompt_tokens"]
+        assert 0.85 * CONTEXT <= n <= CONTEXT, (task, n)
+        assert sample.task == task and sample.answers
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "common_words"])
+def test_every_answer_is_in_the_context_away_from_the_ends(task, tokenizer):
+    for sample in generate_task(task, n=3, context=CONTEXT, tokenizer=tokenizer, seed=1):
+        text = sample.context
+        for answer in sample.answers:
+            at = text.find(answer)
+            assert at >= 0, (task, answer)
+            # NOTE: needles sit at 10-90% depth so sink and window tokens alone cannot answer.
+            assert 0.05 * len(text) < at < 0.95 * len(text), (task, at / len(text))
+
+
+def test_common_words_are_the_most_frequent(tokenizer):
+    sample = generate_task("common_words", n=1, context=CONTEXT, tokenizer=tokenizer)[0]
+    counts: dict[str, int] = {}
+    for word in re.findall(r"\d+\. (\w+)", sample.context):
+        counts[word] = counts.get(word, 0) + 1
+    top = sorted(counts, key=counts.get, reverse=True)[: len(sample.answers)]
+    assert set(top) == set(sample.answers)
+    rest = [c for w, c in counts.items() if w not in sample.answers]
+    assert min(counts[a] for a in sample.answers) >= 4 * max(rest)
+
+
+def test_distractor_keys_differ_from_the_asked_key(tokenizer):
+    sample = generate_task("niah_multikey", n=1, context=CONTEXT, tokenizer=tokenizer)[0]
+    keys = sample.meta["keys"]
+    assert len(set(keys)) == 4 and sample.meta["asked"] == keys[:1]
+    assert all(k in sample.context for k in keys)
+    assert sample.context.count("special magic numbers for") == 4
+
+
+def test_generation_is_seeded(tokenizer):
+    a = generate_task("niah_single", n=2, context=512, tokenizer=tokenizer, seed=7)
+    b = generate_task("niah_single", n=2, context=512, tokenizer=tokenizer, seed=7)
+    c = generate_task("niah_single", n=2, context=512, tokenizer=tokenizer, seed=8)
+    assert a == b
+    assert a[0].answers != c[0].answers
+    assert a[0].answers != a[1].answers
+
+
+def test_prompt_uses_the_chat_template_and_answer_prefix(tokenizer):
+    sample = generate_task("passkey", n=1, context=512, tokenizer=tokenizer)[0]
+    text = render_prompt(tokenizer, sample)
+    assert text.startswith("<|im_start|>system")
+    assert "<|im_start|>assistant\n" + sample.answer_prefix in text
+    assert text.endswith(sample.answer_prefix)
+
+
+def test_suite_and_names(tokenizer):
+    suite = generate_suite("passkey,niah_single", n=1, context=512, tokenizer=tokenizer)
+    assert [s.task for s in suite] == ["passkey", "niah_single"]
+    assert parse_task_names("all") == list(TASKS)
+    with pytest.raises(UnknownComponentError, match="niah_singel.*available tasks: .*niah_single"):
+        parse_task_names("niah_singel")
+    with pytest.raises(ConfigError, match="no task names"):
+        parse_task_names(" , ")
+
+
+def test_too_small_a_context_is_an_error_naming_it(tokenizer):
+    with pytest.raises(ConfigError, match="context target of 50 tokens is too small"):
+        generate_task("niah_single", n=1, context=50, tokenizer=tokenizer)
+    with pytest.raises(ConfigError, match="number of samples"):
+        generate_task("niah_single", n=0, context=512, tokenizer=tokenizer)
