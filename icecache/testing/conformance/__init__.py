@@ -3,7 +3,9 @@
 Each suite is one call that raises :class:`ContractViolation` (an ``AssertionError``) naming the
 broken property, plus pytest helpers. Needs ``hypothesis`` (``pip install icecache[testing]``).
 
-* :func:`check_selector` / :func:`selector_contract_tests` / :func:`registered_selector_factory`
+* selectors: :func:`check_selector`, :func:`selector_contract_tests`, :func:`registered_selector_factory`
+* tiers: :func:`check_tier`, :class:`TierContract` (a hypothesis state machine),
+  :func:`make_tier_machine`, :func:`registered_tier_factory`
 """
 
 from icecache.testing.conformance._runner import ContractViolation
@@ -15,8 +17,18 @@ from icecache.testing.conformance.selector import (
     selector_cases,
     selector_contract_tests,
 )
+from icecache.testing.conformance.tier import (
+    TIER_PROPERTIES,
+    TierContract,
+    check_tier,
+    make_tier_machine,
+    registered_tier_factory,
+    tier_config,
+)
 
 __all__ = [
     "SELECTOR_PROPERTIES", "ContractViolation", "SelectorCase", "check_selector",
     "registered_selector_factory", "selector_cases", "selector_contract_tests",
+    "TIER_PROPERTIES", "TierContract", "check_tier", "make_tier_machine", "registered_tier_factory",
+    "tier_config",
 ]

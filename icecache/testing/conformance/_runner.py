@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import Flaky
 
 
@@ -17,15 +17,19 @@ class ContractViolation(AssertionError):
         super().__init__(f"{contract} contract violated [{prop}]: {detail}")
 
 
-def suite_settings(max_examples: int, base: settings | None = None) -> settings:
+def suite_settings(max_examples: int, base: settings | None = None, *, shrink: bool = True) -> settings:
     """Settings for one suite run: few examples, no deadline (components may be slow on CPU),
     one failure reported (so the error is an :class:`AssertionError`, not an exception group).
     Without ``base`` no example database is used: every component runs through the same inner test,
     so one component's saved failures mean nothing for the next (the failing case is printed).
-    Anything else follows ``base`` or the active hypothesis profile (derandomize, verbosity...)."""
+    Anything else follows ``base`` or the active hypothesis profile (derandomize, verbosity...).
+    ``shrink=False`` reports the first failing example as found: a quick yes/no (shrinking a long
+    stateful run can take minutes)."""
     if not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
-    extra = {"database": None} if base is None else {}
+    extra: dict[str, Any] = {"database": None} if base is None else {}
+    if not shrink:
+        extra["phases"] = [p for p in (base or settings()).phases if p != Phase.shrink]
     return settings(
         base, max_examples=max_examples, deadline=None, report_multiple_bugs=False, **extra,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],

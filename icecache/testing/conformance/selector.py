@@ -337,17 +337,18 @@ def check_selector(factory: SelectorFactory, *, max_examples: int = 20,
                    properties: Iterable[str] | None = None,
                    configs: st.SearchStrategy[CacheConfig] | None = None,
                    shapes: st.SearchStrategy[GQAShape] | None = None,
-                   settings: Any = None) -> None:
+                   settings: Any = None, shrink: bool = True) -> None:
     """Run the selector contract against ``factory(config) -> Selector``; raise
     :class:`ContractViolation` (an ``AssertionError``) naming the property, the row and the step.
 
     ``properties``: a subset of :data:`SELECTOR_PROPERTIES` (default all). ``configs`` / ``shapes``:
     strategies to narrow what is generated (e.g. only ``page_size=16`` if that is all the selector
     supports). ``settings``: a ``hypothesis.settings`` to start from (``max_examples`` wins).
+    ``shrink=False`` reports the first failure unshrunk (faster).
     """
     props = pick_properties(SELECTOR_PROPERTIES, properties, CONTRACT)
 
-    @suite_settings(max_examples, settings)
+    @suite_settings(max_examples, settings, shrink=shrink)
     @given(case=selector_cases(configs=configs, shapes=shapes))
     def selector_contract(case: SelectorCase) -> None:
         run_selector_case(factory, case, props)
