@@ -158,11 +158,49 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
         store.transfer = "staged"
     t["load_1_page"] = _median_ms(lambda: store.load(pick["chosen"][:1]), setup=empty_device,
                                   repeats=args.repeats, cuda=cuda)
+    t["load_resident"] = _median_ms(load, repeats=args.repeats, cuda=cuda)  # bookkeeping alone
+    t.update(_raw_paths(spec, host_tier, device_tier, choose, args, cuda))
     info = {"loaded_pages_match": ok, "bulk_load_via": direct,
             "fragmented_load_via": fragmented_direct, "host_pinned": host_tier.pin_memory,
             "device_tier": device_tier.stats().as_dict()}
     store.close()
     return t, info
+
+
+def _raw_paths(spec: PageSpec, host_tier: HostTier, device_tier: DeviceTier,
+               choose: Callable[[], torch.Tensor], args: argparse.Namespace, cuda: bool) -> dict[str, float]:
+    """The data movement of a load without the store's bookkeeping: one ``index_select`` into (pinned)
+    staging and one copy into a run of device slots; on CUDA also the UVA kernel alone. NOTE: writes
+    device slots behind the store's back, so it runs last."""
+    m = args.pages
+    rows = {"idx": host_tier.slot_of(choose())}
+    staging = spec.empty(m, pin_memory=cuda)
+    region = device_tier.data[:m]
+
+    def choose_rows() -> None:
+        rows["idx"] = host_tier.slot_of(choose())
+
+    def raw() -> None:
+        if cuda:
+            torch.index_select(host_tier.data, 0, rows["idx"], out=staging)
+            region.copy_(staging, non_blocking=True)
+        else:
+            torch.index_select(host_tier.data, 0, rows["idx"], out=region)
+
+    t = {"gather_copy_raw": _median_ms(raw, setup=choose_rows, repeats=args.repeats, cuda=cuda)}
+    if cuda:
+        from icecache.storage.uva import copy_rows
+
+        idx = torch.empty(m, 2, dtype=torch.int64, pin_memory=True)
+
+        def choose_pairs() -> None:
+            choose_rows()
+            idx[:, 0] = rows["idx"]
+            idx[:, 1] = torch.arange(m)
+
+        t["uva_raw"] = _median_ms(lambda: copy_rows(host_tier.data, device_tier.data, idx),
+                                  setup=choose_pairs, repeats=args.repeats, cuda=cuda)
+    return t
 
 
 def bench_disk(spec: PageSpec, args: argparse.Namespace, gen: torch.Generator, directory: str
@@ -241,6 +279,8 @@ def main(args: argparse.Namespace) -> int:
         "bulk_vs_memcpy": times["memcpy"] / times["bulk_load"],
         "bulk_vs_memcpy_fragmented": times["memcpy"] / times["bulk_load_fragmented"],
         "bulk_vs_per_page": times["per_page"] / times["bulk_load"],
+        "raw_gather_copy_vs_memcpy": times["memcpy"] / times["gather_copy_raw"],
+        **({"raw_uva_vs_memcpy": times["memcpy"] / times["uva_raw"]} if "uva_raw" in times else {}),
         **({"bulk_uva_vs_memcpy": times["memcpy"] / times["bulk_load_uva"],
             "bulk_uva_vs_memcpy_fragmented": times["memcpy"] / times["bulk_load_uva_fragmented"],
             "bulk_uva_vs_per_page": times["per_page"] / times["bulk_load_uva"]} if "bulk_load_uva" in times
@@ -254,6 +294,7 @@ def main(args: argparse.Namespace) -> int:
     for name, ms in times.items():
         size = disk_bytes if name.startswith("disk") else nbytes
         size = spec.page_nbytes if name == "load_1_page" else size
+        size = 0 if name == "load_resident" else size
         rows.append({"measure": name, "median_ms": ms, "GB/s": size / ms / 1e6})
     print(f"device {device} ({'CPU stand-in' if device.type == 'cpu' else 'CUDA'}), {args.pages} pages of "
           f"{spec.page_size}x{spec.head_dim} {spec.dtype} K+V = {spec.page_nbytes} B/page, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from attrs import define
+from attrs import define, setters
 from torch import Tensor
 
 from icecache.core.config import CacheConfig
@@ -19,7 +19,7 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-@define(eq=False)
+@define(eq=False, on_setattr=setters.NO_OP)
 class DeviceTier(MemoryTier):
     """Slots ``[num_slots, 2, S, D]`` on the device. ``k`` and ``v`` are ``[num_slots, S, D]`` views
     (page stride ``2 * S * D``; each page contiguous), usable with a :class:`PageTable` whose indices

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from attrs import define, field
+from attrs import define, field, setters
 from torch import Tensor
 
 from icecache.core.config import CacheConfig
@@ -50,7 +50,7 @@ def _runs(slots: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return s[first], lengths
 
 
-@define(eq=False)
+@define(eq=False, on_setattr=setters.NO_OP)
 class DiskTier(SlotTier):
     """Slots in a file under ``directory`` (``None``: a private temporary directory, removed on close).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from attrs import define
+from attrs import define, setters
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError
@@ -19,11 +19,14 @@ def can_pin() -> bool:
     return torch.cuda.is_available()
 
 
-@define(eq=False)
+@define(eq=False, on_setattr=setters.NO_OP)
 class HostTier(MemoryTier):
-    """Slots ``[num_slots, 2, S, D]`` in CPU memory, grown by doubling up to ``capacity``."""
+    """Slots ``[num_slots, 2, S, D]`` in CPU memory, grown by doubling up to ``capacity``; pinned when
+    ``pin_memory`` is True, or ``None`` (the default) and CUDA is available."""
 
     def __attrs_post_init__(self) -> None:
+        if self.pin_memory is None:
+            self.pin_memory = can_pin()
         if self.device.type != "cpu":
             raise ConfigError(f"a host tier lives on the CPU, got device {str(self.device)!r}")
         if self.pin_memory and not can_pin():

@@ -18,6 +18,13 @@ from icecache.core.config import to_dtype
 from icecache.core.errors import PageError, TensorSpecError
 from icecache.core.validators import positive
 
+# NOTE: ufunc reductions called directly: ``ndarray.any()`` and friends go through a Python wrapper,
+# and the bookkeeping of one move calls them dozens of times.
+np_any = np.logical_or.reduce
+np_all = np.logical_and.reduce
+np_min = np.minimum.reduce
+np_max = np.maximum.reduce
+
 
 @frozen(kw_only=True)
 class PageSpec:
@@ -95,16 +102,16 @@ def as_page_ids(page_ids: Tensor | list[int] | int, *, unique: bool = True) -> T
         ids = ids.to("cpu", torch.int64).reshape(-1)
     a = ids.numpy()
     if a.size > 1 and unique:
-        if (a[1:] > a[:-1]).all():  # NOTE: ascending ids (the store sorts them) need no sort here
+        if np_all(a[1:] > a[:-1]):  # NOTE: ascending ids (the store sorts them) need no sort here
             low = int(a[0])
         else:
             s = np.sort(a)
             dup = s[1:] == s[:-1]
-            if dup.any():
+            if np_any(dup):
                 raise PageError(f"page id {int(s[1:][dup][0])} is listed twice")
             low = int(s[0])
     else:
-        low = int(a.min()) if a.size else 0
+        low = int(np_min(a)) if a.size else 0
     if low < 0:
         raise PageError(f"page id {low} is out of range (negative)")
     return ids
@@ -116,6 +123,6 @@ def contiguous_run(slots: Tensor | np.ndarray) -> int | None:
     if a.size == 0:
         return None
     start = int(a[0])
-    if a.size == 1 or (int(a[-1]) - start == a.size - 1 and bool((np.diff(a) == 1).all())):
+    if a.size == 1 or (int(a[-1]) - start == a.size - 1 and np_all(np.diff(a) == 1)):
         return start
     return None

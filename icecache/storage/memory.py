@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import torch
-from attrs import define, field
+from attrs import define, field, setters
 from torch import Tensor
 
 from icecache.storage.layout import contiguous_run
 from icecache.storage.slots import SlotTier
 
 
-@define(eq=False)
+@define(eq=False, on_setattr=setters.NO_OP)
 class MemoryTier(SlotTier):
     """Slots in a tensor on ``device`` (pinned host memory when ``pin_memory``)."""
 
     _device: torch.device = field(kw_only=True, factory=lambda: torch.device("cpu"), converter=torch.device)
-    pin_memory: bool = field(kw_only=True, default=False)
+    pin_memory: bool | None = field(kw_only=True, default=None)
     _data: Tensor | None = field(init=False, default=None)
 
     @property
@@ -29,7 +29,7 @@ class MemoryTier(SlotTier):
         return self._data
 
     def _resize_storage(self, num_slots: int) -> None:
-        new = self.spec.empty(num_slots, device=self._device, pin_memory=self.pin_memory)
+        new = self.spec.empty(num_slots, device=self._device, pin_memory=bool(self.pin_memory))
         if self._data is not None and self._num_slots:
             new[: self._num_slots].copy_(self._data[: self._num_slots])
         self._data = new

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from attrs import define, field
+from attrs import define, field, setters
 from torch import Tensor
 
 from icecache.core.errors import PageError, StorageError
 from icecache.core.validators import optional_positive
-from icecache.storage.layout import as_page_ids
+from icecache.storage.layout import as_page_ids, np_any, np_max
 
 
-@define(eq=False)
+@define(eq=False, on_setattr=setters.NO_OP)
 class PagePool:
     """Allocator of page ids with owner ``(sequence, layer, kv_head)`` and valid-slot count per page.
 
@@ -87,16 +87,16 @@ class PagePool:
         a = ids.numpy()
         if a.size == 0:
             return ids
-        top = int(a.max())
+        top = int(np_max(a))
         if top >= self._high:
             bound = f"[0, {self._high})" if self._high else "(no page allocated yet)"
             raise PageError(f"page id {top} is out of range {bound}")
         dead = ~self._allocated[a]
-        if dead.any():
+        if np_any(dead):
             raise PageError(f"page id {int(a[dead][0])} is not allocated (freed or never handed out)")
         if written:
             empty = self._lens[a] == 0
-            if empty.any():
+            if np_any(empty):
                 raise PageError(f"page id {int(a[empty][0])} has no data (never written)")
         return ids
 

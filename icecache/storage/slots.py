@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from attrs import define, field
+from attrs import define, field, setters
 from torch import Tensor
 
 from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.validators import optional_positive
 from icecache.storage.base import TierStats
-from icecache.storage.layout import PageSpec, as_page_ids
+from icecache.storage.layout import PageSpec, as_page_ids, np_any, np_max
 
 FREE, STORING, READY = 0, 1, 2
 #: eviction orders: ``lru`` re-stamps a page on every touch, ``fifo`` only when it is stored
@@ -48,7 +48,8 @@ def _tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
 
 
-@define(eq=False)
+# NOTE: no attrs on_setattr hooks: the bookkeeping assigns attributes on every move.
+@define(eq=False, on_setattr=setters.NO_OP)
 class SlotTier:
     """Implements the :class:`icecache.storage.base.Tier` protocol's bookkeeping over slots."""
 
@@ -111,7 +112,7 @@ class SlotTier:
         ids = _ids(page_ids)
         slots = self._present_slots(ids)
         storing = self._state[slots] != READY
-        if storing.any():
+        if np_any(storing):
             raise PageError(f"page {int(ids[storing][0])} is still being stored in tier {self.name!r}")
         self._pins[slots] += 1
         return torch.from_numpy(slots)
@@ -120,7 +121,7 @@ class SlotTier:
         ids = _ids(page_ids)
         slots = self._present_slots(ids)
         unpinned = self._pins[slots] <= 0
-        if unpinned.any():
+        if np_any(unpinned):
             raise PageError(f"page {int(ids[unpinned][0])} is not being loaded from tier {self.name!r}")
         self._pins[slots] -= 1
 
@@ -129,9 +130,9 @@ class SlotTier:
         ids = _ids(page_ids)
         slots = self._lookup_slots(ids)
         present = slots >= 0
-        if present.any():
+        if np_any(present):
             storing = self._state[slots[present]] == STORING
-            if storing.any():
+            if np_any(storing):
                 raise PageError(f"page {int(ids[present][storing][0])} is already being stored in tier "
                                 f"{self.name!r}")
         absent = ~present
@@ -153,7 +154,7 @@ class SlotTier:
         ids = _ids(page_ids)
         slots = self._present_slots(ids)
         bad = self._state[slots] != STORING
-        if bad.any():
+        if np_any(bad):
             raise PageError(f"page {int(ids[bad][0])} is not being stored in tier {self.name!r}")
         if success:
             self._state[slots] = READY
@@ -190,7 +191,7 @@ class SlotTier:
         ids = _ids(page_ids)
         slots = self._present_slots(ids)
         busy = (self._state[slots] == STORING) | (self._pins[slots] > 0)
-        if busy.any():
+        if np_any(busy):
             raise PageError(f"page {int(ids[busy][0])} is in flight in tier {self.name!r}; it cannot be "
                             "evicted or freed")
         self._release(slots, ids)
@@ -211,14 +212,16 @@ class SlotTier:
     # ----- internals -----------------------------------------------------------------------------
     def _lookup_slots(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, ``-1`` where absent (a new array)."""
-        if ids.size and int(ids.max()) >= self._slot_of.size:
-            self._grow_ids(int(ids.max()) + 1)
+        if ids.size:
+            top = int(np_max(ids))
+            if top >= self._slot_of.size:
+                self._grow_ids(top + 1)
         return self._slot_of[ids]
 
     def _present_slots(self, ids: np.ndarray) -> np.ndarray:
         slots = self._lookup_slots(ids)
         missing = slots < 0
-        if missing.any():
+        if np_any(missing):
             raise PageError(f"page {int(ids[missing][0])} is not in tier {self.name!r}")
         return slots
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from attrs import define, field
+from attrs import define, field, setters
 from torch import Tensor
 
 from icecache.storage.layout import PageSpec, contiguous_run
 
 
-@define(eq=False)
+@define(eq=False, on_setattr=setters.NO_OP)
 class Stager:
     """Staging for moves into a tier on ``device``."""
 

@@ -30,7 +30,7 @@ from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.page_table import PageTable
 from icecache.storage.base import Tier
-from icecache.storage.layout import as_page_ids, contiguous_run
+from icecache.storage.layout import as_page_ids, contiguous_run, np_all, np_max, np_min
 from icecache.storage.memory import MemoryTier
 from icecache.storage.pool import PagePool
 from icecache.storage.staging import Stager
@@ -195,14 +195,18 @@ class TieredStore:
             return slots if inverse is None else slots[inverse]
         cache = self.cache
         resident = cache.lookup(ids).numpy()
-        everything = bool(resident.all())
-        held = ids if everything else torch.from_numpy(uniq[resident])
-        cache.prepare_load(held)  # NOTE: pinned so that making room for the others cannot evict them
-        try:
-            if not everything:
-                self._bring_in(uniq[~resident])
-        finally:
-            cache.complete_load(held)
+        if not np_all(resident):
+            missing = uniq[~resident]
+            free = cache.free_slots
+            # NOTE: pinned so that making room for the others cannot evict them (only needed then)
+            held = torch.from_numpy(uniq[resident]) if free is not None and missing.size > free else None
+            if held is not None:
+                cache.prepare_load(held)
+            try:
+                self._bring_in(missing)
+            finally:
+                if held is not None:
+                    cache.complete_load(held)
         if pin:
             cache.prepare_load(ids)
         cache.touch(ids)
@@ -377,8 +381,8 @@ class TieredStore:
             loc = np.zeros(m, dtype=np.int64)  # the tier's prepare_load checks the pages are there
         else:
             loc = self._locate(torch.from_numpy(missing)).numpy()
-            assert (loc >= 0).all(), "a written page is in no backing tier"
-        if loc.size and loc.min() != loc.max():
+            assert np_all(loc >= 0), "a written page is in no backing tier"
+        if loc.size and np_min(loc) != np_max(loc):
             order = np.argsort(loc, kind="stable")
             missing, loc = missing[order], loc[order]  # grouped by source tier
         ids = torch.from_numpy(missing)
@@ -477,7 +481,7 @@ class TieredStore:
 def _distinct(a: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
     """``(distinct ids ascending, inverse)`` with ``a == distinct[inverse]``; ``inverse`` is ``None``
     when ``a`` is already distinct and ascending."""
-    if a.size <= 1 or (a[1:] > a[:-1]).all():
+    if a.size <= 1 or np_all(a[1:] > a[:-1]):
         return a, None
     uniq, inverse = np.unique(a, return_inverse=True)
     return uniq, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
