@@ -1,0 +1,96 @@
+"""Vectorized construction of the two-level page layout (cells of pages) for many heads at once.
+
+1. Keys go to the MIPS-transformed space (:mod:`icecache.index.transform`).
+2. A PCA tree splits each head's keys into ``2**depth`` balanced *cells* (about ``cell_tokens`` each).
+3. Inside every cell, batched capacity-bounded k-means makes *leaves* of about ``leaf_tokens`` keys
+   and at most ``page_size``: the pages.
+
+All heads and cells are processed together: one k-means over ``[G * cells, cell_size, D + 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from attrs import frozen
+from torch import Tensor
+
+from icecache.index.clustering.kmeans import kmeans
+from icecache.index.clustering.pca_tree import pca_tree
+from icecache.index.transform import mips_keys
+
+
+@frozen(kw_only=True)
+class BuiltLayout:
+    """Result of :func:`build_layout` for ``G`` heads.
+
+    * ``pages``: int64 ``[G, P, S]``, indices into the ``N`` input keys, ``-1`` padded.
+    * ``page_cell``: int64 ``[G, P]``, the cell (upper-level node) of each page; ``-1`` for padding.
+    * ``num_cells``: cells per head.
+    """
+
+    pages: Tensor
+    page_cell: Tensor
+    num_cells: int
+
+
+def rank_within(seg: Tensor, key: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
+    """For items with segment ``seg`` ``[M]`` sorted by ``key`` ``[M]`` inside segments: the
+    items' order (segment-major, key-minor) and each item's rank inside its segment."""
+    order = key.argsort(stable=True)
+    order = order[seg[order].argsort(stable=True)]
+    counts = torch.bincount(seg, minlength=num_segments)
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(seg)
+    rank[order] = torch.arange(seg.numel(), device=seg.device) - starts[seg[order]]
+    return order, rank
+
+
+def pack(seg: Tensor, rank: Tensor, values: Tensor, num_segments: int, width: int,
+         fill: float | int) -> Tensor:
+    """Scatter ``values`` ``[M, ...]`` to ``[num_segments, width, ...]`` at (``seg``, ``rank``)."""
+    out = torch.full((num_segments, width, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    out[seg, rank] = values
+    return out
+
+
+def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int, cell_tokens: int,
+                 iters: int = 5, balanced_iters: int = 1, transform: bool = True,
+                 generator: torch.Generator | None = None) -> BuiltLayout:
+    """Group each head's valid keys into pages.
+
+    ``keys``: float ``[G, N, D]``; ``mask``: bool ``[G, N]`` (keys to index). ``leaf_tokens``: target
+    mean page fill (``<= page_size``); ``cell_tokens``: target keys per upper-level cell.
+    """
+    G, N, D = keys.shape
+    dev = keys.device
+    space = mips_keys(keys, mask)[0] if transform else keys
+    n_max = int(mask.sum(1).max())
+    depth = max(0, int(round(math.log2(max(1.0, n_max / cell_tokens)))))
+    cells = pca_tree(space, mask, depth, generator=generator)  # [G, N]
+    num_cells = 1 << depth
+    # gather every cell's points into a padded [G * cells, m, D + 1] block
+    g_idx, n_idx = torch.nonzero(mask, as_tuple=True)
+    seg = g_idx * num_cells + cells[g_idx, n_idx]  # [M]
+    _, rank = rank_within(seg, n_idx, G * num_cells)
+    m = int(rank.max()) + 1 if rank.numel() else 1
+    block = pack(seg, rank, space[g_idx, n_idx], G * num_cells, m, 0.0)  # [G*cells, m, D+1]
+    block_mask = pack(seg, rank, torch.ones_like(seg, dtype=torch.bool), G * num_cells, m, False)
+    leaves_per_cell = max(1, math.ceil(m / leaf_tokens))
+    res = kmeans(block, leaves_per_cell, iters=iters, mask=block_mask, capacity=page_size,
+                 balanced_iters=balanced_iters, generator=generator)
+    leaf = res.assignments[seg, rank]  # [M], leaf inside its cell
+    # pages: (head, cell, leaf) -> compact non-empty leaves per head
+    page_key = cells[g_idx, n_idx] * leaves_per_cell + leaf  # [M] page slot inside head
+    slots = num_cells * leaves_per_cell
+    used = torch.zeros(G, slots, dtype=torch.bool, device=dev)
+    used[g_idx, page_key] = True
+    page_of_slot = used.long().cumsum(1) - 1  # [G, slots]
+    P = int(used.sum(1).max())
+    page = page_of_slot[g_idx, page_key]  # [M]
+    _, slot_rank = rank_within(g_idx * P + page, n_idx, G * P)
+    pages = pack(g_idx * P + page, slot_rank, n_idx, G * P, page_size, -1).view(G, P, page_size)
+    page_cell = torch.full((G, P), -1, dtype=torch.int64, device=dev)
+    page_cell[g_idx, page] = cells[g_idx, n_idx]
+    return BuiltLayout(pages=pages, page_cell=page_cell, num_cells=num_cells)

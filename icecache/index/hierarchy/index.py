@@ -1,0 +1,455 @@
+"""The hierarchy page index: cells (upper level) of pages (leaves) over MIPS-transformed keys.
+
+Build (prefill): :func:`~icecache.index.hierarchy.build.build_layout` for every head at once.
+Insert (decode): new keys join their nearest page in the clustering space; a page over capacity
+splits at the median of its principal direction; summaries of touched pages are recomputed.
+Query: cells are ranked by an upper bound and kept until they hold ``candidates x max_tokens``
+tokens; their pages are ranked by a centroid estimate, the best are rescored exactly from their
+keys, and pages are taken greedily within the token budget.
+
+GQA merge (``gqa="softmax-sum"``): each query head's page masses are normalized over the candidate
+pages (a softmax of the page log-masses) and summed over the group's heads; pages are then ranked by
+mass per token. This maximizes the group-averaged attention mass a budget captures (the recall
+metric) better than a max of raw scores, which lets one head with a peaked distribution dominate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from attrs import define, field
+from attrs.validators import in_, instance_of
+from torch import Tensor
+
+from icecache.core.config import CacheConfig
+from icecache.core.errors import ConfigError, TensorSpecError
+from icecache.core.validators import positive
+from icecache.index.base import PageHits, PageSummaries
+from icecache.index.budget import as_budget, greedy_take
+from icecache.index.clustering.kmeans import kmeans
+from icecache.index.clustering.pca_tree import pca_tree
+from icecache.index.hierarchy.build import build_layout, rank_within
+from icecache.index.hierarchy.state import IndexState
+from icecache.selectors.types import PageLayout
+
+SCORINGS = ("exact", "centroid")
+GQA_MERGES = ("softmax-sum", "max")
+INSERT_MODES = ("assign", "new-leaf")
+
+
+def _positive_float(instance, attribute, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def check_keys(keys: Tensor, name: str = "keys") -> None:
+    if not isinstance(keys, Tensor) or keys.dim() != 4 or not keys.is_floating_point():
+        got = f"{keys.dtype} {tuple(keys.shape)}" if isinstance(keys, Tensor) else type(keys).__name__
+        raise TensorSpecError(f"{name} must be a float [B, H_kv, N, D] tensor, got {got}")
+
+
+def normalize_token_ids(token_ids: Tensor | None, B: int, H: int, n: int, device: torch.device) -> Tensor:
+    """Token ids as int64 ``[B * H, n]`` from ``None`` (``0..n-1``), ``[n]`` or ``[B, H, n]``."""
+    if token_ids is None:
+        return torch.arange(n, device=device).expand(B * H, n).clone()
+    if not isinstance(token_ids, Tensor) or token_ids.is_floating_point() or token_ids.dtype == torch.bool:
+        raise TensorSpecError(f"token_ids must be an integer tensor, got {token_ids!r:.80}")
+    if token_ids.shape == (n,):
+        return token_ids.to(device, torch.int64).expand(B * H, n).clone()
+    if token_ids.shape != (B, H, n):
+        raise TensorSpecError(
+            f"token_ids must have shape [{n}] or [{B}, {H}, {n}], got {tuple(token_ids.shape)}")
+    return token_ids.to(device, torch.int64).reshape(B * H, n).clone()
+
+
+def query_whitening(queries: Tensor) -> Tensor:
+    """``[G, D, D]`` symmetric square root of the queries' second moment ``E[q q^T]`` (trace ``D``).
+
+    Clustering ``k @ W`` minimizes the *expected squared score error* ``E_q[(q.(k - c))^2]`` of a page
+    centroid ``c``: keys that score alike for the queries actually seen share a page.
+    """
+    G, Q, D = queries.shape
+    q = queries.float()
+    cov = q.transpose(1, 2) @ q / max(Q, 1)  # [G, D, D]
+    cov = cov * (D / torch.diagonal(cov, dim1=1, dim2=2).sum(-1).clamp_min(1e-12))[:, None, None]
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp_min(1e-4 * evals.amax(-1, keepdim=True).clamp_min(1e-12))
+    return evecs @ torch.diag_embed(evals.sqrt()) @ evecs.transpose(1, 2)
+
+
+@define
+class HierarchyIndex:
+    """Two-level index (cells of pages) over MIPS-transformed keys; see the module docstring.
+
+    Options: ``leaf_tokens`` target mean page fill (pages hold at most ``config.page_size``; smaller
+    leaves raise recall at a budget), ``cell_tokens`` keys per cell, ``iters`` k-means iterations,
+    ``candidates`` how many times ``max_tokens`` the exact rescoring looks at, ``scoring``
+    ("exact" | "centroid"), ``gqa`` ("softmax-sum" | "max"), ``insert_mode`` ("assign" |
+    "new-leaf"), ``transform`` (cluster in the MIPS-transformed space).
+    """
+
+    config: CacheConfig = field(validator=instance_of(CacheConfig))
+    leaf_tokens: int = field(default=8, validator=positive)
+    cell_tokens: int = field(default=256, validator=positive)
+    iters: int = field(default=5, validator=positive)
+    candidates: float = field(default=4.0, validator=_positive_float)
+    scoring: str = field(default="exact", validator=in_(SCORINGS))
+    gqa: str = field(default="softmax-sum", validator=in_(GQA_MERGES))
+    insert_mode: str = field(default="assign", validator=in_(INSERT_MODES))
+    transform: bool = field(default=True)
+    seed: int | None = field(default=None)
+    name: str = field(default="hierarchy", init=False)
+    _state: IndexState | None = field(default=None, init=False, repr=False)
+    _shape: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.leaf_tokens > self.config.page_size:
+            raise ConfigError(f"leaf_tokens={self.leaf_tokens} exceeds page_size={self.config.page_size}")
+
+    # ------------------------------------------------------------------ build
+    def build(self, keys: Tensor, token_ids: Tensor | None = None, *, queries: Tensor | None = None) -> None:
+        """See :meth:`icecache.index.base.PageIndex.build`. ``queries``: optional float
+        ``[B, H_kv, Q, D]`` sample of queries (e.g. the prompt's, all heads of the group); when given,
+        pages group keys that score alike for such queries (:func:`query_whitening`)."""
+        check_keys(keys)
+        B, H, N, D = keys.shape
+        G, dev = B * H, keys.device
+        tok = normalize_token_ids(token_ids, B, H, N, dev)  # [G, N]
+        mask = tok >= 0
+        x = keys.reshape(G, N, D).float()  # [G, N, D]
+        whiten = None
+        if queries is not None:
+            if queries.dim() != 4 or queries.shape[:2] != (B, H) or queries.shape[-1] != D:
+                raise TensorSpecError(f"queries must be [{B}, {H}, Q, {D}], got {tuple(queries.shape)}")
+            whiten = query_whitening(queries.reshape(G, -1, D).to(dev))
+        space = x @ whiten if whiten is not None else x
+        gen = torch.Generator().manual_seed(self.config.seed if self.seed is None else self.seed)
+        S = self.config.page_size
+        if bool(mask.any()):
+            built = build_layout(space, mask, page_size=S, leaf_tokens=self.leaf_tokens,
+                                 cell_tokens=self.cell_tokens, iters=self.iters, transform=self.transform,
+                                 generator=gen)
+            pages, page_cell, num_cells = built.pages, built.page_cell, built.num_cells
+        else:
+            pages = torch.full((G, 0, S), -1, dtype=torch.int64, device=dev)
+            page_cell = torch.full((G, 0), -1, dtype=torch.int64, device=dev)
+            num_cells = 1
+        P = pages.shape[1]
+        space_sq = (space * space).sum(-1)
+        zeros = torch.zeros(G, P, D, device=dev)
+        self._state = IndexState(
+            keys=x.clone(), space=space, space_sq=space_sq, slot_token=tok, num_slots=N,
+            m2=space_sq.masked_fill(~mask, 0).amax(1) if N else torch.zeros(G, device=dev),
+            pages=pages, page_len=(pages >= 0).sum(-1), page_cell=page_cell,
+            group_pages=(page_cell >= 0).sum(1), page_sum=zeros, page_min=zeros.clone(),
+            page_max=zeros.clone(), page_radius=torch.zeros(G, P, device=dev), page_ssum=zeros.clone(),
+            page_extra=torch.zeros(G, P, device=dev), num_cells=num_cells, whiten=whiten)
+        self._shape = (B, H)
+        self._state.summarize(*self._state.all_pages())
+
+    # ----------------------------------------------------------------- insert
+    def insert(self, keys: Tensor, token_ids: Tensor) -> Tensor:
+        """See :meth:`icecache.index.base.PageIndex.insert`."""
+        check_keys(keys)
+        B, H, n, D = keys.shape
+        if self._state is None:
+            self.build(keys[:, :, :0], torch.zeros(B, H, 0, dtype=torch.int64, device=keys.device))
+        st = self._state
+        if (B, H) != self._shape or D != st.keys.shape[-1]:
+            raise TensorSpecError(f"insert keys {tuple(keys.shape)} do not match the index "
+                                  f"[{self._shape[0]}, {self._shape[1]}, n, {st.keys.shape[-1]}]")
+        G, dev = B * H, keys.device
+        tok = normalize_token_ids(token_ids, B, H, n, dev)
+        valid = tok >= 0
+        x = keys.reshape(G, n, D).float()
+        s0 = st.num_slots
+        st.reserve_slots(s0 + n)
+        space = x @ st.whiten if st.whiten is not None else x
+        st.keys[:, s0:s0 + n] = x
+        st.space[:, s0:s0 + n] = space
+        st.space_sq[:, s0:s0 + n] = (space * space).sum(-1)
+        st.slot_token[:, s0:s0 + n] = tok
+        st.num_slots = s0 + n
+        m2 = torch.maximum(st.m2, st.space_sq[:, s0:s0 + n].masked_fill(~valid, 0).amax(1) if n else st.m2)
+        if bool((m2 > st.m2).any()):
+            # NOTE: M grew: every page's MIPS extra-coordinate sum changes (lazy growth of M).
+            st.m2 = m2
+            st.refresh_extra(*st.all_pages())
+        changed = torch.zeros(G, st.pages.shape[1], dtype=torch.bool, device=dev)
+        has_pages = st.group_pages > 0
+        fresh = valid & ~has_pages[:, None] if self.insert_mode == "assign" else valid
+        routed = valid & ~fresh
+        if bool(routed.any()):
+            changed = self._assign(routed, s0, changed)
+        if bool(fresh.any()):
+            changed = self._new_leaves(fresh, s0, changed)
+        P = st.num_pages
+        return changed[:, :P].reshape(B, H, P)
+
+    def _transformed(self, slots_space: Tensor, sq: Tensor, m2: Tensor) -> Tensor:
+        """Clustering-space keys ``[G, n, D]`` -> MIPS-transformed ``[G, n, D + 1]`` under ``m2``."""
+        if not self.transform:
+            return slots_space
+        return torch.cat([slots_space, (m2[:, None] - sq).clamp_min(0).sqrt()[..., None]], dim=-1)
+
+    def _page_points(self) -> Tensor:
+        """Page centroids in the (transformed) clustering space, ``[G, P, D(+1)]``."""
+        st = self._state
+        P = st.num_pages
+        n = st.page_len[:, :P, None].clamp_min(1).float()
+        cent = st.page_ssum[:, :P]
+        if self.transform:
+            cent = torch.cat([cent, st.page_extra[:, :P, None]], dim=-1)
+        return cent / n
+
+    def _assign(self, routed: Tensor, s0: int, changed: Tensor) -> Tensor:
+        st, S = self._state, self.config.page_size
+        G, n = routed.shape
+        P = st.num_pages
+        new = self._transformed(st.space[:, s0:s0 + n], st.space_sq[:, s0:s0 + n], st.m2)  # [G, n, Dt]
+        cent = self._page_points()  # [G, P, Dt]
+        dist = torch.baddbmm((cent * cent).sum(-1)[:, None], new, cent.transpose(1, 2), alpha=-2.0)
+        dist = dist.masked_fill((st.page_len[:, None, :P] == 0), float("inf"))  # [G, n, P]
+        nearest = dist.argmin(-1)  # [G, n]
+        g, j = torch.nonzero(routed, as_tuple=True)
+        dest = nearest[g, j]
+        _, rank = rank_within(g * P + dest, j, G * P)
+        pos = st.page_len[g, dest] + rank
+        fits = pos < S
+        st.pages[g[fits], dest[fits], pos[fits]] = s0 + j[fits]
+        counts = torch.zeros(G * P, dtype=torch.int64, device=g.device).index_add_(
+            0, g * P + dest, torch.ones_like(g)).view(G, P)
+        changed[:, :P] |= counts > 0
+        over = torch.nonzero(st.page_len[:, :P] + counts > S, as_tuple=False)  # [R, 2]
+        if over.numel():
+            left = ~fits
+            changed = self._split(over, g[left], dest[left], s0 + j[left], changed)
+        gc, pc = torch.nonzero(changed, as_tuple=True)
+        st.summarize(gc, pc)
+        return changed
+
+    def _split(self, over: Tensor, lg: Tensor, lp: Tensor, lslot: Tensor, changed: Tensor) -> Tensor:
+        """Split overflowing pages ``over`` ``[R, 2]`` (group, page) whose members are their ``S`` slots
+        plus the leftover new slots ``lslot`` routed to (``lg``, ``lp``)."""
+        st, S = self._state, self.config.page_size
+        G, P = st.pages.shape[0], st.num_pages
+        R = over.shape[0]
+        row_of = torch.full((G * P,), -1, dtype=torch.int64, device=over.device)
+        row_of[over[:, 0] * P + over[:, 1]] = torch.arange(R, device=over.device)
+        lrow = row_of[lg * P + lp]  # [L]
+        _, lrank = rank_within(lrow, lslot, R)
+        extra = int(lrank.max()) + 1
+        members = torch.full((R, S + extra), -1, dtype=torch.int64, device=over.device)
+        members[:, :S] = st.pages[over[:, 0], over[:, 1]]
+        members[lrow, S + lrank] = lslot
+        valid = members >= 0
+        sizes = valid.sum(1)
+        depth = max(1, math.ceil(math.log2(int(sizes.max()) / S)))
+        gg = over[:, 0, None].expand_as(members)
+        m = members.clamp_min(0)
+        pts = self._transformed(st.space[gg, m], st.space_sq[gg, m], st.m2[over[:, 0]])  # [R, W, Dt]
+        part = pca_tree(pts, valid, depth)  # [R, W]
+        parts = 1 << depth
+        # part 0 keeps the page id; parts 1.. get new ids at the end of their group
+        new_per_row = torch.full((R,), parts - 1, dtype=torch.int64, device=over.device)
+        per_group = torch.zeros(G, dtype=torch.int64, device=over.device)
+        per_group.index_add_(0, over[:, 0], new_per_row)
+        first = st.group_pages.clone()
+        _, row_rank = rank_within(over[:, 0], torch.arange(R, device=over.device), G)
+        # rows of one group take consecutive blocks of (parts - 1) new ids
+        row_base = first[over[:, 0]] + row_rank * (parts - 1)
+        st.group_pages = st.group_pages + per_group
+        st.reserve_pages(st.num_pages)
+        changed = torch.cat([changed, torch.zeros(G, st.pages.shape[1] - changed.shape[1], dtype=torch.bool,
+                                                  device=changed.device)], 1)
+        pid = torch.cat([over[:, 1:2], row_base[:, None] + torch.arange(parts - 1, device=over.device)], 1)
+        r, c = torch.nonzero(valid, as_tuple=True)
+        dest_page = pid[r, part[r, c]]
+        _, slot_rank = rank_within(r * parts + part[r, c], c, R * parts)
+        st.pages[over[:, 0], over[:, 1]] = -1
+        st.pages[over[r, 0], dest_page, slot_rank] = members[r, c]
+        st.page_cell[over[:, 0, None].expand_as(pid), pid] = st.page_cell[over[:, 0], over[:, 1]][:, None]
+        changed[over[:, 0, None].expand_as(pid), pid] = True
+        return changed
+
+    def _new_leaves(self, fresh: Tensor, s0: int, changed: Tensor) -> Tensor:
+        """New keys ``fresh`` ``[G, n]`` form pages of their own, each joining its nearest cell."""
+        st, S = self._state, self.config.page_size
+        G, n = fresh.shape
+        m2 = torch.maximum(st.m2, st.space_sq[:, s0:s0 + n].masked_fill(~fresh, 0).amax(1))
+        pts = self._transformed(st.space[:, s0:s0 + n], st.space_sq[:, s0:s0 + n], m2)
+        C = max(1, math.ceil(int(fresh.sum(1).max()) / self.leaf_tokens))
+        res = kmeans(pts, C, iters=self.iters, mask=fresh, capacity=S, balanced_iters=1,
+                     generator=torch.Generator().manual_seed(self.config.seed + st.num_slots))
+        g, j = torch.nonzero(fresh, as_tuple=True)
+        leaf = res.assignments[g, j]
+        used = torch.zeros(G, C, dtype=torch.bool, device=g.device)
+        used[g, leaf] = True
+        base = st.group_pages.clone()
+        page = base[g] + used.long().cumsum(1)[g, leaf] - 1
+        st.group_pages = st.group_pages + used.sum(1)
+        st.reserve_pages(st.num_pages)
+        changed = torch.cat([changed, torch.zeros(G, st.pages.shape[1] - changed.shape[1], dtype=torch.bool,
+                                                  device=changed.device)], 1)
+        _, rank = rank_within(g * st.pages.shape[1] + page, j, G * st.pages.shape[1])
+        st.pages[g, page, rank] = s0 + j
+        changed[g, page] = True
+        # cell: the nearest cell centroid (clustering space) of each new page, by its members' mean
+        cells = st.num_cells
+        P = st.num_pages
+        cell_sum = torch.zeros(G * cells, st.space.shape[-1], device=g.device)
+        cell_cnt = torch.zeros(G * cells, device=g.device)
+        pg, pp = torch.nonzero((st.page_cell[:, :P] >= 0) & (st.page_len[:, :P] > 0), as_tuple=True)
+        key = pg * cells + st.page_cell[pg, pp]
+        cell_sum.index_add_(0, key, st.page_ssum[pg, pp])
+        cell_cnt.index_add_(0, key, st.page_len[pg, pp].float())
+        cell_c = (cell_sum / cell_cnt.clamp_min(1)[:, None]).view(G, cells, -1)
+        leaf_mean = torch.zeros(G, C, st.space.shape[-1], device=g.device).index_put_(
+            (g, leaf), st.space[g, s0 + j], accumulate=True)
+        d = torch.cdist(leaf_mean, cell_c).masked_fill((cell_cnt.view(G, cells) == 0)[:, None], float("inf"))
+        d = torch.where(torch.isinf(d).all(-1, keepdim=True), 0.0, d)
+        best_cell = d.argmin(-1)  # [G, C]
+        st.page_cell[g, page] = best_cell[g, leaf]
+        gc, pc = torch.nonzero(changed, as_tuple=True)
+        st.summarize(gc, pc)
+        return changed
+
+    # ------------------------------------------------------------------ query
+    def query(self, query: Tensor, max_tokens: int | Tensor, *, scale: float | None = None) -> PageHits:
+        """See :meth:`icecache.index.base.PageIndex.query`."""
+        st = self._require()
+        B, H = self._shape
+        D = st.keys.shape[-1]
+        if query.dim() != 4 or query.shape[:2] != (B, H) or query.shape[-1] != D:
+            raise TensorSpecError(f"query must be [{B}, {H}, G, {D}], got {tuple(query.shape)}")
+        G, Gq = B * H, query.shape[2]
+        dev = st.keys.device
+        budget = as_budget(max_tokens, (B, H), dev).reshape(G)
+        scale = D ** -0.5 if scale is None else float(scale)
+        q = query.reshape(G, Gq, D).to(dev, torch.float32)
+        P = st.num_pages
+        lens = st.page_len[:, :P]  # [G, P]
+        cent = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
+        # log-mass estimate per head from the centroid: scale * q.c + log(len)
+        coarse = scale * (q @ cent.transpose(1, 2)) + lens.clamp_min(1).log()[:, None]  # [G, Gq, P]
+        coarse = coarse.masked_fill((lens == 0)[:, None], float("-inf"))
+        target = (self.candidates * budget.float()).ceil()  # [G] tokens to look at
+        if st.num_cells > 1:
+            coarse = coarse.masked_fill(~self._cells_kept(q, scale, target)[:, None], float("-inf"))
+        if self.scoring == "exact":
+            cand, logmass = self._rescore(q, scale, coarse, target)
+        else:
+            cand, logmass = torch.arange(P, device=dev).expand(G, P), coarse
+        mass = torch.nan_to_num(logmass.softmax(-1), nan=0.0)  # [G, Gq, K']
+        merged = mass.sum(1) if self.gqa == "softmax-sum" else mass.amax(1)
+        cand_lens = lens.gather(1, cand)
+        ok = torch.isfinite(logmass).any(1) & (cand_lens > 0)
+        density = (merged / cand_lens.clamp_min(1)).masked_fill(~ok, float("-inf"))
+        order, taken = greedy_take(density, cand_lens, budget)
+        return self._hits(cand.gather(1, order), density.gather(1, order), taken)
+
+    def _cells_kept(self, q: Tensor, scale: float, target: Tensor) -> Tensor:
+        """Bool ``[G, P]``: pages whose cell is among the best cells holding ``target`` tokens."""
+        st = self._state
+        G, P, C = q.shape[0], st.num_pages, st.num_cells
+        lens = st.page_len[:, :P]
+        cellp = st.page_cell[:, :P].clamp_min(0)
+        key = (torch.arange(G, device=q.device)[:, None] * C + cellp).view(-1)  # [G*P]
+        csum = torch.zeros(G * C, q.shape[-1], device=q.device)
+        csum.index_add_(0, key, st.page_sum[:, :P].reshape(G * P, -1))
+        ccnt = torch.zeros(G * C, device=q.device).index_add_(0, key, lens.reshape(-1).float())
+        ccent = csum / ccnt.clamp_min(1)[:, None]  # [G*C, D]
+        pcent = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
+        reach = ((pcent.reshape(G * P, -1) - ccent[key]).norm(dim=-1) + st.page_radius[:, :P].reshape(-1))
+        reach = reach.masked_fill(lens.reshape(-1) == 0, 0.0)
+        crad = torch.zeros(G * C, device=q.device).scatter_reduce_(0, key, reach, reduce="amax")
+        ub = q @ ccent.view(G, C, -1).transpose(1, 2) + q.norm(dim=-1, keepdim=True) * crad.view(G, 1, C)
+        ub = (scale * ub).amax(1).masked_fill(ccnt.view(G, C) == 0, float("-inf"))  # [G, C]
+        order = ub.argsort(dim=-1, descending=True)
+        ctok = ccnt.view(G, C).gather(1, order)
+        before = ctok.cumsum(1) - ctok
+        keep_sorted = (before < target[:, None]) & torch.isfinite(ub.gather(1, order))
+        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+        return keep.gather(1, cellp) & (lens > 0)
+
+    def _rescore(self, q: Tensor, scale: float, coarse: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact page log-masses (logsumexp of the page's key scores) of the best coarse pages covering
+        ``target`` tokens. Returns ``(page ids [G, K'], log-mass [G, Gq, K'])``."""
+        st = self._state
+        G, Gq, P = coarse.shape
+        lens = st.page_len[:, :P]
+        est = torch.nan_to_num(coarse.softmax(-1), nan=0.0).sum(1) / lens.clamp_min(1)  # [G, P]
+        est = est.masked_fill(~torch.isfinite(coarse).any(1), -1.0)
+        order = est.argsort(dim=-1, descending=True)
+        ltok = lens.gather(1, order)
+        before = ltok.cumsum(1) - ltok
+        need = ((before < target[:, None]) & (est.gather(1, order) >= 0)).sum(1)
+        K = max(1, int(need.max()))
+        cand = order[:, :K]  # [G, K]
+        slots = st.pages.gather(1, cand[..., None].expand(-1, -1, st.pages.shape[-1]))  # [G, K, S]
+        keys = st.keys.gather(1, slots.clamp_min(0).reshape(G, -1, 1).expand(-1, -1, q.shape[-1]))
+        s = scale * (q @ keys.transpose(1, 2)).view(G, Gq, K, -1)  # [G, Gq, K, S]
+        s = s.masked_fill((slots < 0)[:, None], float("-inf"))
+        logmass = s.logsumexp(-1)
+        beyond = torch.arange(K, device=q.device)[None] >= need[:, None]
+        return cand, logmass.masked_fill(beyond[:, None], float("-inf"))
+
+    def _hits(self, pages: Tensor, scores: Tensor, taken: Tensor) -> PageHits:
+        st = self._state
+        B, H = self._shape
+        G = B * H
+        K = max(1, int(taken.sum(1).max()))
+        first = taken.long().argsort(dim=1, descending=True, stable=True)[:, :K]  # taken pages first
+        sel = taken.gather(1, first)
+        page_ids = torch.where(sel, pages.gather(1, first), -1)
+        page_scores = torch.where(sel, scores.gather(1, first), float("-inf"))
+        lens = torch.where(sel, st.page_len.gather(1, page_ids.clamp_min(0)), 0)
+        slots = st.pages.gather(1, page_ids.clamp_min(0)[..., None].expand(-1, -1, st.pages.shape[-1]))
+        slots = torch.where(sel[..., None], slots, -1).reshape(G, -1)  # [G, K*S]
+        tok = torch.where(slots >= 0, st.slot_token.gather(1, slots.clamp_min(0)), -1)
+        T = max(1, int((tok >= 0).sum(1).max()))
+        tok = tok.gather(1, (tok < 0).long().argsort(dim=1, stable=True)[:, :T])
+        return PageHits(page_ids=page_ids.view(B, H, K), scores=page_scores.view(B, H, K),
+                        page_lens=lens.view(B, H, K), num_tokens=lens.sum(1).view(B, H),
+                        token_ids=tok.view(B, H, T))
+
+    # ------------------------------------------------------------- accessors
+    def _require(self) -> IndexState:
+        if self._state is None:
+            raise ConfigError("the index is empty: call build() before query(), layout or page_summaries()")
+        return self._state
+
+    @property
+    def layout(self) -> PageLayout:
+        st = self._require()
+        B, H = self._shape
+        P = st.num_pages
+        slots = st.pages[:, :P]
+        G = B * H
+        tok = st.slot_token.gather(1, slots.clamp_min(0).reshape(G, -1)).view_as(slots)
+        tok = torch.where(slots >= 0, tok, -1)
+        return PageLayout(token_ids=tok.view(B, H, P, -1))
+
+    def page_summaries(self) -> PageSummaries:
+        st = self._require()
+        B, H = self._shape
+        P = st.num_pages
+        lens = st.page_len[:, :P]
+        cent = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
+        return PageSummaries(centroids=cent.view(B, H, P, -1), key_min=st.page_min[:, :P].view(B, H, P, -1),
+                             key_max=st.page_max[:, :P].view(B, H, P, -1),
+                             radius=st.page_radius[:, :P].view(B, H, P), lens=lens.view(B, H, P))
+
+    @property
+    def num_tokens(self) -> Tensor:
+        st = self._require()
+        B, H = self._shape
+        return st.page_len.sum(1).view(B, H)
+
+    @property
+    def page_cells(self) -> Tensor:
+        """int64 ``[B, H_kv, P]``: the upper-level cell of each page (``-1`` for padding pages)."""
+        st = self._require()
+        B, H = self._shape
+        return st.page_cell[:, :st.num_pages].view(B, H, -1)
