@@ -40,7 +40,11 @@ def _empty(dtype: Any) -> Any:
     return lambda: np.zeros(0, dtype=dtype)
 
 
-def _ids(page_ids: Tensor, unique: bool = True) -> np.ndarray:
+def _ids(page_ids: Tensor | np.ndarray, unique: bool = True) -> np.ndarray:
+    if type(page_ids) is np.ndarray:
+        # NOTE: int64 numpy arrays are the store's internal calls, with ids it has already checked;
+        # the protocol's callers pass tensors (or lists), which are validated.
+        return page_ids
     return as_page_ids(page_ids, unique=unique).numpy()
 
 

@@ -27,6 +27,7 @@ class Stager:
     _dev: Tensor | None = field(init=False, default=None)  # [cap, 2, S, D] on the device
     _idx: Tensor | None = field(init=False, default=None)  # [cap, 2] int64, pinned on CUDA
     _event: Any = field(init=False, default=None)
+    _pending: bool = field(init=False, default=False)
 
     @property
     def cuda(self) -> bool:
@@ -34,15 +35,17 @@ class Stager:
 
     def wait(self) -> None:
         """Block until the last move queued on the device has finished reading its sources."""
-        if self._event is not None:
+        if self._pending:
             self._event.synchronize()
-            self._event = None
+            self._pending = False
 
     def record(self) -> None:
         """Mark the end of a move queued on the current CUDA stream (see :meth:`wait`)."""
         if self.cuda:
-            self._event = torch.cuda.Event()
+            if self._event is None:
+                self._event = torch.cuda.Event()  # NOTE: one event, recorded again by every move
             self._event.record()
+            self._pending = True
 
     def index_buffer(self, n: int) -> Tensor:
         """A contiguous int64 ``[n, 2]`` CPU buffer (pinned on CUDA), safe to overwrite now."""

@@ -16,6 +16,7 @@ are one contiguous run the pages go straight into them. No loop runs per page.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -181,25 +182,26 @@ class TieredStore:
     def load(self, page_ids: Tensor, *, pin: bool = False) -> Tensor:
         """Make pages resident in the device tier; returns their device slots, int64 ``[n]`` (CPU), in
         the order of ``page_ids`` (repeats allowed). Missing pages are gathered from their backing
-        tiers into one staging buffer, copied to the device once and scattered into free slots
-        (least recently used unpinned pages are evicted to make room). ``pin=True`` keeps the pages
-        from eviction until :meth:`release`. On CUDA the copy is asynchronous on the current stream."""
+        tiers and moved to the device in bulk (see ``transfer``); least recently used unpinned pages
+        are evicted to make room. ``pin=True`` keeps the pages from eviction until :meth:`release`.
+        On CUDA the move is asynchronous on the current stream."""
         uniq, inverse = _distinct(as_page_ids(page_ids, unique=False).numpy())
-        ids = self.pool.check(torch.from_numpy(uniq), written=True)
+        self.pool.check(torch.from_numpy(uniq), written=True)
+        # NOTE: from here on the tiers get numpy ids (checked above), skipping their own validation.
         if self.cache is None:
             tier = self.backing[0]
-            slots = tier.prepare_load(ids)
-            tier.touch(ids)
+            slots = tier.prepare_load(uniq)
+            tier.touch(uniq)
             if not pin:
-                tier.complete_load(ids)
+                tier.complete_load(uniq)
             return slots if inverse is None else slots[inverse]
         cache = self.cache
-        resident = cache.lookup(ids).numpy()
+        resident = cache.lookup(uniq).numpy()
         if not np_all(resident):
             missing = uniq[~resident]
             free = cache.free_slots
             # NOTE: pinned so that making room for the others cannot evict them (only needed then)
-            held = torch.from_numpy(uniq[resident]) if free is not None and missing.size > free else None
+            held = uniq[resident] if free is not None and missing.size > free else None
             if held is not None:
                 cache.prepare_load(held)
             try:
@@ -208,9 +210,9 @@ class TieredStore:
                 if held is not None:
                     cache.complete_load(held)
         if pin:
-            cache.prepare_load(ids)
-        cache.touch(ids)
-        slots = cache.slot_of(ids)
+            cache.prepare_load(uniq)
+        cache.touch(uniq)
+        slots = cache.slot_of(uniq)
         return slots if inverse is None else slots[inverse]
 
     def release(self, page_ids: Tensor) -> None:
@@ -300,9 +302,9 @@ class TieredStore:
         self.close()
 
     # ----- internals -------------------------------------------------------------------------------
-    def _locate(self, ids: Tensor) -> Tensor:
+    def _locate(self, ids: Tensor | np.ndarray) -> Tensor:
         """Index into ``backing`` of the tier holding each page, ``-1`` for none, int64 ``[n]``."""
-        loc = np.full(ids.numel(), -1, dtype=np.int64)
+        loc = np.full(len(ids), -1, dtype=np.int64)
         for i, tier in enumerate(self.backing):  # a loop over tiers, not pages
             loc[tier.lookup(ids).numpy()] = i
         return torch.from_numpy(loc)
@@ -380,25 +382,24 @@ class TieredStore:
         if len(self.backing) == 1:
             loc = np.zeros(m, dtype=np.int64)  # the tier's prepare_load checks the pages are there
         else:
-            loc = self._locate(torch.from_numpy(missing)).numpy()
+            loc = self._locate(missing).numpy()
             assert np_all(loc >= 0), "a written page is in no backing tier"
         if loc.size and np_min(loc) != np_max(loc):
             order = np.argsort(loc, kind="stable")
             missing, loc = missing[order], loc[order]  # grouped by source tier
-        ids = torch.from_numpy(missing)
-        slots = cache.prepare_store(ids)
+        slots = cache.prepare_store(missing)
         try:
-            record = self._fill(ids, loc, slots)
+            record = self._fill(missing, loc, slots)
         except BaseException:
-            cache.complete_store(ids, success=False)
+            cache.complete_store(missing, success=False)
             raise
-        cache.complete_store(ids)
-        self._moved(record, ids)
+        cache.complete_store(missing)
+        self._moved(record, torch.from_numpy(missing))
 
-    def _fill(self, ids: Tensor, loc: np.ndarray, slots: Tensor) -> MoveRecord:
+    def _fill(self, ids: np.ndarray, loc: np.ndarray, slots: Tensor) -> MoveRecord:
         cache = self.cache
         assert cache is not None
-        m = ids.numel()
+        m = ids.size
         counts = np.bincount(loc, minlength=len(self.backing)) if len(self.backing) > 1 else [m]
         groups, a = [], 0  # (source tier, first row, rows): ``ids`` are grouped by source tier
         for i, tier in enumerate(self.backing):
@@ -409,6 +410,7 @@ class TieredStore:
         staged = [g for g in groups if g not in uva]
         n_uva, n_staged = sum(g[2] for g in uva), sum(g[2] for g in staged)
         idx = self._stager.index_buffer(n_uva) if uva else None
+        idx_np = idx.numpy() if idx is not None else None
         target = None
         if staged and not uva and cache.device.type == "cpu":
             start = contiguous_run(slots)
@@ -427,10 +429,11 @@ class TieredStore:
             copies += 1 if target is not None else \
                 self._stager.upload(buf, cache, dst[0] if len(dst) == 1 else torch.cat(dst))
         b = 0
+        slots_np = slots.numpy()
         for tier, a, c in uva:  # one kernel per source tier: the GPU reads the pinned pages
             sub = ids[a:a + c]
-            idx[b:b + c, 0] = tier.prepare_load(sub)
-            idx[b:b + c, 1] = slots[a:a + c]
+            idx_np[b:b + c, 0] = tier.prepare_load(sub).numpy()
+            idx_np[b:b + c, 1] = slots_np[a:a + c]
             try:
                 copy_rows(tier.data, cache.data, idx[b:b + c])
             finally:
@@ -447,7 +450,7 @@ class TieredStore:
         return MoveRecord(kind="load", tier=cache.name, pages=m, nbytes=m * self.spec.page_nbytes,
                           copies=copies, sources=sources, via=via)
 
-    def _read_into(self, tier: Tier, ids: Tensor, out: Tensor) -> None:
+    def _read_into(self, tier: Tier, ids: np.ndarray | Tensor, out: Tensor) -> None:
         tier_slots = tier.prepare_load(ids)
         try:
             tier.read(tier_slots, out=out)
@@ -495,7 +498,9 @@ def _transfer_mode(transfer: str, device: torch.device) -> str:
     if transfer not in TRANSFERS:
         raise ConfigError(f"transfer must be one of {list(TRANSFERS)}, got {transfer!r}")
     if transfer == "auto":
-        return "staged"
+        # NOTE: the UVA kernel measured 0.64-0.86 of a plain copy's bandwidth on an H100 where the
+        # staged gather + copy reached 0.39-0.41 (docs/benchmarks.md); staged stays the CPU path.
+        return "uva" if device.type == "cuda" and importlib.util.find_spec("triton") is not None else "staged"
     if transfer == "uva" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError(f"transfer='uva' needs a CUDA device tier, got {str(device)!r} (or "
                           "TRITON_INTERPRET=1 to run its kernel on the CPU)")

@@ -14,8 +14,11 @@ def test_transfer_bench_writes_every_ratio(tmp_path, capsys):
                 "disk_clustered_vs_scattered", "bulk_vs_memcpy_fragmented"):
         assert payload[key] > 0, key
     assert payload["loaded_pages_match"] is True
-    assert payload["bulk_load_via"] == ("direct" if payload["device_is_cpu_standin"] else "staged")
-    assert payload["fragmented_load_via"] == "staged"
+    if payload["device_is_cpu_standin"]:
+        assert payload["transfer"] == "staged" and payload["load_via"] == {"staged": "direct",
+                                                                           "staged_fragmented": "staged"}
+    else:
+        assert payload["load_via"]["uva"] == "uva" and payload["load_via"]["staged_fragmented"] == "staged"
     assert payload["device_is_cpu_standin"] == (payload["machine"]["cuda"] is False)
     assert "bulk_vs_memcpy" in capsys.readouterr().out
     assert not list(tmp_path.glob("icecache-bench-*"))  # the disk file's directory is cleaned up
