@@ -1,0 +1,113 @@
+"""What ``icecache run`` and ``icecache eval`` share: arguments, input checks, model loading.
+
+Every user-input check runs before the model's weights load and before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from attrs import frozen
+
+from icecache.core.config import TierConfig
+from icecache.core.errors import ConfigError
+from icecache.eval.policies import PolicySpec, build_policy, parse_policies
+
+#: answer tokens reserved beyond the context when checking it against the model's positions
+ANSWER_RESERVE = 64
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="local llama-family checkpoint directory or .gguf file (default: the embedded "
+                             "SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default=None,
+                        help="model dtype (default float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--batch-size", type=int, default=4, help="samples decoded together (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="task generation seed (default 0)")
+    parser.add_argument("--sink", type=int, default=None, help="sink tokens per KV head (default 4)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="recent-window tokens per KV head (default min(60, budget/4 - sink))")
+    parser.add_argument("--device-pages", type=int, default=None, help="device-tier capacity in pages")
+    parser.add_argument("--host-pages", type=int, default=None, help="host-tier capacity in pages")
+    parser.add_argument("--disk-dir", default=None, help="directory of the disk tier (enables it)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r} asked for but CUDA is not available")
+    return device
+
+
+@frozen(kw_only=True)
+class Prepared:
+    """Checked inputs: the checkpoint directory, its config, the device and the policies."""
+
+    checkpoint: Any
+    model_config: Any
+    device: torch.device
+    dtype: str
+    specs: list[PolicySpec]
+    policy_kwargs: dict[str, Any]
+
+
+def prepare(args: argparse.Namespace, policies: str, budget: int | None, context: int | None) -> Prepared:
+    """Validate policies, budget, model path and context against the model (weights not loaded)."""
+    from transformers import AutoConfig
+
+    from icecache.integrations.hf.loader import resolve_checkpoint
+
+    specs = parse_policies(policies, budget)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    checkpoint = resolve_checkpoint(args.model)
+    model_config = AutoConfig.from_pretrained(checkpoint)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if context is not None:
+        if context <= 0:
+            raise ConfigError(f"--context must be a positive number of tokens, got {context}")
+        if positions is not None and context + ANSWER_RESERVE > positions:
+            raise ConfigError(
+                f"--context {context} is longer than the model allows: it has {positions} positions and "
+                f"{ANSWER_RESERVE} are kept for the answer (at most {positions - ANSWER_RESERVE})")
+    tiers = TierConfig(device_pages=args.device_pages, host_pages=args.host_pages, disk_dir=args.disk_dir)
+    kwargs = {"sink_tokens": args.sink, "window_tokens": args.window, "tiers": tiers}
+    for spec in specs:  # NOTE: builds each CacheConfig now, so a budget below sink + window fails early
+        build_policy(spec, model_config, device=device, **kwargs)
+    return Prepared(checkpoint=checkpoint, model_config=model_config, device=device, dtype=dtype, specs=specs,
+                    policy_kwargs=kwargs)
+
+
+def load(prepared: Prepared) -> tuple[Any, Any]:
+    """Load the checked model with the ``"icecache"`` attention implementation."""
+    from icecache.integrations.hf.attention import use_icecache
+    from icecache.integrations.hf.loader import load_model
+
+    model, tokenizer = load_model(prepared.checkpoint, dtype=prepared.dtype, device=str(prepared.device))
+    use_icecache(model)
+    return model, tokenizer
+
+
+def progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar (stderr) and the callback :func:`~icecache.eval.runner.evaluate` wants."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, disable=not enabled, desc=desc, unit="decode", dynamic_ncols=True)
+
+    def update(n: int, what: str) -> None:
+        bar.set_postfix_str(what)
+        bar.update(n)
+
+    return bar, update
