@@ -8,11 +8,14 @@ them locally with ``ICECACHE_CONFORMANCE_EXAMPLES=200``.
 import os
 
 import pytest
+import torch
 
 from icecache.core.plugins import build_registry, get_plugin_manager
 from icecache.testing.conformance import (
+    check_kernel,
     check_selector,
     check_tier,
+    registered_kernel_factory,
     registered_selector_factory,
     registered_tier_factory,
 )
@@ -34,3 +37,11 @@ def test_builtin_selector_conformance(name):
 @pytest.mark.parametrize("name", REGISTRY.names("tier"))
 def test_builtin_tier_conformance(name):
     check_tier(registered_tier_factory(name, plugin_manager=PM), max_examples=examples(15))
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("kernel"))
+def test_builtin_kernel_conformance(name):
+    # NOTE: on a CPU-only machine "triton" runs in the interpreter (~1000x slower): tiny problems
+    interpreted = name == "triton" and not torch.cuda.is_available()
+    check_kernel(registered_kernel_factory(name, plugin_manager=PM),
+                 max_examples=examples(5 if interpreted else 15), max_tokens=16 if interpreted else 40)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.errors import Flaky
+from hypothesis.errors import Flaky, Unsatisfiable
 
 
 class ContractViolation(AssertionError):
@@ -41,6 +41,9 @@ def run_suite(contract: str, test: Callable[[], None]) -> None:
     means the component is not deterministic, reported as a :class:`ContractViolation` too."""
     try:
         test()
+    except Unsatisfiable as exc:
+        raise ContractViolation(contract, "no-error", "the factory refused (ConfigError) every generated "
+                                "config; narrow the generated configs to those it supports") from exc
     except Flaky as exc:
         inner = [e for e in getattr(exc, "exceptions", ()) if isinstance(e, AssertionError)]
         detail = f" first failure: {inner[0]}" if inner else ""
@@ -49,6 +52,22 @@ def run_suite(contract: str, test: Callable[[], None]) -> None:
             f"the same generated input failed once and passed when replayed: the component depends on "
             f"state or randomness outside its config and inputs.{detail}",
         ) from exc
+
+
+def build_or_reject(contract: str, factory: Callable[..., Any], *args: Any) -> Any:
+    """``factory(*args)``; a :class:`~icecache.core.errors.ConfigError` (the component does not support
+    this config) skips the example, any other error is a :class:`ContractViolation`."""
+    from hypothesis import reject
+
+    from icecache.core.errors import ConfigError
+
+    try:
+        return factory(*args)
+    except ConfigError:
+        reject()
+    except Exception as exc:  # noqa: BLE001 - any other error on valid input breaks the contract
+        detail = f"factory(config) raised {type(exc).__name__}: {exc}"
+        raise ContractViolation(contract, "no-error", detail) from exc
 
 
 def guarded(contract: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

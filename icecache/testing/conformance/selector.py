@@ -23,7 +23,9 @@ query that favours one cluster) and checks, after every ``select``:
 ``deterministic``  a second selector built from the same config (same seed) given the same inputs
                    selects the same positions, pages and ledger.
 
-``append`` is covered by re-checking everything after every decode step.
+``append`` is covered by re-checking everything after every decode step. A factory may refuse a
+config it does not support by raising :class:`~icecache.core.errors.ConfigError`: that example is
+skipped (the suite fails if every example is refused). Any other error is a violation.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from icecache.core.config import CacheConfig
 from icecache.selectors.types import Selection
 from icecache.testing.conformance._runner import (
     ContractViolation,
+    build_or_reject,
     guarded,
     pick_properties,
     pytest_params,
@@ -311,7 +314,7 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
     """Run one :class:`SelectorCase` through ``factory``'s selectors and check ``props``."""
     keys, start, queries = case.tensors()
     copies = 2 if "deterministic" in props else 1
-    sels = [guarded(CONTRACT, "factory(config)", factory, case.config) for _ in range(copies)]
+    sels = [build_or_reject(CONTRACT, factory, case.config) for _ in range(copies)]
     name = getattr(sels[0], "name", type(sels[0]).__name__)
     N = case.prompt_len
     for s in sels:
