@@ -43,8 +43,9 @@ class Recorder:
 def stack(tmp_path):
     recorder = Recorder()
     pm = get_plugin_manager(load_entrypoints=False, extra=(recorder,))
+    # NOTE: the staged transfer on every machine (CUDA picks "uva" by default; it has its own test)
     store = TieredStore.build(_config(tmp_path, device_pages=4, host_pages=6, disk_pages=20), head_dim=8,
-                              plugin_manager=pm)
+                              plugin_manager=pm, transfer="staged")
     yield store, recorder
     store.close()
 
