@@ -283,6 +283,10 @@ def test_uva_transfer_moves_host_pages_with_one_kernel_and_disk_pages_staged(tmp
     store.close()
 
 
-def test_transfer_mode_is_checked():
+def test_transfer_mode_is_checked_and_auto_picks_by_device():
     with pytest.raises(ConfigError, match="'fast'"):
         TieredStore([HostTier(name="host", spec=SPEC)], transfer="fast")
+    assert TieredStore([DeviceTier(name="device", spec=SPEC, capacity=2)]).transfer == "staged"  # CPU
+    if torch.cuda.is_available():
+        cuda = TieredStore([DeviceTier(name="device", spec=SPEC, capacity=2, device="cuda")])
+        assert cuda.transfer == "uva"
