@@ -12,9 +12,11 @@ import torch
 
 from icecache.core.plugins import build_registry, get_plugin_manager
 from icecache.testing.conformance import (
+    check_index,
     check_kernel,
     check_selector,
     check_tier,
+    registered_index_factory,
     registered_kernel_factory,
     registered_selector_factory,
     registered_tier_factory,
@@ -45,3 +47,8 @@ def test_builtin_kernel_conformance(name):
     interpreted = name == "triton" and not torch.cuda.is_available()
     check_kernel(registered_kernel_factory(name, plugin_manager=PM),
                  max_examples=examples(5 if interpreted else 15), max_tokens=16 if interpreted else 40)
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("index"))
+def test_builtin_index_conformance(name):
+    check_index(registered_index_factory(name, plugin_manager=PM), max_examples=examples(12))

@@ -11,7 +11,7 @@ from icecache.testing.conformance import ContractViolation, check_kernel, kernel
 @pytest.mark.parametrize("cls", list(BROKEN_KERNELS), ids=lambda c: c.__name__)
 def test_each_wrong_backend_is_caught(cls):
     with pytest.raises(AssertionError) as info:
-        check_kernel(cls, max_examples=20, shrink=False)
+        check_kernel(cls, max_examples=40, shrink=False)
     assert isinstance(info.value, ContractViolation)
     assert info.value.prop == BROKEN_KERNELS[cls], str(info.value)
 

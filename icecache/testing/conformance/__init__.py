@@ -6,10 +6,17 @@ broken property, plus pytest helpers. Needs ``hypothesis`` (``pip install icecac
 * selectors: :func:`check_selector`, :func:`selector_contract_tests`, :func:`registered_selector_factory`
 * tiers: :func:`check_tier`, :class:`TierContract` (a hypothesis state machine),
   :func:`make_tier_machine`, :func:`registered_tier_factory`
+* page indexes: :func:`check_index`, :func:`index_contract_tests`, :func:`registered_index_factory`
 * kernel backends: :func:`check_kernel`, :func:`kernel_contract_tests`, :func:`registered_kernel_factory`
 """
 
 from icecache.testing.conformance._runner import ContractViolation
+from icecache.testing.conformance.index import (
+    INDEX_PROPERTIES,
+    check_index,
+    index_contract_tests,
+    registered_index_factory,
+)
 from icecache.testing.conformance.kernel import (
     KERNEL_PROPERTIES,
     check_kernel,
@@ -37,5 +44,6 @@ __all__ = [
     "SELECTOR_PROPERTIES", "ContractViolation", "SelectorCase", "check_selector",
     "registered_selector_factory", "selector_cases", "selector_contract_tests",
     "TIER_PROPERTIES", "TierContract", "check_tier", "make_tier_machine", "registered_tier_factory",
-    "tier_config", "KERNEL_PROPERTIES", "check_kernel", "kernel_contract_tests", "registered_kernel_factory",
+    "tier_config", "INDEX_PROPERTIES", "check_index", "index_contract_tests", "registered_index_factory",
+    "KERNEL_PROPERTIES", "check_kernel", "kernel_contract_tests", "registered_kernel_factory",
 ]
