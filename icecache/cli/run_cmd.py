@@ -1,0 +1,95 @@
+"""The main job: full KV vs icecache, quest and streamingllm on the embedded model at 4k tokens.
+
+Generates a small seeded long-context suite, prefills each sample once and decodes its answer under
+every policy, then prints accuracy, accuracy relative to full KV, device-tier KV bytes against full
+KV and the decode step split into index query / page load / attention / rest; writes results.json
+and a plot into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from icecache.core.errors import IceCacheError
+
+DEFAULT_POLICIES = "full,icecache,quest,streamingllm"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from icecache.eval.session import add_model_arguments
+
+    parser.add_argument("--out", default=None, help="output folder (default ./out/run-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--policies", default=DEFAULT_POLICIES,
+                        help=f"comma-separated NAME or NAME@BUDGET (default {DEFAULT_POLICIES})")
+    parser.add_argument("--budget", type=int, default=256, help="budget of policies without @N (default 256)")
+    parser.add_argument("--context", type=int, default=4096, help="prompt length in tokens (default 4096)")
+    parser.add_argument("--tasks", default=None, help="comma-separated task names (default: the run suite)")
+    parser.add_argument("--samples", type=int, default=2, help="samples per task (default 2)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the plot")
+    add_model_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except IceCacheError as exc:
+        print(f"icecache run: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from icecache.bench.report import write_json
+    from icecache.core.errors import ConfigError
+    from icecache.eval.report import run_table, save_plot, task_table
+    from icecache.eval.runner import evaluate
+    from icecache.eval.session import load, prepare, progress_bar
+    from icecache.eval.summary import policy_rows, task_rows
+    from icecache.tasks import DEFAULT_SUITE, generate_suite, parse_task_names
+
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be positive, got {args.samples}")
+    task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
+    prepared = prepare(args, args.policies, args.budget, args.context)
+    out = Path(args.out or f"out/run-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    t0 = time.perf_counter()
+    name = args.model or "embedded SmolLM2-135M-Instruct"
+    print(f"loading model ({name}) on {prepared.device}", file=sys.stderr)
+    model, tokenizer = load(prepared)
+    samples = generate_suite(task_names, n=args.samples, context=args.context, tokenizer=tokenizer,
+                             seed=args.seed)
+    print(f"{len(samples)} samples ({', '.join(task_names)}) at {args.context} tokens, policies "
+          f"{', '.join(s.label for s in prepared.specs)}", file=sys.stderr)
+    bar, update = progress_bar(len(samples) * len(prepared.specs), not args.no_progress, "run")
+    with bar:
+        results = evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
+                           policy_kwargs=prepared.policy_kwargs, progress=update)
+    rows = task_rows(results, args.context)
+    overview = policy_rows(results, args.context)
+    elapsed = time.perf_counter() - t0
+    print(task_table(rows))
+    print()
+    print(f"per-policy summary (ms per decode step of a batch of up to {args.batch_size}; "
+          f"device_kv = KV bytes resident on the device tier vs a full cache)")
+    print(run_table(overview))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", {
+        "command": "run", "model": str(prepared.checkpoint), "device": str(prepared.device),
+        "dtype": prepared.dtype, "context": args.context, "tasks": task_names, "samples": args.samples,
+        "seed": args.seed, "batch_size": args.batch_size, "policies": [s.label for s in prepared.specs],
+        "elapsed_s": elapsed, "results": rows, "overview": overview,
+        "samples_detail": [r.to_dict() for r in results],
+    })
+    written = [out / "results.json"]
+    if not args.no_plot:
+        plot = save_plot(overview, out / "summary.png")
+        if plot is None:
+            print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        else:
+            written.append(plot)
+    print(f"\nwrote {', '.join(map(str, written))} in {elapsed:.0f} s")
+    return 0

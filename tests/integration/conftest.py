@@ -1,0 +1,25 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def model_and_tokenizer():
+    """The embedded model (converted copy cached on first use), loaded once per test session."""
+    import torch
+
+    from icecache.integrations.hf import load_model, use_icecache
+
+    torch.manual_seed(0)
+    model, tokenizer = load_model()
+    use_icecache(model)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def passkey_prompts(model_and_tokenizer):
+    """Two passkey prompts of different lengths (~600 and ~520 tokens) and their answers."""
+    from icecache.tasks import generate_task, prompt_ids
+
+    _, tokenizer = model_and_tokenizer
+    samples = generate_task("passkey", n=2, context=600, tokenizer=tokenizer, seed=11)
+    samples[1] = generate_task("passkey", n=1, context=520, tokenizer=tokenizer, seed=12)[0]
+    return [prompt_ids(tokenizer, s) for s in samples], [s.answers[0] for s in samples]

@@ -1,0 +1,141 @@
+"""The IceCache inside transformers' generate() and the snapshot decode loop, on the real model."""
+
+import pytest
+import torch
+
+from icecache.core.config import CacheConfig
+from icecache.core.hookspecs import hookimpl
+from icecache.core.plugins import get_plugin_manager
+from icecache.core.policy import compose_policy
+from icecache.integrations.hf import IceCache, decode, prefill_snapshot, use_icecache
+
+pytestmark = pytest.mark.model
+NEW = 8
+
+
+def _cache(model, selector, budget, **kw):
+    return IceCache.for_model(model, selector=selector, budget=budget, **kw)
+
+
+def _dense(model, ids):
+    out = model.generate(torch.tensor([ids]), max_new_tokens=NEW, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.fixture(scope="module")
+def dense_refs(model_and_tokenizer, passkey_prompts):
+    model, _ = model_and_tokenizer
+    prompts, _ = passkey_prompts
+    model.set_attn_implementation("sdpa")  # the references come from transformers' own SDPA path
+    try:
+        return [_dense(model, p) for p in prompts]
+    finally:
+        use_icecache(model)
+
+
+@pytest.mark.parametrize("selector", ["full", "icecache", "quest", "oracle"])
+def test_budget_covering_the_context_is_token_identical_to_dense(model_and_tokenizer, passkey_prompts,
+                                                                 dense_refs, selector):
+    model, _ = model_and_tokenizer
+    ids = passkey_prompts[0][0]
+    cache = _cache(model, selector, budget=1024)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=NEW, do_sample=False, past_key_values=cache)
+    assert out[0, len(ids):].tolist() == dense_refs[0]
+    assert len(cache.timings.steps) >= NEW - 2
+    if selector != "full":
+        sparse = cache.layers[-1]
+        assert sparse.last_selection is not None and not sparse.dense
+        assert int(sparse.last_selection.ledger.total.min()) == len(ids) + NEW - 1  # everything attended
+
+
+def test_passkey_with_icecache_at_256(model_and_tokenizer, passkey_prompts):
+    model, tokenizer = model_and_tokenizer
+    prompts, answers = passkey_prompts
+    snapshot = prefill_snapshot(model, prompts)
+    cache = IceCache.from_snapshot(snapshot, _cache(model, "icecache", 256).policy)
+    outs = decode(model, cache, snapshot, NEW)
+    texts = tokenizer.batch_decode(outs)
+    assert all(a in t for a, t in zip(answers, texts, strict=True)), (answers, texts)
+    memory = cache.memory_report()
+    assert memory["device_fraction"] < 0.6  # dense layers + 256-token working sets of ~600-token prompts
+    sel = cache.layers[5].last_selection
+    assert int(sel.ledger.total.max()) <= 256
+
+
+def test_snapshot_decode_of_a_left_padded_batch_equals_dense_batch_one(model_and_tokenizer, passkey_prompts,
+                                                                       dense_refs):
+    model, _ = model_and_tokenizer
+    prompts, _ = passkey_prompts
+    snapshot = prefill_snapshot(model, prompts)
+    assert snapshot.start.tolist() == [0, len(prompts[0]) - len(prompts[1])]
+    cache = IceCache.from_snapshot(snapshot, _cache(model, "full", 256).policy)
+    assert decode(model, cache, snapshot, NEW) == dense_refs
+
+
+@pytest.mark.parametrize("selector", ["icecache", "oracle"])
+def test_generate_batch_two_left_padded_equals_batch_one(model_and_tokenizer, passkey_prompts, selector):
+    model, tokenizer = model_and_tokenizer
+    prompts, _ = passkey_prompts
+    singles = []
+    for p in prompts:
+        cache = _cache(model, selector, 128)
+        out = model.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False, past_key_values=cache)
+        singles.append(out[0, len(p):].tolist())
+    tokenizer.padding_side = "left"
+    enc = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    cache = _cache(model, selector, 128)
+    out = model.generate(**enc, max_new_tokens=NEW, do_sample=False, past_key_values=cache,
+                         pad_token_id=tokenizer.pad_token_id)
+    assert cache.layers[3].start.tolist() == [0, len(prompts[0]) - len(prompts[1])]
+    assert out[:, enc.input_ids.shape[1]:].tolist() == singles
+
+
+def test_sampling_is_seeded_and_batched(model_and_tokenizer, passkey_prompts):
+    model, _ = model_and_tokenizer
+    prompts, _ = passkey_prompts
+    snapshot = prefill_snapshot(model, prompts)
+    policy = _cache(model, "quest", 128).policy
+    runs = [decode(model, IceCache.from_snapshot(snapshot, policy), snapshot, 6, temperature=1.5, seed=s)
+            for s in (1, 1, 2)]
+    assert runs[0] == runs[1]
+    assert all(len(r) == 6 for r in runs[0])
+    assert runs[0] != runs[2]
+
+
+class _Recorder:
+    def __init__(self):
+        self.prefills, self.selections = [], []
+
+    @hookimpl
+    def icecache_prefill_done(self, layer_idx, num_tokens, policy):
+        self.prefills.append((layer_idx, num_tokens))
+
+    @hookimpl
+    def icecache_selection_made(self, layer_idx, selection):
+        self.selections.append(layer_idx)
+
+
+def test_observers_see_prefill_and_selections(model_and_tokenizer, passkey_prompts):
+    model, _ = model_and_tokenizer
+    prompts, _ = passkey_prompts
+    recorder = _Recorder()
+    config = CacheConfig.from_model_config(model.config, budget=128)
+    manager = get_plugin_manager(extra=(recorder,))
+    policy = compose_policy(selector="quest", config=config, plugin_manager=manager)
+    snapshot = prefill_snapshot(model, prompts[:1])
+    cache = IceCache.from_snapshot(snapshot, policy)
+    decode(model, cache, snapshot, 3)
+    n_layers = model.config.num_hidden_layers
+    assert recorder.prefills == [(i, len(prompts[0])) for i in range(n_layers)]
+    sparse_layers = list(range(config.dense_layers, n_layers))
+    assert recorder.selections == sparse_layers * 2  # two decode steps after the prefill's token
+    steps = cache.timings.steps
+    assert len(steps) == 2 and all(s["index_query"] > 0 and s["total"] >= s["attention"] for s in steps)
+
+
+def test_dense_fallback_without_icecache_matches_sdpa(model_and_tokenizer, passkey_prompts, dense_refs):
+    model, _ = model_and_tokenizer
+    ids = passkey_prompts[0][0]
+    # the model uses the "icecache" implementation; with the default DynamicCache it must act as SDPA
+    assert model.config._attn_implementation == "icecache"
+    assert _dense(model, ids) == dense_refs[0]
