@@ -8,7 +8,8 @@ whichever field is its own. The machine then runs random sequences of the two-ph
 ``touch``, ``victims``/``evict``, ``free``) over a small id space, including calls that must fail,
 and checks after every step:
 
-``round-trip``   ``read`` returns exactly the bytes written (bit-identical, any dtype);
+``round-trip``   ``read`` returns exactly the bytes written (bit-identical, any dtype; records are
+                 random bytes, so NaN payloads, ``-0.0`` and subnormals must survive);
 ``state``        ``lookup``, ``resident_ids``, ``in_flight``, ``slot_of``, ``evictable`` and
                  ``stats`` agree with the model; slots of present pages are distinct;
 ``capacity``     present pages never exceed ``tier.capacity``; ``free_slots`` is what is left; a
@@ -32,7 +33,9 @@ from torch import Tensor
 
 from icecache.core.config import CacheConfig, ModelGeometry, TierConfig
 from icecache.core.errors import PageError, StorageError
+from icecache.storage.layout import PageSpec
 from icecache.testing.conformance._runner import ContractViolation, guarded, run_suite, suite_settings
+from icecache.testing.strategies.tiers import random_records
 
 CONTRACT = "tier"
 TIER_PROPERTIES: tuple[str, ...] = ("round-trip", "state", "capacity", "in-flight", "bad-ids")
@@ -120,8 +123,9 @@ class TierContract(RuleBasedStateMachine):
         return set(self.storing) | {i for i, n in self.pins.items() if n > 0}
 
     def _records(self, n: int) -> Tensor:
-        shape = (n, 2, self.page_size, self.head_dim)
-        return (torch.randn(shape, generator=self.gen) * 4).to(self.dtype)
+        """Random *bytes* as records: NaN payloads, infinities, ``-0.0`` and subnormals included."""
+        spec = PageSpec(page_size=self.page_size, head_dim=self.head_dim, dtype=self.dtype)
+        return random_records(spec, n, int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)))
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return guarded(CONTRACT, f"{self.name}.{what}", fn, *args, **kwargs)
