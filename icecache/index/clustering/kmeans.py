@@ -56,12 +56,13 @@ def update_centroids(points: Tensor, assign: Tensor, centroids: Tensor) -> tuple
     """Means of each cluster's points (old centroid kept for empty clusters), and sizes ``[G, C]``."""
     G, N, D = points.shape
     C = centroids.shape[1]
-    valid = assign >= 0
-    flat = (assign + torch.arange(G, device=points.device)[:, None] * C)[valid]  # [nnz]
-    sums = torch.zeros(G * C, D, dtype=points.dtype, device=points.device).index_add_(0, flat, points[valid])
-    sizes = torch.zeros(G * C, dtype=torch.int64, device=points.device).index_add_(
-        0, flat, torch.ones_like(flat))
-    means = sums / sizes.clamp_min(1)[:, None].to(points.dtype)
+    # NOTE: masked points (-1) go to a spare row G*C that is dropped; no boolean-mask copies.
+    flat = torch.where(assign >= 0, assign + torch.arange(G, device=points.device)[:, None] * C, G * C)
+    flat = flat.reshape(-1)
+    sums = torch.zeros(G * C + 1, D, dtype=points.dtype, device=points.device)
+    sums.index_add_(0, flat, points.reshape(G * N, D))
+    sizes = torch.bincount(flat, minlength=G * C + 1)[:G * C]
+    means = sums[:G * C] / sizes.clamp_min(1)[:, None].to(points.dtype)
     new = torch.where(sizes[:, None] > 0, means, centroids.reshape(G * C, D))
     return new.view(G, C, D), sizes.view(G, C)
 
@@ -74,7 +75,8 @@ def capacity_assign(cost: Tensor, capacity: Tensor | int, mask: Tensor, *, round
 
     Each round every unassigned point proposes its cheapest cluster that still has room; a cluster
     accepts its cheapest proposals up to its remaining room. Points left after ``rounds`` fill the
-    remaining room in order (exact, so the result always respects capacity).
+    remaining room in order (exact, so the result always respects capacity). Only the proposals to
+    over-subscribed clusters are sorted, and later rounds only look at the points still unassigned.
     """
     G, N, C = cost.shape
     dev = cost.device
@@ -84,26 +86,31 @@ def capacity_assign(cost: Tensor, capacity: Tensor | int, mask: Tensor, *, round
         g = int(torch.nonzero(room.sum(1) < need)[0])
         raise ConfigError(f"capacity {int(room[g].sum())} of group {g} is below its {int(need[g])} points")
     assign = torch.full((G, N), -1, dtype=torch.int64, device=dev)
-    gids = torch.arange(G, device=dev)[:, None].expand(G, N)
+    g, n = torch.nonzero(mask, as_tuple=True)  # points still to place
+    sub = cost[g, n] if g.numel() < G * N else cost.reshape(G * N, C)  # [M, C]
     for _ in range(rounds):
-        todo = mask & (assign < 0)
-        if not bool(todo.any()):
+        if g.numel() == 0:
             return assign
-        masked = cost.masked_fill((room <= 0)[:, None, :], float("inf"))
-        best_cost, best = masked.min(-1)  # [G, N]
-        g, n = torch.nonzero(todo, as_tuple=True)
-        key = g * C + best[g, n]  # proposal's (group, cluster)
-        # NOTE: sort by cost, then stably by cluster: proposals of one cluster end up cheapest first.
-        order = best_cost[g, n].argsort(stable=True)
-        order = order[key[order].argsort(stable=True)]
-        key_sorted = key[order]
-        counts = torch.bincount(key_sorted, minlength=G * C)
-        starts = counts.cumsum(0) - counts
-        rank = torch.arange(key_sorted.numel(), device=dev) - starts[key_sorted]
-        ok = rank < room.view(-1)[key_sorted]
-        acc = order[ok]
-        assign[g[acc], n[acc]] = best[g[acc], n[acc]]
-        room.view(-1).index_add_(0, key[acc], -torch.ones_like(key[acc]))
+        full = room <= 0
+        masked = sub.masked_fill(full[g], float("inf")) if bool(full.any()) else sub
+        best_cost, best = masked.min(-1)  # [M]
+        key = g * C + best
+        counts = torch.bincount(key, minlength=G * C)
+        accept = counts[key] <= room.view(-1)[key]  # the whole cluster's proposals fit
+        tight = torch.nonzero(~accept).squeeze(1)
+        if tight.numel():
+            # NOTE: sort by cost, then stably by cluster: each cluster's proposals cheapest first.
+            order = tight[best_cost[tight].argsort(stable=True)]
+            order = order[key[order].argsort(stable=True)]
+            k = key[order]
+            seg_counts = torch.bincount(k, minlength=G * C)
+            starts = seg_counts.cumsum(0) - seg_counts
+            rank = torch.arange(k.numel(), device=dev) - starts[k]
+            accept[order[rank < room.view(-1)[k]]] = True
+        assign[g[accept], n[accept]] = best[accept]
+        room.view(-1).sub_(torch.bincount(key[accept], minlength=G * C))
+        keep = ~accept
+        g, n, sub = g[keep], n[keep], sub[keep]
     todo = mask & (assign < 0)
     if bool(todo.any()):
         # NOTE: fallback fill; the j-th leftover point of a group takes the j-th free slot.
@@ -111,7 +118,6 @@ def capacity_assign(cost: Tensor, capacity: Tensor | int, mask: Tensor, *, round
         ends = room.clamp_min(0).cumsum(1)  # [G, C]
         slot = torch.searchsorted(ends, j.clamp_min(0), right=True)
         assign = torch.where(todo, slot, assign)
-    del gids
     return assign
 
 

@@ -30,24 +30,43 @@ def principal_directions(block: Tensor, mask: Tensor, *, power_iters: int = 3,
     return means, v[:, 0]
 
 
+def top_subspace(points: Tensor, mask: Tensor, dims: int, *, sample: int = 512) -> Tensor:
+    """Project ``[G, N, D]`` points on each group's top ``dims`` principal directions (of a strided
+    sample of valid points): ``[G, N, dims]``. Splits need directions, not every coordinate."""
+    G, N, D = points.shape
+    step = max(1, N // sample)
+    sub, w = points[:, ::step], mask[:, ::step, None].to(points.dtype)
+    mean = (sub * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
+    centred = (sub - mean) * w
+    cov = centred.transpose(1, 2) @ centred  # [G, D, D]
+    _, evecs = torch.linalg.eigh(cov)
+    return points @ evecs[:, :, -dims:]
+
+
 def pca_tree(points: Tensor, mask: Tensor, depth: int, *, power_iters: int = 3, sample: int = 64,
-             generator: torch.Generator | None = None) -> Tensor:
+             dims: int | None = 16, generator: torch.Generator | None = None) -> Tensor:
     """Split each group's valid points into ``2**depth`` near-equal cells.
 
     ``points``: float ``[G, N, D]``; ``mask``: bool ``[G, N]``. Returns int64 ``[G, N]``, the cell of
     each point in ``[0, 2**depth)`` (``-1`` for masked points). ``sample``: points per node used to
     find its principal direction (an evenly strided subset; all points are then projected).
+    ``dims``: when ``D`` is larger, split in the top-``dims`` principal subspace of each group.
     """
+    if depth == 0:
+        return torch.where(mask, 0, -1)
+    if dims is not None and points.shape[-1] > dims:
+        points = top_subspace(points, mask, dims)
     G, N, D = points.shape
     dev = points.device
     # perm[s, j]: index (into N) of the j-th point of node s; valid points first in each node
     perm = mask.long().argsort(dim=1, descending=True, stable=True)  # [G, N]
+    flat_points = points.reshape(G * N, D)
     count = mask.sum(1)  # [G]
     for _ in range(depth):
         S, m = perm.shape
         heads = torch.arange(S, device=dev) // (S // G)
         valid = torch.arange(m, device=dev)[None] < count[:, None]  # [S, m]
-        block = points[heads[:, None], perm]  # [S, m, D]
+        block = flat_points.index_select(0, (perm + heads[:, None] * N).view(-1)).view(S, m, D)
         # NOTE: a strided subset finds the direction; power iterations are memory-bound on all points.
         step = max(1, -(-m // sample))
         _, v = principal_directions(block[:, ::step], valid[:, ::step], power_iters=power_iters,

@@ -28,11 +28,13 @@ class BuiltLayout:
     * ``pages``: int64 ``[G, P, S]``, indices into the ``N`` input keys, ``-1`` padded.
     * ``page_cell``: int64 ``[G, P]``, the cell (upper-level node) of each page; ``-1`` for padding.
     * ``num_cells``: cells per head.
+    * ``point_page``: int64 ``[G, N]``, the page of each key (``-1`` for masked keys).
     """
 
     pages: Tensor
     page_cell: Tensor
     num_cells: int
+    point_page: Tensor
 
 
 def rank_within(seg: Tensor, key: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
@@ -93,4 +95,6 @@ def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int
     pages = pack(g_idx * P + page, slot_rank, n_idx, G * P, page_size, -1).view(G, P, page_size)
     page_cell = torch.full((G, P), -1, dtype=torch.int64, device=dev)
     page_cell[g_idx, page] = cells[g_idx, n_idx]
-    return BuiltLayout(pages=pages, page_cell=page_cell, num_cells=num_cells)
+    point_page = torch.full((G, N), -1, dtype=torch.int64, device=dev)
+    point_page[g_idx, n_idx] = page
+    return BuiltLayout(pages=pages, page_cell=page_cell, num_cells=num_cells, point_page=point_page)

@@ -3,9 +3,10 @@
 Build (prefill): :func:`~icecache.index.hierarchy.build.build_layout` for every head at once.
 Insert (decode): new keys join their nearest page in the clustering space; a page over capacity
 splits at the median of its principal direction; summaries of touched pages are recomputed.
-Query: cells are ranked by an upper bound and kept until they hold ``candidates x max_tokens``
-tokens; their pages are ranked by a centroid estimate, the best are rescored exactly from their
-keys, and pages are taken greedily within the token budget.
+Query (a three-stage descent): cells are ranked by a Gaussian estimate of their attention mass and
+kept until they hold ``cell_candidates x max_tokens`` tokens; their pages are ranked by a centroid
+estimate and the best, holding ``candidates x max_tokens`` tokens, are rescored exactly from their
+keys; pages are then taken greedily by mass per token within the token budget.
 
 GQA merge (``gqa="softmax-sum"``): each query head's page masses are normalized over the candidate
 pages (a softmax of the page log-masses) and summed over the group's heads; pages are then ranked by
@@ -84,16 +85,18 @@ class HierarchyIndex:
 
     Options: ``leaf_tokens`` target mean page fill (pages hold at most ``config.page_size``; smaller
     leaves raise recall at a budget), ``cell_tokens`` keys per cell, ``iters`` k-means iterations,
-    ``candidates`` how many times ``max_tokens`` the exact rescoring looks at, ``scoring``
+    ``candidates`` how many times ``max_tokens`` the exact rescoring looks at, ``cell_candidates``
+    how many times ``max_tokens`` the kept cells hold (the cell level prunes only beyond it), ``scoring``
     ("exact" | "centroid"), ``gqa`` ("softmax-sum" | "max"), ``insert_mode`` ("assign" |
     "new-leaf"), ``transform`` (cluster in the MIPS-transformed space).
     """
 
     config: CacheConfig = field(validator=instance_of(CacheConfig))
     leaf_tokens: int = field(default=8, validator=positive)
-    cell_tokens: int = field(default=256, validator=positive)
-    iters: int = field(default=5, validator=positive)
+    cell_tokens: int = field(default=128, validator=positive)
+    iters: int = field(default=4, validator=positive)
     candidates: float = field(default=4.0, validator=_positive_float)
+    cell_candidates: float = field(default=32.0, validator=_positive_float)
     scoring: str = field(default="exact", validator=in_(SCORINGS))
     gqa: str = field(default="softmax-sum", validator=in_(GQA_MERGES))
     insert_mode: str = field(default="assign", validator=in_(INSERT_MODES))
@@ -131,7 +134,9 @@ class HierarchyIndex:
                                  cell_tokens=self.cell_tokens, iters=self.iters, transform=self.transform,
                                  generator=gen)
             pages, page_cell, num_cells = built.pages, built.page_cell, built.num_cells
+            point_page = built.point_page
         else:
+            point_page = torch.full((G, N), -1, dtype=torch.int64, device=dev)
             pages = torch.full((G, 0, S), -1, dtype=torch.int64, device=dev)
             page_cell = torch.full((G, 0), -1, dtype=torch.int64, device=dev)
             num_cells = 1
@@ -142,11 +147,11 @@ class HierarchyIndex:
             keys=x.clone(), space=space, space_sq=space_sq, slot_token=tok, num_slots=N,
             m2=space_sq.masked_fill(~mask, 0).amax(1) if N else torch.zeros(G, device=dev),
             pages=pages, page_len=(pages >= 0).sum(-1), page_cell=page_cell,
-            group_pages=(page_cell >= 0).sum(1), page_sum=zeros, page_min=zeros.clone(),
-            page_max=zeros.clone(), page_radius=torch.zeros(G, P, device=dev), page_ssum=zeros.clone(),
-            page_extra=torch.zeros(G, P, device=dev), num_cells=num_cells, whiten=whiten)
+            group_pages=(page_cell >= 0).sum(1), page_sum=zeros, page_sqsum=zeros.clone(),
+            page_ssum=zeros.clone(), page_extra=torch.zeros(G, P, device=dev), num_cells=num_cells,
+            whiten=whiten)
         self._shape = (B, H)
-        self._state.summarize(*self._state.all_pages())
+        self._state.summarize_points(point_page)
 
     # ----------------------------------------------------------------- insert
     def insert(self, keys: Tensor, token_ids: Tensor) -> Tensor:
@@ -334,9 +339,10 @@ class HierarchyIndex:
         # log-mass estimate per head from the centroid: scale * q.c + log(len)
         coarse = scale * (q @ cent.transpose(1, 2)) + lens.clamp_min(1).log()[:, None]  # [G, Gq, P]
         coarse = coarse.masked_fill((lens == 0)[:, None], float("-inf"))
-        target = (self.candidates * budget.float()).ceil()  # [G] tokens to look at
-        if st.num_cells > 1:
-            coarse = coarse.masked_fill(~self._cells_kept(q, scale, target)[:, None], float("-inf"))
+        target = (self.candidates * budget.float()).ceil()  # [G] tokens to rescore
+        cell_target = (self.cell_candidates * budget.float()).ceil()
+        if st.num_cells > 1 and bool((cell_target < lens.sum(1)).any()):
+            coarse = coarse.masked_fill(~self._cells_kept(q, scale, cell_target)[:, None], float("-inf"))
         if self.scoring == "exact":
             cand, logmass = self._rescore(q, scale, coarse, target)
         else:
@@ -350,7 +356,12 @@ class HierarchyIndex:
         return self._hits(cand.gather(1, order), density.gather(1, order), taken)
 
     def _cells_kept(self, q: Tensor, scale: float, target: Tensor) -> Tensor:
-        """Bool ``[G, P]``: pages whose cell is among the best cells holding ``target`` tokens."""
+        """Bool ``[G, P]``: pages whose cell is among the best cells holding ``target`` tokens.
+
+        A cell's log-mass is estimated as if its keys were Gaussian (diagonal covariance):
+        ``log n + s q.mu + s^2/2 sum_d q_d^2 var_d`` (the log of ``n E[exp(s q.k)]``).
+        NOTE: a ball upper bound ``q.c + |q| r`` is far too loose in 64 dimensions to rank cells.
+        """
         st = self._state
         G, P, C = q.shape[0], st.num_pages, st.num_cells
         lens = st.page_len[:, :P]
@@ -358,18 +369,19 @@ class HierarchyIndex:
         key = (torch.arange(G, device=q.device)[:, None] * C + cellp).view(-1)  # [G*P]
         csum = torch.zeros(G * C, q.shape[-1], device=q.device)
         csum.index_add_(0, key, st.page_sum[:, :P].reshape(G * P, -1))
+        csq = torch.zeros_like(csum).index_add_(0, key, st.page_sqsum[:, :P].reshape(G * P, -1))
         ccnt = torch.zeros(G * C, device=q.device).index_add_(0, key, lens.reshape(-1).float())
-        ccent = csum / ccnt.clamp_min(1)[:, None]  # [G*C, D]
-        pcent = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
-        reach = ((pcent.reshape(G * P, -1) - ccent[key]).norm(dim=-1) + st.page_radius[:, :P].reshape(-1))
-        reach = reach.masked_fill(lens.reshape(-1) == 0, 0.0)
-        crad = torch.zeros(G * C, device=q.device).scatter_reduce_(0, key, reach, reduce="amax")
-        ub = q @ ccent.view(G, C, -1).transpose(1, 2) + q.norm(dim=-1, keepdim=True) * crad.view(G, 1, C)
-        ub = (scale * ub).amax(1).masked_fill(ccnt.view(G, C) == 0, float("-inf"))  # [G, C]
-        order = ub.argsort(dim=-1, descending=True)
+        n = ccnt.clamp_min(1)[:, None]
+        mean = (csum / n).view(G, C, -1)
+        var = (csq / n).view(G, C, -1) - mean * mean
+        spread = (q * q) @ var.clamp_min(0).transpose(1, 2)  # [G, Gq, C]
+        est = scale * (q @ mean.transpose(1, 2)) + 0.5 * scale**2 * spread
+        est = est + ccnt.view(G, 1, C).clamp_min(1).log()  # [G, Gq, C]
+        est = torch.nan_to_num(est.softmax(-1), nan=0.0).sum(1).masked_fill(ccnt.view(G, C) == 0, -1.0)
+        order = est.argsort(dim=-1, descending=True)
         ctok = ccnt.view(G, C).gather(1, order)
         before = ctok.cumsum(1) - ctok
-        keep_sorted = (before < target[:, None]) & torch.isfinite(ub.gather(1, order))
+        keep_sorted = (before < target[:, None]) & (est.gather(1, order) >= 0)
         keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
         return keep.gather(1, cellp) & (lens > 0)
 
@@ -437,9 +449,10 @@ class HierarchyIndex:
         P = st.num_pages
         lens = st.page_len[:, :P]
         cent = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
-        return PageSummaries(centroids=cent.view(B, H, P, -1), key_min=st.page_min[:, :P].view(B, H, P, -1),
-                             key_max=st.page_max[:, :P].view(B, H, P, -1),
-                             radius=st.page_radius[:, :P].view(B, H, P), lens=lens.view(B, H, P))
+        kmin, kmax, radius = st.bounds(P)
+        return PageSummaries(centroids=cent.view(B, H, P, -1), key_min=kmin.view(B, H, P, -1),
+                             key_max=kmax.view(B, H, P, -1), radius=radius.view(B, H, P),
+                             lens=lens.view(B, H, P))
 
     @property
     def num_tokens(self) -> Tensor:

@@ -32,9 +32,9 @@ class IndexState:
     * ``m2`` ``[G]``: running max of ``space_sq`` (the MIPS transform's ``M^2``).
     * ``pages`` int64 ``[G, Pcap, S]`` slots (valid first, ``-1`` padded); ``page_len`` ``[G, Pcap]``;
       ``page_cell`` ``[G, Pcap]`` (``-1``: unused page); ``group_pages`` ``[G]`` pages allocated.
-    * page summaries ``[G, Pcap, ...]``: ``page_sum``/``page_min``/``page_max``/``page_radius`` (raw
-      keys) and ``page_ssum``/``page_extra`` (sum of clustering-space keys / of their MIPS extra
-      coordinate, for routing inserts).
+    * page summaries ``[G, Pcap, ...]``: ``page_sum``/``page_sqsum`` (raw keys) and
+      ``page_ssum``/``page_extra`` (sum of clustering-space keys / of their MIPS extra coordinate,
+      for routing inserts).
     * ``num_cells``: upper-level nodes per group; ``whiten``: ``[G, D, D]`` or None.
     """
 
@@ -49,9 +49,7 @@ class IndexState:
     page_cell: Tensor
     group_pages: Tensor
     page_sum: Tensor
-    page_min: Tensor
-    page_max: Tensor
-    page_radius: Tensor
+    page_sqsum: Tensor
     page_ssum: Tensor
     page_extra: Tensor
     num_cells: int
@@ -72,39 +70,83 @@ class IndexState:
         self.pages = grow(self.pages, 1, size, -1)
         self.page_len = grow(self.page_len, 1, size, 0)
         self.page_cell = grow(self.page_cell, 1, size, -1)
-        for name in ("page_sum", "page_min", "page_max", "page_radius", "page_ssum", "page_extra"):
+        for name in ("page_sum", "page_sqsum", "page_ssum", "page_extra"):
             setattr(self, name, grow(getattr(self, name), 1, size, 0.0))
 
+    def gather_slots(self, source: Tensor, g: Tensor, slots: Tensor) -> Tensor:
+        """``source[g, slots]`` for ``source`` ``[G, Ncap, ...]``, ``g`` ``[R]``, ``slots`` ``[R, S]``
+        (``-1`` read as slot 0), via one flat ``index_select``."""
+        ncap = source.shape[1]
+        flat = (g[:, None] * ncap + slots.clamp_min(0)).reshape(-1)
+        out = source.reshape(-1, *source.shape[2:]).index_select(0, flat)
+        return out.view(*slots.shape, *source.shape[2:])
+
     def summarize(self, g: Tensor, p: Tensor) -> None:
-        """Recompute the summaries of pages ``(g[i], p[i])`` from their members (vectorized)."""
+        """Recompute the running summaries of pages ``(g[i], p[i])`` from their members (vectorized).
+
+        NOTE: bounds (min, max, radius) are not kept here; :meth:`bounds` computes them on demand,
+        since the index itself needs only sums and build time matters.
+        """
         if g.numel() == 0:
             return
         slots = self.pages[g, p]  # [R, S]
         valid = slots >= 0
-        s = slots.clamp_min(0)
-        gg = g[:, None].expand_as(s)
-        k = self.keys[gg, s]  # [R, S, D]
-        w = valid[..., None].to(k.dtype)
-        n = w.sum(1)  # [R, 1]
-        total = (k * w).sum(1)
-        centroid = total / n.clamp_min(1)
-        big = torch.finfo(k.dtype).max
-        kmin = k.masked_fill(~valid[..., None], big).amin(1)
-        kmax = k.masked_fill(~valid[..., None], -big).amax(1)
-        empty = n == 0
+        k = self.gather_slots(self.keys, g, slots)  # [R, S, D]
+        kw = k * valid[..., None].to(k.dtype)
+        total = kw.sum(1)
         self.page_sum[g, p] = total
-        self.page_min[g, p] = torch.where(empty, 0.0, kmin)
-        self.page_max[g, p] = torch.where(empty, 0.0, kmax)
-        self.page_radius[g, p] = ((k - centroid[:, None]).norm(dim=-1) * valid).amax(1)
-        self.page_ssum[g, p] = (self.space[gg, s] * w).sum(1)
+        self.page_sqsum[g, p] = (kw * k).sum(1)
+        if self.whiten is None:
+            self.page_ssum[g, p] = total
+        else:
+            self.page_ssum[g, p] = (self.gather_slots(self.space, g, slots) * valid[..., None]).sum(1)
         self.page_len[g, p] = valid.sum(1)
         self.refresh_extra(g, p)
+
+    def summarize_points(self, point_page: Tensor) -> None:
+        """Summaries of every page from the slot -> page map ``point_page`` ``[G, N]`` (``-1``: none),
+        by segment sums over the keys (no padded gather): the fast path used at build."""
+        G, N = point_page.shape
+        P, D = self.pages.shape[1], self.keys.shape[-1]
+        offset = torch.arange(G, device=point_page.device)[:, None] * P
+        flat = torch.where(point_page >= 0, point_page + offset, G * P).reshape(-1)
+
+        def seg(values: Tensor) -> Tensor:
+            out = torch.zeros(G * P + 1, *values.shape[2:], dtype=values.dtype, device=values.device)
+            return out.index_add_(0, flat, values.reshape(G * N, *values.shape[2:]))[:G * P]
+
+        x = self.keys[:, :N]
+        self.page_sum[:, :P] = seg(x).view(G, P, D)
+        self.page_sqsum[:, :P] = seg(x * x).view(G, P, D)
+        if self.whiten is None:
+            self.page_ssum[:, :P] = self.page_sum[:, :P]
+        else:
+            self.page_ssum[:, :P] = seg(self.space[:, :N]).view(G, P, D)
+        extra = (self.m2[:, None] - self.space_sq[:, :N]).clamp_min(0).sqrt()
+        self.page_extra[:, :P] = seg(extra).view(G, P)
+        self.page_len[:, :P] = torch.bincount(flat, minlength=G * P + 1)[:G * P].view(G, P)
+
+    def bounds(self, num_pages: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Element-wise ``(min [G, P, D], max [G, P, D], radius [G, P])`` of the first ``num_pages``
+        pages' raw keys (zeros for empty pages)."""
+        G = self.pages.shape[0]
+        slots = self.pages[:, :num_pages].reshape(G, -1)  # [G, P*S]
+        valid = (slots >= 0).view(G, num_pages, -1, 1)
+        g = torch.arange(G, device=slots.device)
+        k = self.gather_slots(self.keys, g, slots).view(G, num_pages, -1, self.keys.shape[-1])
+        n = valid.sum(2)
+        empty = n == 0
+        kmin = torch.where(empty, 0.0, k.masked_fill(~valid, float("inf")).amin(2))
+        kmax = torch.where(empty, 0.0, k.masked_fill(~valid, float("-inf")).amax(2))
+        centroid = self.page_sum[:, :num_pages] / n.clamp_min(1)
+        radius = ((k - centroid[:, :, None]).norm(dim=-1) * valid[..., 0]).amax(2)
+        return kmin, kmax, radius
 
     def refresh_extra(self, g: Tensor, p: Tensor) -> None:
         """Recompute the MIPS extra-coordinate sums of pages ``(g, p)`` under the current ``m2``."""
         slots = self.pages[g, p]
         valid = slots >= 0
-        sq = self.space_sq[g[:, None].expand_as(slots), slots.clamp_min(0)]
+        sq = self.gather_slots(self.space_sq, g, slots)
         extra = (self.m2[g][:, None] - sq).clamp_min(0).sqrt()
         self.page_extra[g, p] = (extra * valid).sum(1)
 
