@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from icecache.core.config import CacheConfig
 from icecache.testing import make_clustered_kv, query_for_cluster, random_page_table
 from icecache.testing.strategies import (
+    apply_tier_ops,
     cache_configs,
     cluster_queries,
     clustered_kv,
@@ -16,6 +17,7 @@ from icecache.testing.strategies import (
     left_paddings,
     model_geometries,
     page_tables,
+    tier_operations,
 )
 
 
@@ -146,3 +148,23 @@ def test_generators_are_reproducible_from_their_seed():
     assert torch.equal(a.keys, b.keys) and torch.equal(a.assignments, b.assignments)
     t1, t2 = random_page_table(5, 4, 40, seed=9), random_page_table(5, 4, 40, seed=9)
     assert torch.equal(t1.indices, t2.indices) and torch.equal(t1.page_lens, t2.page_lens)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.one_of(st.none(), st.integers(1, 6)).flatmap(
+    lambda cap: st.tuples(st.just(cap), tier_operations(capacity=cap))))
+def test_tier_operations_are_protocol_valid_and_round_trip(case):
+    from icecache.storage.host import HostTier
+    from icecache.storage.layout import PageSpec
+    from icecache.testing.strategies import bits
+
+    capacity, ops = case
+    tier = HostTier(name="host", spec=PageSpec(page_size=2, head_dim=4), capacity=capacity)
+    held = apply_tier_ops(tier, ops)  # raises if a generated op breaks the protocol or the capacity
+    assert set(held) <= set(tier.resident_ids().tolist())
+    if held:
+        ids = torch.tensor(sorted(held))
+        got = tier.read(tier.prepare_load(ids))
+        for k, i in enumerate(ids.tolist()):
+            assert torch.equal(bits(got[k]), bits(held[i]))
+    tier.close()

@@ -8,6 +8,8 @@
 * storage (:mod:`.tiers`): :func:`page_specs`, :func:`page_records` (random bytes: NaN payloads,
   ``-0.0``), :func:`tier_capacities`, :func:`tier_stacks`, :func:`page_lens`, ``bits``
 * kernels (:mod:`.kernels`): :func:`paged_attention_cases` (with dense ground truth), :func:`scoring_cases`
+* tier histories (:mod:`.tier_ops`): :func:`tier_operations` (protocol-valid op sequences),
+  :func:`apply_tier_ops`
 * selector plumbing (:mod:`.selectors`): :func:`fill_problems`, :func:`token_groups`
 * scenarios the suites run: :func:`icecache.testing.conformance.selector_cases`,
   :func:`icecache.testing.conformance.index_cases`
@@ -22,6 +24,7 @@ from icecache.testing.strategies.kernels import PagedCase, ScoringCase, paged_at
 from icecache.testing.strategies.page_tables import page_tables
 from icecache.testing.strategies.selectors import FillProblem, fill_problems, token_groups
 from icecache.testing.strategies.shapes import GQAShape, gqa_shapes
+from icecache.testing.strategies.tier_ops import TierOp, apply_tier_ops, tier_operations
 from icecache.testing.strategies.tiers import (
     PAGE_DTYPES,
     TIER_STACKS,
@@ -39,7 +42,7 @@ __all__ = [
     "left_paddings", "model_geometries", "page_tables", "tier_configs",
     # storage
     "PAGE_DTYPES", "TIER_STACKS", "bits", "page_lens", "page_records", "page_specs", "random_records",
-    "tier_capacities", "tier_stacks",
+    "tier_capacities", "tier_stacks", "TierOp", "apply_tier_ops", "tier_operations",
     # kernels
     "PagedCase", "ScoringCase", "paged_attention_cases", "scoring_cases",
     # selector plumbing
