@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
+import torch
 from attrs import define, field
+from attrs.validators import ge, in_
 from torch import Tensor
 
 from icecache.selectors.bases.selector import SelectorBase
+from icecache.selectors.plumbing.fill import greedy_fill
+from icecache.selectors.plumbing.layout import gather_page_keys
+from icecache.selectors.plumbing.merge import merge_heads
 from icecache.selectors.types import PageLayout
 
 
@@ -19,6 +25,13 @@ def make_index(config: Any, policy: Any, index: str, index_options: dict[str, An
     from icecache.core.plugins import build_registry
 
     return build_registry().create("index", index, config, **index_options)
+
+
+def _accepts_queries(index: Any) -> bool:
+    try:
+        return "queries" in inspect.signature(index.build).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @define(kw_only=True, slots=False)
@@ -33,12 +46,20 @@ class IceCacheSelector(SelectorBase):
 
     ``index``: registered index name (used when the policy names none; default ``hierarchy``);
     ``index_options``: its factory options; ``page_index``: a ready index object (overrides both).
+    ``prompt_queries``: when ``prefill`` is given the prompt's queries and the index's ``build``
+    accepts ``queries=``, the last ``prompt_queries`` positions' queries (all heads of each group) are
+    passed so pages group keys that score alike for the queries actually seen (0: never).
     """
 
     name: ClassVar[str] = "icecache"
     index: str = "hierarchy"
     index_options: dict[str, Any] = field(factory=dict)
     page_index: Any = field(default=None, repr=False)
+    prompt_queries: int = field(default=64, validator=ge(0))
+    rerank: float = field(default=2.0, validator=ge(0.0))
+    rank_by: str = field(default="density", validator=in_(("density", "mass")))
+    _built: bool = field(default=False, init=False, repr=False)
+    _build_kwargs: dict[str, Any] = field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -53,14 +74,61 @@ class IceCacheSelector(SelectorBase):
     def layout(self) -> PageLayout:
         if self._pos is None:
             return self.empty_layout()
+        if not self._built:
+            B, H = self.keys.shape[:2]
+            return PageLayout(
+                token_ids=torch.full(
+                    (B, H, 0, self.config.page_size), -1, dtype=torch.int64, device=self.keys.device
+                )
+            )
         return self.page_index.layout
 
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
-        self.page_index.build(keys, token_ids)
+        self._built, self._build_kwargs = False, {}
+        if queries is not None and self.prompt_queries > 0 and _accepts_queries(self.page_index):
+            B, H, N, D = keys.shape
+            recent = queries[:, :, -self.prompt_queries :].to(keys.dtype)  # [B, H_q, Q, D]
+            self._build_kwargs["queries"] = recent.reshape(B, H, -1, D)  # [B, H_kv, G * Q, D]
+        self._extend(keys, token_ids)
 
     def _extend(self, keys: Tensor, token_ids: Tensor) -> None:
-        self.page_index.insert(keys, token_ids)
+        if self._built:
+            self.page_index.insert(keys, token_ids)
+        elif bool((token_ids >= 0).any()):
+            # NOTE: the index is built from the first tokens that go into pages (a short prompt may
+            # page nothing at prefill); until then there is nothing to search.
+            self.page_index.build(keys, token_ids, **self._build_kwargs)
+            self._built = True
 
     def _choose(self, query: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        hits = self.page_index.query(query, max_tokens, scale=self.attention_scale(query.shape[-1]))
-        return hits.token_ids, hits.page_ids, hits.num_tokens
+        scale = self.attention_scale(query.shape[-1])
+        if not self._built:
+            B, H = max_tokens.shape
+            empty = torch.full((B, H, 0), -1, dtype=torch.int64, device=max_tokens.device)
+            return empty, empty, torch.zeros_like(max_tokens)
+        if self.rerank <= 0:
+            hits = self.page_index.query(query, max_tokens, scale=scale)
+            return hits.token_ids, hits.page_ids, hits.num_tokens
+        wide = (max_tokens.float() * self.rerank).ceil().to(torch.int64)
+        hits = self.page_index.query(query, wide, scale=scale)
+        cand = hits.page_ids  # [B, H_kv, K]
+        pages = self.page_index.layout.token_ids  # [B, H_kv, P, S]
+        B, H, K = cand.shape
+        S = pages.shape[-1]
+        toks = pages.gather(2, cand.clamp(min=0)[..., None].expand(B, H, K, S))
+        toks = torch.where((cand >= 0)[..., None], toks, -1)  # [B, H_kv, K, S]
+        k, valid = gather_page_keys(self.keys, toks)  # [B, H_kv, K, S, D]
+        logits = torch.einsum("bhgd,bhksd->bhgks", query.to(k.dtype), k) * scale
+        logmass = torch.logsumexp(logits.masked_fill(~valid[:, :, None], float("-inf")), -1)  # [B,H,G,K]
+        merged = merge_heads(
+            logmass / scale, "mass", scale=scale, resident_logits=self.resident_logits(query)
+        )
+        lens = valid.sum(-1)
+        if self.rank_by == "density":
+            merged = merged - torch.log(lens.clamp(min=1).float())
+        merged = torch.where(lens > 0, merged, float("-inf"))
+        order, count = greedy_fill(merged, lens, max_tokens)
+        page_ids = torch.where(order >= 0, cand.gather(2, order.clamp(min=0)), -1)
+        sel_toks = toks.gather(2, order.clamp(min=0)[..., None].expand(*order.shape, S))
+        sel_toks = torch.where((order >= 0)[..., None], sel_toks, -1).reshape(B, H, -1)
+        return sel_toks, page_ids, count
