@@ -78,7 +78,7 @@ class IndexState:
         (``-1`` read as slot 0), via one flat ``index_select``."""
         ncap = source.shape[1]
         flat = (g[:, None] * ncap + slots.clamp_min(0)).reshape(-1)
-        out = source.reshape(-1, *source.shape[2:]).index_select(0, flat)
+        out = source.reshape(source.shape[0] * ncap, *source.shape[2:]).index_select(0, flat)
         return out.view(*slots.shape, *source.shape[2:])
 
     def summarize(self, g: Tensor, p: Tensor) -> None:
@@ -129,11 +129,11 @@ class IndexState:
     def bounds(self, num_pages: int) -> tuple[Tensor, Tensor, Tensor]:
         """Element-wise ``(min [G, P, D], max [G, P, D], radius [G, P])`` of the first ``num_pages``
         pages' raw keys (zeros for empty pages)."""
-        G = self.pages.shape[0]
-        slots = self.pages[:, :num_pages].reshape(G, -1)  # [G, P*S]
-        valid = (slots >= 0).view(G, num_pages, -1, 1)
+        G, _, S = self.pages.shape
+        slots = self.pages[:, :num_pages].reshape(G, num_pages * S)  # [G, P*S]
+        valid = (slots >= 0).view(G, num_pages, S, 1)
         g = torch.arange(G, device=slots.device)
-        k = self.gather_slots(self.keys, g, slots).view(G, num_pages, -1, self.keys.shape[-1])
+        k = self.gather_slots(self.keys, g, slots).view(G, num_pages, S, self.keys.shape[-1])
         n = valid.sum(2)
         empty = n == 0
         kmin = torch.where(empty, 0.0, k.masked_fill(~valid, float("inf")).amin(2))
