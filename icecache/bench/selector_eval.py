@@ -77,11 +77,18 @@ def build_selectors(
         if capture.prompt_queries is not None and "queries" in inspect.signature(sel.prefill).parameters:
             kwargs["queries"] = capture.prompt_queries[layer, None].float()
         keys = capture.keys[layer, None, :, :N].contiguous()  # [1, H_kv, N, D]
+        _sync(keys.device)
         t0 = time.perf_counter()
         sel.prefill(keys, **kwargs)
+        _sync(keys.device)
         seconds += time.perf_counter() - t0
         out[layer] = sel
     return out, seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _flush_tokens(config: CacheConfig) -> int:
@@ -100,8 +107,9 @@ def evaluate(
     config = make_config(capture, budget, spec)
     selectors, build_s = build_selectors(registry, name, config, capture, spec, options)
     N = capture.prompt_len
+    dev = capture.keys.device
     pos = Positions.after_prefill(
-        torch.zeros(1, dtype=torch.int64),
+        torch.zeros(1, dtype=torch.int64, device=dev),
         N,
         sink_tokens=config.sink_tokens,
         window_tokens=config.window_tokens,
@@ -122,7 +130,7 @@ def evaluate(
     for t in range(spec.steps):
         pos.advance(1)
         n = N + t + 1
-        forced = torch.zeros(1, n, dtype=torch.bool)
+        forced = torch.zeros(1, n, dtype=torch.bool, device=dev)
         for ids in (pos.sink_ids(), pos.window_ids()):
             forced.scatter_(1, ids.clamp(min=0), ids >= 0)
         for layer in spec.layers:
@@ -130,8 +138,10 @@ def evaluate(
             keys = capture.keys[layer, None, :, :n]  # [1, H_kv, n, D]
             sel.append(keys[:, :, n - 1 :].contiguous())
             q = capture.decode_queries[layer, None, :, t]  # [1, H_q, D]
+            _sync(dev)
             t0 = time.perf_counter()
             selection = sel.select(q)
+            _sync(dev)
             select_s += time.perf_counter() - t0
             mask = selection.token_mask(n)  # [1, H_kv, n]
             probs = attention_probs(q, keys)
@@ -141,7 +151,7 @@ def evaluate(
                 probs, forced[:, None].expand(1, H, n), pos.paged_mask()[:, None].expand(1, H, n), k_left
             )
             touched = touched_page_ids(selection.token_ids, sel.layout.token_ids)  # [1, H_kv, P]
-            ids = torch.where(touched, torch.arange(touched.shape[-1]), -1)
+            ids = torch.where(touched, torch.arange(touched.shape[-1], device=dev), -1)
             acc["attention_recall"].append(attention_recall(probs, mask))
             acc["oracle_recall"].append(oracle_recall(mask, oracle))
             acc["output_rel_error"].append(

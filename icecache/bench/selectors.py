@@ -11,6 +11,7 @@ build every layer's IceCache index over the model's prefill time at the largest 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ from icecache.bench.report import format_table, write_json
 DEFAULT_CONTEXTS = (2048, 4096, 8192)
 DEFAULT_BUDGETS = (64, 256, 1024)
 QUICK_SELECTORS = ("streamingllm", "quest", "clusterkv", "icecache", "oracle")
-#: (context, what must hold) checked and reported at the end
+#: labelled variants run by default besides every registered selector: ``name:label`` -> options
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
+    # NOTE: leaves of ~6 tokens (in 16-slot pages) trade page fill for recall at small budgets
+    "icecache:leaf6": {"index_options": {"leaf_tokens": 6}},
+}
+#: the context at which the fidelity targets are checked
 TARGET_CONTEXT = 4096
 
 
@@ -33,6 +39,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _options(text: str) -> dict[str, dict[str, Any]]:
+    try:
+        value = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"--selector-options must be a JSON object or file: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError(f"--selector-options must map names to option objects, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument(
@@ -42,10 +58,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, help="local llama-family checkpoint (default: embedded SmolLM2)"
     )
     parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
         "--contexts", type=_ints, default=None, help="prompt lengths (default 2048,4096,8192)"
     )
     parser.add_argument("--budgets", type=_ints, default=None, help="token budgets (default 64,256,1024)")
-    parser.add_argument("--selectors", default=None, help="comma-separated selector names (default: all)")
+    parser.add_argument(
+        "--selectors",
+        default=None,
+        help="comma-separated selector names or name:label variants (default: every "
+        f"registered selector and {', '.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--selector-options",
+        type=_options,
+        default=None,
+        help="JSON object (or file): selector name or name:label -> factory options",
+    )
     parser.add_argument(
         "--decode-steps", type=int, default=4, help="decoded answer tokens whose queries are used"
     )
@@ -61,10 +91,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from icecache.integrations.hf.loader import load_model
 
-    model, tokenizer = load_model(args.model)
-    payload = run(model, tokenizer, **_plan(args))
+    plan = _plan(args)  # validates names before the model loads
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(args.model, device=device)
+    payload = run(model, tokenizer, **plan)
     print_report(payload)
     if args.json is not None:
         write_json(args.json, payload)
@@ -76,20 +110,25 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
+    from icecache.core.errors import UnknownComponentError
     from icecache.core.plugins import build_registry
 
     names = build_registry().names("selector")
     quick = args.quick
-    selectors = args.selectors.split(",") if args.selectors else (list(QUICK_SELECTORS) if quick else names)
-    unknown = [s for s in selectors if s not in names]
+    if args.selectors:
+        selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
+    else:
+        selectors = list(QUICK_SELECTORS) if quick else [*names, *DEFAULT_VARIANTS]
+    unknown = [s for s in selectors if s.split(":")[0] not in names]
     if unknown:
-        from icecache.core.errors import UnknownComponentError
-
-        raise UnknownComponentError("selector", unknown[0], names)
+        raise UnknownComponentError("selector", unknown[0].split(":")[0], names)
+    options = {k: v for k, v in DEFAULT_VARIANTS.items() if k in selectors}
+    options.update(args.selector_options or {})
     return {
         "contexts": args.contexts or ([2048] if quick else list(DEFAULT_CONTEXTS)),
         "budgets": args.budgets or ([64, 256] if quick else list(DEFAULT_BUDGETS)),
         "selectors": selectors,
+        "options": options,
         "decode_steps": 2 if quick and args.decode_steps == 4 else args.decode_steps,
         "page_size": args.page_size,
         "dense_layers": args.dense_layers,
@@ -106,6 +145,7 @@ def run(
     contexts: list[int],
     budgets: list[int],
     selectors: list[str],
+    options: dict[str, dict[str, Any]] | None = None,
     decode_steps: int = 4,
     page_size: int = 16,
     dense_layers: int = 2,
@@ -114,13 +154,17 @@ def run(
     model_name: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Capture each context once, evaluate every (selector, budget); returns the JSON payload."""
+    """Capture each context once, evaluate every (selector, budget); returns the JSON payload.
+
+    ``selectors``: registered names or ``name:label`` variants; ``options`` maps a name or label to
+    the selector's factory options."""
     from tqdm.auto import tqdm
 
     from icecache.bench.capture import capture, niah_prompt
     from icecache.bench.selector_eval import EvalSpec, evaluate
     from icecache.core.plugins import build_registry
 
+    options = options or {}
     registry = build_registry()
     results, captures = [], {}
     bar = tqdm(total=len(contexts) * len(selectors) * len(budgets), desc="selectors", disable=not progress)
@@ -143,9 +187,8 @@ def run(
         for name in selectors:
             for budget in budgets:
                 bar.set_postfix_str(f"{context} {name}@{budget}")
-                row = evaluate(registry, name, budget, cap, spec)
-                row["context"] = context
-                row["prompt_tokens"] = cap.prompt_len
+                row = evaluate(registry, name.split(":")[0], budget, cap, spec, options.get(name))
+                row.update(selector=name, context=context, prompt_tokens=cap.prompt_len)
                 results.append(row)
                 bar.update(1)
         del cap
@@ -153,6 +196,7 @@ def run(
     payload: dict[str, Any] = {
         "bench": "selectors",
         "model": model_name,
+        "device": str(getattr(model, "device", "cpu")),
         "task": task,
         "settings": {
             "contexts": contexts,
@@ -163,13 +207,16 @@ def run(
             "dense_layers": dense_layers,
             "sink_tokens": 4,
             "seed": seed,
+            "selector_options": options,
             "budget_meaning": "tokens attended per KV head per decode step, sinks and window included",
         },
         "captures": {str(k): v for k, v in captures.items()},
         "results": results,
     }
     payload["index_build_vs_prefill"] = _build_ratio(results, captures)
-    payload["targets"] = check_targets(results)
+    payload["targets"] = {
+        name: check_targets(results, name) for name in selectors if name.split(":")[0] == "icecache"
+    }
     return payload
 
 
@@ -200,14 +247,17 @@ def _build_ratio(results: list[dict[str, Any]], captures: dict[int, dict[str, An
     }
 
 
-def check_targets(results: list[dict[str, Any]], context: int = TARGET_CONTEXT) -> dict[str, Any]:
-    """The fidelity targets at ``context`` (None where a needed run is missing)."""
+def check_targets(
+    results: list[dict[str, Any]], icecache: str = "icecache", context: int = TARGET_CONTEXT
+) -> dict[str, Any]:
+    """The fidelity targets of ``icecache`` (a name or label) at ``context`` (None where a needed run
+    is missing)."""
 
     def recall(sel: str, budget: int) -> float | None:
         row = _find(results, sel, budget, context)
         return None if row is None else row["attention_recall"]
 
-    ice, quest, oracle = recall("icecache", 256), recall("quest", 1024), recall("oracle", 256)
+    ice, quest, oracle = recall(icecache, 256), recall("quest", 1024), recall("oracle", 256)
     out: dict[str, Any] = {"context": context, "icecache@256": ice, "quest@1024": quest, "oracle@256": oracle}
     out["icecache@256 >= 0.93"] = None if ice is None else ice >= 0.93
     out["icecache@256 >= quest@1024"] = None if ice is None or quest is None else ice >= quest
@@ -239,7 +289,8 @@ def print_report(payload: dict[str, Any]) -> None:
             f"\nindex build / prefill at {ratio['context']} tokens: {ratio['build_seconds']:.2f} s / "
             f"{ratio['prefill_seconds']:.2f} s = {ratio['ratio']:.3f} (target <= 0.10)"
         )
-    print("targets:", {k: v for k, v in payload["targets"].items()})
+    for name, targets in payload["targets"].items():
+        print(f"targets {name}:", targets)
 
 
 def save_plot(payload: dict[str, Any], path: Path) -> bool:
