@@ -25,7 +25,10 @@ class Selector(Protocol):
     def prefill(self, keys: Tensor, *, start: Tensor | None = None) -> None:
         """Index the prompt. ``keys``: ``[B, H_kv, N, D]``, post-RoPE. ``start``: int64 ``[B]``, the
         first real position of each row under left padding (``None``: all zeros). Positions before
-        ``start`` are never attended; sinks are the first ``sink_tokens`` real positions."""
+        ``start`` are never attended; sinks are the first ``sink_tokens`` real positions.
+
+        A selector may also accept ``queries=`` (float ``[B, H_q, N, D]``, the prompt's queries; the
+        built-ins do, InfLLM and IceCache use them); callers pass it only where the signature has it."""
 
     def append(self, keys: Tensor) -> None:
         """Add keys of new positions, ``[B, H_kv, n, D]``: they join the window and, once they leave
