@@ -43,6 +43,7 @@ class FaissKMeans:
     """
 
     iters: int = field(default=10, validator=ge(1))
+    nredo: int = field(default=3, validator=ge(1))  # restarts; faiss seeds at random, k-means++ it lacks
     transform: bool = field(default=True)
     seed: int = field(default=0)
     gpu: bool | None = field(default=None)
@@ -72,7 +73,8 @@ class FaissKMeans:
                 continue
             k = min(num_clusters, len(x))
             km = faiss.Kmeans(x.shape[1], k, niter=self.iters, seed=self.seed + g, verbose=False,
-                              gpu=bool(use_gpu), min_points_per_centroid=1, max_points_per_centroid=1 << 20)
+                              nredo=self.nredo, gpu=bool(use_gpu), min_points_per_centroid=1,
+                              max_points_per_centroid=1 << 20)
             km.train(x)
             cent[g, :k] = torch.from_numpy(km.centroids)
             if k < num_clusters:  # NOTE: fewer points than clusters: spare clusters sit far away, empty

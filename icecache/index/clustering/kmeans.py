@@ -52,6 +52,27 @@ def init_centroids(points: Tensor, mask: Tensor, num_clusters: int,
     return points.gather(1, idx[..., None].expand(-1, -1, D)).clone()
 
 
+def kmeanspp_centroids(points: Tensor, mask: Tensor, num_clusters: int,
+                       generator: torch.Generator | None) -> Tensor:
+    """k-means++ seeding batched over groups: each next centroid is a valid point drawn with
+    probability proportional to its squared distance to the nearest centroid so far, ``[G, C, D]``.
+    One ``O(G N D)`` pass per centroid."""
+    G, N, D = points.shape
+    if num_clusters > N:
+        raise ConfigError(f"num_clusters={num_clusters} exceeds the {N} points per group")
+    rows = torch.arange(G, device=points.device)
+    weight = mask.to(points.dtype) + 1e-30  # [G, N]; groups with no valid point still sample
+    idx = torch.multinomial(weight.cpu(), 1, generator=generator).to(points.device)[:, 0]  # [G]
+    chosen = [points[rows, idx]]
+    d2 = ((points - chosen[0][:, None]) ** 2).sum(-1)
+    for _ in range(1, num_clusters):
+        w = (d2.clamp_min(0) * mask).cpu() + 1e-30
+        idx = torch.multinomial(w, 1, generator=generator).to(points.device)[:, 0]
+        chosen.append(points[rows, idx])
+        d2 = torch.minimum(d2, ((points - chosen[-1][:, None]) ** 2).sum(-1))
+    return torch.stack(chosen, 1)
+
+
 def update_centroids(points: Tensor, assign: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     """Means of each cluster's points (old centroid kept for empty clusters), and sizes ``[G, C]``."""
     G, N, D = points.shape
@@ -123,10 +144,11 @@ def capacity_assign(cost: Tensor, capacity: Tensor | int, mask: Tensor, *, round
 
 def kmeans(points: Tensor, num_clusters: int, *, iters: int = 8, mask: Tensor | None = None,
            capacity: int | None = None, balanced_iters: int = 2, generator: torch.Generator | None = None,
-           init: Tensor | None = None) -> Clustering:
+           init: Tensor | str = "random") -> Clustering:
     """Lloyd's k-means on ``[G, N, D]`` in the given space, batched over groups.
 
     With ``capacity``, the last ``balanced_iters`` iterations use :func:`capacity_assign`.
+    ``init``: ``"random"`` (distinct random points), ``"kmeans++"`` or initial centroids ``[G, C, D]``.
     """
     mask = check_points(points, mask)
     G, N, D = points.shape
@@ -135,7 +157,14 @@ def kmeans(points: Tensor, num_clusters: int, *, iters: int = 8, mask: Tensor | 
     if capacity is not None and capacity * num_clusters < int(mask.sum(1).max()):
         raise ConfigError(f"num_clusters={num_clusters} x capacity={capacity} cannot hold "
                           f"{int(mask.sum(1).max())} points")
-    centroids = init.clone() if init is not None else init_centroids(points, mask, num_clusters, generator)
+    if isinstance(init, Tensor):
+        centroids = init.clone()
+    elif init == "kmeans++":
+        centroids = kmeanspp_centroids(points, mask, num_clusters, generator)
+    elif init == "random":
+        centroids = init_centroids(points, mask, num_clusters, generator)
+    else:
+        raise ConfigError(f"init must be 'random', 'kmeans++' or a tensor, got {init!r}")
     assign = torch.full((G, N), -1, dtype=torch.int64, device=points.device)
     sizes = torch.zeros(G, num_clusters, dtype=torch.int64, device=points.device)
     total = max(iters, balanced_iters if capacity is not None else 0)
@@ -160,6 +189,7 @@ class BalancedKMeans:
     iters: int = field(default=8)
     balanced_iters: int = field(default=2)
     transform: bool = field(default=True)
+    init: str = field(default="kmeans++")
     seed: int = field(default=0)
     name: str = "balanced-kmeans"
 
@@ -173,7 +203,7 @@ class BalancedKMeans:
         gen = torch.Generator().manual_seed(self.seed)
         space = mips_keys(points, mask)[0] if self.transform else points
         res = kmeans(space, num_clusters, iters=self.iters, mask=mask, capacity=capacity,
-                     balanced_iters=self.balanced_iters, generator=gen)
+                     balanced_iters=self.balanced_iters, generator=gen, init=self.init)
         if not self.transform:
             return res
         zeros = torch.zeros_like(points[:, :num_clusters])

@@ -96,7 +96,8 @@ class OnlineKMeans:
         flat = flat.reshape(-1)
         cnt = torch.bincount(flat, minlength=G * C + 1)[:G * C].view(G, C).to(space.dtype)
         tot = torch.zeros(G * C + 1, space.shape[-1], dtype=space.dtype, device=space.device)
-        tot = tot.index_add_(0, flat, space.reshape(G * n, -1))[:G * C].view(G, C, -1)
+        Ds = space.shape[-1]
+        tot = tot.index_add_(0, flat, space.reshape(G * n, Ds))[:G * C].view(G, C, Ds)
         # NOTE: per-centroid rate 1/count keeps each centroid the running mean of what it absorbed
         new_counts = self.counts + cnt
         rate = (cnt / new_counts.clamp_min(1))[..., None]
@@ -106,7 +107,8 @@ class OnlineKMeans:
         self.counts = new_counts
         if raw_sums:
             rs = torch.zeros(G * C + 1, raw.shape[-1], dtype=raw.dtype, device=raw.device)
-            self.sums = self.sums + rs.index_add_(0, flat, raw.reshape(G * n, -1))[:G * C].view(G, C, -1)
+            D = raw.shape[-1]
+            self.sums = self.sums + rs.index_add_(0, flat, raw.reshape(G * n, D))[:G * C].view(G, C, D)
         return assign
 
     def _result(self, points: Tensor, assign: Tensor) -> Clustering:

@@ -58,7 +58,7 @@ def pack(seg: Tensor, rank: Tensor, values: Tensor, num_segments: int, width: in
 
 
 def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int, cell_tokens: int,
-                 iters: int = 5, balanced_iters: int = 1, transform: bool = True,
+                 iters: int = 5, balanced_iters: int = 1, transform: bool = True, init: str = "random",
                  generator: torch.Generator | None = None) -> BuiltLayout:
     """Group each head's valid keys into pages.
 
@@ -81,7 +81,7 @@ def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int
     block_mask = pack(seg, rank, torch.ones_like(seg, dtype=torch.bool), G * num_cells, m, False)
     leaves_per_cell = max(1, math.ceil(m / leaf_tokens))
     res = kmeans(block, leaves_per_cell, iters=iters, mask=block_mask, capacity=page_size,
-                 balanced_iters=balanced_iters, generator=generator)
+                 balanced_iters=balanced_iters, generator=generator, init=init)
     leaf = res.assignments[seg, rank]  # [M], leaf inside its cell
     # pages: (head, cell, leaf) -> compact non-empty leaves per head
     page_key = cells[g_idx, n_idx] * leaves_per_cell + leaf  # [M] page slot inside head

@@ -95,6 +95,7 @@ class HierarchyIndex:
     leaf_tokens: int = field(validator=positive)
     cell_tokens: int = field(default=128, validator=positive)
     iters: int = field(default=4, validator=positive)
+    init: str = field(default="random", validator=in_(("random", "kmeans++")))
     candidates: float = field(default=4.0, validator=_positive_float)
     cell_candidates: float = field(default=32.0, validator=_positive_float)
     scoring: str = field(default="exact", validator=in_(SCORINGS))
@@ -138,7 +139,7 @@ class HierarchyIndex:
         if bool(mask.any()):
             built = build_layout(space, mask, page_size=S, leaf_tokens=self.leaf_tokens,
                                  cell_tokens=self.cell_tokens, iters=self.iters, transform=self.transform,
-                                 generator=gen)
+                                 init=self.init, generator=gen)
             pages, page_cell, num_cells = built.pages, built.page_cell, built.num_cells
             point_page = built.point_page
         else:
