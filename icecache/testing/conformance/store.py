@@ -182,6 +182,25 @@ class StoreContract(RuleBasedStateMachine):
                 self.pins[i] += 1
                 self.pinned_slot[i] = int(slots[k])
 
+    @precondition(lambda self: bool(self.model))
+    @rule(data=st.data())
+    def rewrite_loaded(self, data: Any) -> None:
+        """Load pages, then write them again: the device copies must follow (checked by the invariants)."""
+        ids = self._pick(data, self.model)
+        try:
+            self.store.load(_t(ids))
+        except StorageError:
+            return
+        except Exception as exc:  # noqa: BLE001
+            _fail("no-error", f"load({ids}) raised {type(exc).__name__}: {exc}")
+        self.seed += 1
+        rec = random_records(self.spec, len(ids), self.seed)
+        lens = [self.model[i][1] for i in ids]
+        self._call(f"write_pages({ids}) (a rewrite)", self.store.write_pages, _t(ids), rec[:, 0], rec[:, 1],
+                   torch.tensor(lens))
+        for k, i in enumerate(ids):
+            self.model[i] = (bits(rec[k]), lens[k])
+
     @precondition(lambda self: bool(self.pinned))
     @rule(data=st.data())
     def release(self, data: Any) -> None:
