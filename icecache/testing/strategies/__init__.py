@@ -10,6 +10,7 @@
 * kernels (:mod:`.kernels`): :func:`paged_attention_cases` (with dense ground truth), :func:`scoring_cases`
 * tier histories (:mod:`.tier_ops`): :func:`tier_operations` (protocol-valid op sequences),
   :func:`apply_tier_ops`
+* index and clusterers (:mod:`.kv`): :func:`point_groups`, :func:`index_histories`
 * selector plumbing (:mod:`.selectors`): :func:`fill_problems`, :func:`token_groups`
 * scenarios the suites run: :func:`icecache.testing.conformance.selector_cases`,
   :func:`icecache.testing.conformance.index_cases`
@@ -21,6 +22,7 @@ Every tensor strategy draws parameters and a seed and calls a plain-torch genera
 from icecache.testing.strategies.clustered import ClusterQuery, cluster_queries, clustered_kv, left_paddings
 from icecache.testing.strategies.config import cache_configs, model_geometries, tier_configs
 from icecache.testing.strategies.kernels import PagedCase, ScoringCase, paged_attention_cases, scoring_cases
+from icecache.testing.strategies.kv import IndexHistory, PointGroups, index_histories, point_groups
 from icecache.testing.strategies.page_tables import page_tables
 from icecache.testing.strategies.selectors import FillProblem, fill_problems, token_groups
 from icecache.testing.strategies.shapes import GQAShape, gqa_shapes
@@ -45,6 +47,8 @@ __all__ = [
     "tier_capacities", "tier_stacks", "TierOp", "apply_tier_ops", "tier_operations",
     # kernels
     "PagedCase", "ScoringCase", "paged_attention_cases", "scoring_cases",
+    # index and clusterers
+    "IndexHistory", "PointGroups", "index_histories", "point_groups",
     # selector plumbing
     "FillProblem", "fill_problems", "token_groups",
 ]
