@@ -1,0 +1,144 @@
+"""The hierarchy index: stateful invariants over build/insert/query, and recall on clustered keys."""
+
+import pytest
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from icecache.core.config import CacheConfig
+from icecache.core.errors import ConfigError, TensorSpecError
+from icecache.index.hierarchy.index import HierarchyIndex
+from icecache.metrics.fidelity import attention_recall, oracle_mask
+from icecache.testing.strategies.kv import index_histories
+from icecache.testing.synthetic import make_clustered_kv, query_for_cluster
+
+
+class HierarchyMachine(RuleBasedStateMachine):
+    """Build from a prompt, then interleave inserts and queries; the layout stays a partition."""
+
+    @initialize(history=index_histories(page_size=8), mode=st.sampled_from(["assign", "new-leaf"]),
+                whiten=st.booleans(), leaf=st.sampled_from([2, 4, 8]))
+    def build(self, history, mode, whiten, leaf):
+        self.h = history
+        self.index = HierarchyIndex(CacheConfig(page_size=8, budget=64), leaf_tokens=leaf, cell_tokens=16,
+                                    insert_mode=mode)
+        B, H, _, D = history.keys.shape
+        queries = torch.randn(B, H, 6, D) if whiten else None
+        n = history.prompt
+        self.index.build(history.keys[:, :, :n], history.token_ids[:, :, :n], queries=queries)
+        self.context, self.todo = n, list(history.inserts)
+        self.pages = self.index.layout.token_ids.clone()
+
+    @precondition(lambda self: self.todo)
+    @rule()
+    def insert(self):
+        n = self.todo.pop(0)
+        sl = slice(self.context, self.context + n)
+        before = self.pages
+        changed = self.index.insert(self.h.keys[:, :, sl], self.h.token_ids[:, :, sl])
+        self.context += n
+        after = self.index.layout.token_ids
+        assert changed.shape == after.shape[:3] and changed.dtype == torch.bool
+        P0 = before.shape[2]
+        # page contents only grow; every page whose tokens changed is flagged
+        for b, h, p in torch.nonzero(torch.ones(after.shape[:3], dtype=torch.bool)).tolist():
+            old = set(before[b, h, p][before[b, h, p] >= 0].tolist()) if p < P0 else set()
+            new = set(after[b, h, p][after[b, h, p] >= 0].tolist())
+            assert old <= new, f"page {p} lost tokens"
+            assert old == new or bool(changed[b, h, p]), f"page {p} changed unflagged"
+        self.pages = after.clone()
+
+    @rule(budget=st.integers(0, 70), group=st.integers(1, 3), seed=st.integers(0, 99))
+    def query(self, budget, group, seed):
+        B, H, _, D = self.h.keys.shape
+        q = torch.randn(B, H, group, D, generator=torch.Generator().manual_seed(seed))
+        hits = self.index.query(q, budget)
+        lay = self.index.layout.token_ids
+        assert bool((hits.num_tokens <= budget).all())
+        for b in range(B):
+            for h in range(H):
+                pids = hits.page_ids[b, h][hits.page_ids[b, h] >= 0]
+                assert pids.unique().numel() == pids.numel()
+                want = lay[b, h, pids].flatten()
+                want = set(want[want >= 0].tolist())
+                got = hits.token_ids[b, h][hits.token_ids[b, h] >= 0].tolist()
+                assert len(got) == len(set(got)) and set(got) == want
+                assert int(hits.num_tokens[b, h]) == len(want)
+
+    @invariant()
+    def every_token_exactly_once_and_pages_within_capacity(self):
+        lay = self.index.layout.token_ids
+        assert lay.shape[-1] == 8
+        assert lay.numel() == 0 or int((lay >= 0).sum(-1).max()) <= 8
+        ids = self.h.token_ids[:, :, :self.context]
+        for b in range(lay.shape[0]):
+            for h in range(lay.shape[1]):
+                got = lay[b, h][lay[b, h] >= 0].sort().values
+                want = ids[b, h][ids[b, h] >= 0].sort().values
+                assert torch.equal(got, want)
+        assert torch.equal(self.index.num_tokens, (ids >= 0).sum(-1))
+
+
+TestHierarchyMachine = HierarchyMachine.TestCase
+TestHierarchyMachine.settings = settings(max_examples=25, stateful_step_count=6, deadline=None)
+
+
+def recall(keys, query, tokens):
+    """Group-mean softmax mass of ``query`` [B, H, G, D] over ``keys`` [B, H, N, D] on ``tokens``."""
+    B, H, G, D = query.shape
+    p = torch.einsum("bhgd,bhnd->bhgn", query, keys).mul(D ** -0.5).softmax(-1).reshape(B, H * G, -1)
+    mask = torch.zeros(B, H, keys.shape[2] + 1, dtype=torch.bool)
+    mask.scatter_(2, torch.where(tokens >= 0, tokens, keys.shape[2]), True)
+    return float(attention_recall(p, mask[..., :-1]).mean())
+
+
+def oracle(keys, query, budget):
+    B, H, G, D = query.shape
+    N = keys.shape[2]
+    p = torch.einsum("bhgd,bhnd->bhgn", query, keys).mul(D ** -0.5).softmax(-1).reshape(B, H * G, N)
+    none, every = torch.zeros(B, H, N, dtype=torch.bool), torch.ones(B, H, N, dtype=torch.bool)
+    return float(attention_recall(p, oracle_mask(p, none, every, budget)).mean())
+
+
+@pytest.mark.parametrize("scoring", ["exact", "centroid"])
+def test_recall_close_to_oracle_on_clustered_keys(scoring):
+    kv = make_clustered_kv(2, 2, 1024, 32, num_clusters=24, spread=0.3, norm_range=(2.0, 6.0), seed=5)
+    index = HierarchyIndex(CacheConfig(), scoring=scoring)
+    index.build(kv.keys[:, :, :896], torch.arange(896))
+    index.insert(kv.keys[:, :, 896:], torch.arange(896, 1024))
+    got, best = [], []
+    for c in range(6):
+        q = query_for_cluster(kv, c, group_size=3, seed=c).view(2, 2, 3, 32)
+        hits = index.query(q, 96)
+        got.append(recall(kv.keys, q, hits.token_ids))
+        best.append(oracle(kv.keys, q, 96))
+    got, best = sum(got) / 6, sum(best) / 6
+    assert got >= best - 0.06, (got, best)
+
+
+def test_bad_inputs_name_the_value():
+    index = HierarchyIndex(CacheConfig())
+    with pytest.raises(ConfigError, match="call build"):
+        index.query(torch.zeros(1, 1, 1, 4), 8)
+    with pytest.raises(TensorSpecError, match=r"\[B, H_kv, N, D\]"):
+        index.build(torch.zeros(3, 4))
+    with pytest.raises(TensorSpecError, match=r"token_ids must have shape"):
+        index.build(torch.zeros(1, 1, 5, 4), torch.arange(4))
+    index.build(torch.randn(1, 1, 20, 4))
+    with pytest.raises(TensorSpecError, match=r"query must be \[1, 1, G, 4\]"):
+        index.query(torch.zeros(1, 2, 1, 4), 8)
+    with pytest.raises(ConfigError, match="leaf_tokens=32 exceeds page_size=16"):
+        HierarchyIndex(CacheConfig(), leaf_tokens=32)
+    with pytest.raises(ValueError, match="scoring"):
+        HierarchyIndex(CacheConfig(), scoring="nope")
+
+
+def test_empty_prompt_then_inserts_and_per_row_budgets():
+    index = HierarchyIndex(CacheConfig(page_size=4))
+    keys = torch.randn(2, 1, 10, 8)
+    index.build(keys[:, :, :0])
+    assert index.layout.token_ids.shape == (2, 1, 0, 4)
+    index.insert(keys, torch.arange(10))
+    hits = index.query(torch.randn(2, 1, 2, 8), torch.tensor([[3], [10]]))
+    assert hits.num_tokens[0, 0] <= 3 and hits.num_tokens[1, 0] == 10
