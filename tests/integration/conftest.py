@@ -23,3 +23,14 @@ def passkey_prompts(model_and_tokenizer):
     samples = generate_task("passkey", n=2, context=600, tokenizer=tokenizer, seed=11)
     samples[1] = generate_task("passkey", n=1, context=520, tokenizer=tokenizer, seed=12)[0]
     return [prompt_ids(tokenizer, s) for s in samples], [s.answers[0] for s in samples]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Decode is many small ops: one thread is faster than two on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,106 @@
+"""``icecache eval`` / ``icecache run``: bad input fails early with a clear message and writes nothing;
+tiny end-to-end runs write the documented JSON."""
+
+import json
+
+import pytest
+
+from icecache.cli.main import main
+
+
+def _row(i, **kw):
+    context = "The grass is green. " * 20 + f"The code word is amber{i}. " + "The sky is blue. " * 20
+    row = {"id": f"s{i}", "context": context, "question": "What is the code word?", "answers": [f"amber{i}"],
+           "answer_prefix": "The code word is", "max_new_tokens": 4}
+    row.update(kw)
+    return json.dumps(row)
+
+
+@pytest.fixture
+def tasks_file(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(_row(i) for i in range(2)) + "\n")
+    return path
+
+
+BAD = [
+    (["eval", "--model", "/no/such/model"], "model path '/no/such/model' does not exist"),
+    (["eval", "--context", "9000"], "--context 9000 is longer than the model allows"),
+    (["eval", "--tasks", "niah_single,haystack"], "unknown task 'haystack'; available tasks: common_words"),
+    (["eval", "--policy", "full,snapkv"], "unknown selector 'snapkv'; available selectors: arkvale"),
+    (["eval", "--policy", "icecache", "--budget", "0"], "budget must be positive, got 0"),
+    (["eval", "--policy", "quest@-5"], "budget must be positive, got -5 in 'quest@-5'"),
+    (["eval", "--policy", "icecache", "--budget", "40", "--window", "60"],
+     "budget=40 is smaller than sink_tokens + window_tokens = 4 + 60 = 64"),
+    (["eval", "--samples", "0"], "--samples must be positive"),
+    (["run", "--policies", "full,nope"], "unknown selector 'nope'"),
+    (["run", "--context", "100000"], "--context 100000 is longer than the model allows"),
+    (["run", "--budget", "-1"], "budget must be positive, got -1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_a_clear_error_and_nothing_is_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    extra = ["--json", str(out / "r.json")] if argv[0] == "eval" else ["--out", str(out)]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not out.exists()
+
+
+def test_a_model_that_is_not_llama_family_is_refused(tmp_path, capsys):
+    model = tmp_path / "gpt2"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert main(["eval", "--model", str(model), "--json", str(tmp_path / "r.json")]) == 2
+    assert "model_type 'gpt2'; supported llama-family types" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "holds no samples"),
+    (_row(0) + "\n" + _row(1)[:-3] + "\n", "tasks.jsonl:2: not valid JSON"),
+    (_row(0, answers=[]) + "\n", "tasks.jsonl:1: answers must be a non-empty list"),
+])
+def test_bad_tasks_file_names_the_line(tmp_path, capsys, content, message):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(content)
+    assert main(["eval", "--tasks-file", str(path), "--json", str(tmp_path / "r.json")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.model
+def test_eval_with_a_tasks_file_writes_results(tmp_path, tasks_file, capsys):
+    out = tmp_path / "r.json"
+    argv = ["eval", "--tasks-file", str(tasks_file), "--policy", "full,streamingllm", "--budget", "64",
+            "--json", str(out), "--no-progress"]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    assert {(r["policy"], r["task"]) for r in rows} == {("full", "file"), ("streamingllm@64", "file")}
+    for r in rows:
+        assert set(r) >= {"policy", "budget", "context", "task", "n", "accuracy"}
+        assert r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0
+    assert next(r for r in rows if r["policy"] == "full")["accuracy"] == 1.0
+    assert len(data["samples_detail"]) == 4
+    assert "streamingllm@64" in capsys.readouterr().out
+
+
+@pytest.mark.model
+def test_run_writes_results_and_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--out", str(out), "--context", "400", "--samples", "1", "--tasks", "passkey",
+            "--policies", "full,icecache@128,streamingllm@128", "--no-progress"]
+    assert main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert [r["policy"] for r in data["overview"]] == ["full", "icecache@128", "streamingllm@128"]
+    full, ice, stream = data["overview"]
+    assert full["device_kv_fraction"] == 1.0 and ice["device_kv_fraction"] < 1.0
+    assert full["rel_full"] == 1.0
+    for row in data["overview"]:
+        assert {"index_query_ms", "page_load_ms", "attention_ms", "rest_ms", "total_ms"} <= set(row)
+    assert (out / "summary.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "rel_full" in printed and "icecache@128" in printed
