@@ -37,11 +37,18 @@ class BuiltLayout:
     point_page: Tensor
 
 
-def rank_within(seg: Tensor, key: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
+def rank_within(seg: Tensor, key: Tensor | None, num_segments: int) -> tuple[Tensor, Tensor]:
     """For items with segment ``seg`` ``[M]`` sorted by ``key`` ``[M]`` inside segments: the
-    items' order (segment-major, key-minor) and each item's rank inside its segment."""
-    order = key.argsort(stable=True)
-    order = order[seg[order].argsort(stable=True)]
+    items' order (segment-major, key-minor) and each item's rank inside its segment.
+
+    ``key=None``: the items are already in key order (e.g. from ``torch.nonzero``), so one stable
+    sort by segment suffices.
+    """
+    if key is None:
+        order = seg.argsort(stable=True)
+    else:
+        order = key.argsort(stable=True)
+        order = order[seg[order].argsort(stable=True)]
     counts = torch.bincount(seg, minlength=num_segments)
     starts = counts.cumsum(0) - counts
     rank = torch.empty_like(seg)
@@ -75,7 +82,7 @@ def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int
     # gather every cell's points into a padded [G * cells, m, D + 1] block
     g_idx, n_idx = torch.nonzero(mask, as_tuple=True)
     seg = g_idx * num_cells + cells[g_idx, n_idx]  # [M]
-    _, rank = rank_within(seg, n_idx, G * num_cells)
+    _, rank = rank_within(seg, None, G * num_cells)  # n_idx ascends
     m = int(rank.max()) + 1 if rank.numel() else 1
     block = pack(seg, rank, space[g_idx, n_idx], G * num_cells, m, 0.0)  # [G*cells, m, D+1]
     block_mask = pack(seg, rank, torch.ones_like(seg, dtype=torch.bool), G * num_cells, m, False)
@@ -91,7 +98,7 @@ def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int
     page_of_slot = used.long().cumsum(1) - 1  # [G, slots]
     P = int(used.sum(1).max())
     page = page_of_slot[g_idx, page_key]  # [M]
-    _, slot_rank = rank_within(g_idx * P + page, n_idx, G * P)
+    _, slot_rank = rank_within(g_idx * P + page, None, G * P)
     pages = pack(g_idx * P + page, slot_rank, n_idx, G * P, page_size, -1).view(G, P, page_size)
     page_cell = torch.full((G, P), -1, dtype=torch.int64, device=dev)
     page_cell[g_idx, page] = cells[g_idx, n_idx]

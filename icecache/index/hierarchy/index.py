@@ -241,7 +241,7 @@ class HierarchyIndex:
         placed = routed & (dest_all < P)
         g, j = torch.nonzero(placed, as_tuple=True)
         dest = dest_all[g, j]
-        _, rank = rank_within(g * P + dest, j, G * P)
+        _, rank = rank_within(g * P + dest, None, G * P)  # j ascends
         st.pages[g, dest, lens[g, dest] + rank] = s0 + j
         changed[g, dest] = True
         overflow = routed & (dest_all == P)
@@ -271,7 +271,7 @@ class HierarchyIndex:
         st.reserve_pages(st.num_pages)
         changed = torch.cat([changed, torch.zeros(G, st.pages.shape[1] - changed.shape[1], dtype=torch.bool,
                                                   device=changed.device)], 1)
-        _, rank = rank_within(g * st.pages.shape[1] + page, j, G * st.pages.shape[1])
+        _, rank = rank_within(g * st.pages.shape[1] + page, None, G * st.pages.shape[1])
         st.pages[g, page, rank] = s0 + j
         changed[g, page] = True
         # cell: the nearest cell centroid (clustering space) of each new page, by its members' mean
@@ -295,8 +295,12 @@ class HierarchyIndex:
         return changed
 
     # ------------------------------------------------------------------ query
-    def query(self, query: Tensor, max_tokens: int | Tensor, *, scale: float | None = None) -> PageHits:
-        """See :meth:`icecache.index.base.PageIndex.query`."""
+    def query(self, query: Tensor, max_tokens: int | Tensor, *, scale: float | None = None,
+              resident_logits: Tensor | None = None) -> PageHits:
+        """See :meth:`icecache.index.base.PageIndex.query`. ``resident_logits``: optional float
+        ``[B, H_kv, G, R]``, exact ``scale * q.k`` of tokens attended anyway (sinks, window; ``-inf``
+        padding): they join each head's softmax normalizer, so a head whose mass sits on them weighs
+        less in the GQA merge."""
         st = self._require()
         B, H = self._shape
         D = st.keys.shape[-1]
@@ -324,7 +328,15 @@ class HierarchyIndex:
             cand, logmass = self._rescore(q, scale, coarse, target)
         else:
             cand, logmass = torch.arange(P, device=dev).expand(G, P), coarse
-        mass = torch.nan_to_num(logmass.softmax(-1), nan=0.0)  # [G, Gq, K']
+        parts = logmass
+        if resident_logits is not None:
+            if resident_logits.dim() != 4 or resident_logits.shape[:3] != (B, H, Gq):
+                raise TensorSpecError(f"resident_logits must be [{B}, {H}, {Gq}, R], got "
+                                      f"{tuple(resident_logits.shape)}")
+            res = resident_logits.reshape(G, Gq, resident_logits.shape[-1]).to(dev, torch.float32)
+            parts = torch.cat([logmass, res], dim=-1)
+        log_z = torch.logsumexp(parts, dim=-1, keepdim=True)
+        mass = torch.nan_to_num((logmass - log_z).exp(), nan=0.0)  # [G, Gq, K'] share of each head
         merged = mass.sum(1) if self.gqa == "softmax-sum" else mass.amax(1)
         cand_lens = lens.gather(1, cand)
         ok = torch.isfinite(logmass).any(1) & (cand_lens > 0)
