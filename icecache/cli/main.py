@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "transfer": "icecache.bench.transfer",
     "selectors": "icecache.bench.selectors",
     "decode": "icecache.bench.decode",
+    "index": "icecache.index.bench",
 }
 
 
