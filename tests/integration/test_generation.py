@@ -141,3 +141,31 @@ def test_dense_fallback_without_icecache_matches_sdpa(model_and_tokenizer, passk
     # the model uses the "icecache" implementation; with the default DynamicCache it must act as SDPA
     assert model.config._attn_implementation == "icecache"
     assert _dense(model, ids) == dense_refs[0]
+
+
+def test_tier_layout_does_not_change_generation(model_and_tokenizer, snapshot, tmp_path):
+    """Token gather from the host, the default device pool, and a pool of one layer's worst case with a
+    small host tier spilling to disk all decode the same tokens."""
+    from icecache.core.config import TierConfig
+
+    model, _ = model_and_tokenizer
+    base = CacheConfig.from_model_config(model.config, budget=128)
+    outs, caches = [], []
+    tight = TierConfig(device_pages=2 * 3 * base.selected_budget, host_pages=300, disk_dir=tmp_path)
+    two = ("device", "host")
+    for paged, tiers, names in [(False, TierConfig(), two), (True, TierConfig(), two),
+                                (True, tight, ("device", "host", "disk"))]:
+        config = CacheConfig.from_model_config(model.config, budget=128, tiers=tiers)
+        policy = compose_policy(selector="icecache", config=config, tiers=names)
+        cache = IceCache(policy, model.config.num_hidden_layers, paged=paged)
+        for layer, k, v in zip(cache.layers, snapshot.keys, snapshot.values, strict=True):
+            layer.load_prefill(k, v, snapshot.start)
+        outs.append(decode(model, cache, snapshot, 6))
+        caches.append(cache)
+    assert outs[0] == outs[1] == outs[2]
+    assert caches[0].store is None and caches[1].store is not None
+    stats = caches[2].store.stats()
+    assert stats.moves["spill"]["pages"] > 0  # the host tier overflowed to disk
+    assert caches[2].store.where(caches[2].layers[-1].paged.phys[0, 0, :1]) in (["host"], ["disk"])
+    assert caches[2].memory_report()["device_kv_bytes"] < caches[1].memory_report()["device_kv_bytes"]
+    caches[2].close()

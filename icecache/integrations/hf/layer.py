@@ -15,7 +15,9 @@ from transformers.cache_utils import CacheLayerMixin
 
 from icecache.core.errors import ConfigError
 from icecache.integrations.hf.dense import attend_with_lse
+from icecache.integrations.hf.paged import PagedLayerKV
 from icecache.integrations.hf.store import GrowableKV
+from icecache.selectors.bases.token_score import TokenScoreSelector
 
 if TYPE_CHECKING:
     from icecache.integrations.hf.cache import IceCache
@@ -38,6 +40,8 @@ class IceCacheLayer(CacheLayerMixin):
         self.start: Tensor | None = None  # int64 [B]
         self.prefilled = False
         self.last_selection: Any = None
+        self.paged: PagedLayerKV | None = None  # page-based selectors: pages in the tiered store
+        self._paged_end: int | None = None
 
     # -- CacheLayerMixin --------------------------------------------------------------------------
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
@@ -58,6 +62,10 @@ class IceCacheLayer(CacheLayerMixin):
         self.kv.append(key_states, value_states)
         if self.prefilled and self.selector is not None:
             self.selector.append(key_states)
+            if self.paged is not None:
+                self.paged.append(key_states, value_states)
+                if self._layout_may_have_changed():
+                    self.paged.sync(self.selector.layout.token_ids, self.kv)
         if key_states.shape[2] > 1:
             keys, values = self.kv.view()
             return keys.to(key_states.device), values.to(key_states.device)
@@ -73,7 +81,8 @@ class IceCacheLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.kv = self.selector = self.start = self.last_selection = None
+        self.kv = self.selector = self.start = self.last_selection = self.paged = None
+        self._paged_end = None
         self.prefilled = False
         self.is_initialized = False
 
@@ -105,9 +114,25 @@ class IceCacheLayer(CacheLayerMixin):
         if not self.dense:
             self.selector = policy.make_selector(self.layer_idx)
             self.selector.prefill(keys.to(policy.config.device), start=self.start.to(policy.config.device))
+            if self.owner.paged and not isinstance(self.selector, TokenScoreSelector):
+                self.paged = self.owner.make_paged(self.layer_idx, keys.shape)
+                self.paged.sync(self.selector.layout.token_ids, self.kv)
+                self.paged.init_resident(self.kv, self.start)
+                self._layout_may_have_changed()
         self.prefilled = True
         policy.hook.icecache_prefill_done(layer_idx=self.layer_idx, num_tokens=int(keys.shape[2]),
                                           policy=policy)
+
+    def _layout_may_have_changed(self) -> bool:
+        """Whether tokens moved from the window into pages since the last call (always True for a
+        selector that does not expose its positions)."""
+        positions = getattr(self.selector, "positions", None)
+        end = getattr(positions, "paged_end", None)
+        if end is None:
+            return True
+        changed = end != self._paged_end
+        self._paged_end = end
+        return changed
 
     def load_prefill(self, keys: Tensor, values: Tensor, start: Tensor) -> None:
         """Fill the layer from a prefill snapshot (``[B, H_kv, N, D]`` each) without running the model."""
@@ -138,6 +163,10 @@ class IceCacheLayer(CacheLayerMixin):
                 selection = self.selector.select(query[:, :, 0, :])
             # NOTE: the selector itself calls the icecache_selection_made observer hook.
             self.last_selection = selection
+            if self.paged is not None and selection.page_ids.shape[-1] > 0:
+                out = self.paged.attend(query[:, :, 0, :], selection, self.kv.length, scale, timings)
+                return out[:, None]  # [B, 1, H_q, D]
+            # token-level selectors (oracle, streamingllm): gather the chosen tokens from the host tier
             with timings.part("page_load"):
                 keys, values = self.kv.gather(selection.token_ids, device=query.device)
             self.owner.note_device_tokens(self.layer_idx, int(selection.token_ids.shape[-1]))
