@@ -64,19 +64,21 @@ def niah_single(rng, tokenizer, target, *, sample_id):
                  num_keys=1, num_values=1, num_queries=1)
 
 
+# NOTE: the multi-needle variants use the noise haystack: with essay text the embedded 135M model
+# fails them even with full KV (measured at 4k), and a task full KV cannot do measures nothing.
 def niah_multikey(rng, tokenizer, target, *, sample_id):
     return _niah(rng, tokenizer, target, task="niah_multikey", sample_id=sample_id,
-                 num_keys=4, num_values=1, num_queries=1)
+                 num_keys=4, num_values=1, num_queries=1, haystack="noise")
 
 
 def niah_multivalue(rng, tokenizer, target, *, sample_id):
     return _niah(rng, tokenizer, target, task="niah_multivalue", sample_id=sample_id,
-                 num_keys=1, num_values=2, num_queries=1)
+                 num_keys=1, num_values=2, num_queries=1, haystack="noise")
 
 
 def niah_multiquery(rng, tokenizer, target, *, sample_id):
     return _niah(rng, tokenizer, target, task="niah_multiquery", sample_id=sample_id,
-                 num_keys=4, num_values=1, num_queries=2)
+                 num_keys=4, num_values=1, num_queries=2, haystack="noise")
 
 
 def niah_noise(rng, tokenizer, target, *, sample_id):

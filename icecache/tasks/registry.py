@@ -31,9 +31,11 @@ TASKS: dict[str, Callable[..., TaskSample]] = {
     "passkey": passkey,
 }
 
-#: what ``icecache run`` evaluates: tasks the embedded 135M model solves with full KV at 4k tokens
-DEFAULT_SUITE: tuple[str, ...] = ("niah_single", "niah_multikey", "niah_multiquery", "niah_multivalue",
-                                  "variable_tracking", "passkey")
+#: what ``icecache run`` evaluates: tasks the embedded 135M model solves (mostly) with full KV at 4k
+#: tokens. NOTE: variable_tracking and common_words score 0 with full KV on that model, so they are
+#: available (``--tasks all``) but left out of the default suite.
+DEFAULT_SUITE: tuple[str, ...] = ("niah_single", "niah_noise", "niah_multikey", "niah_multivalue",
+                                  "niah_multiquery", "passkey")
 
 
 def parse_task_names(spec: str | Sequence[str]) -> list[str]:

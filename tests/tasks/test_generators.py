@@ -45,6 +45,7 @@ def test_distractor_keys_differ_from_the_asked_key(tokenizer):
     assert len(set(keys)) == 4 and sample.meta["asked"] == keys[:1]
     assert all(k in sample.context for k in keys)
     assert sample.context.count("special magic numbers for") == 4
+    assert "The grass is green" in sample.context  # distractors look like the needle, not the haystack
 
 
 def test_generation_is_seeded(tokenizer):
