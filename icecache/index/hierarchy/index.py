@@ -106,6 +106,7 @@ class HierarchyIndex:
     name: str = field(default="hierarchy", init=False)
     _state: IndexState | None = field(default=None, init=False, repr=False)
     _shape: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
+    _cache: dict[str, Tensor] = field(factory=dict, init=False, repr=False)  # derived; cleared on change
 
     @leaf_tokens.default
     def _leaf_default(self) -> int:
@@ -159,6 +160,7 @@ class HierarchyIndex:
             whiten=whiten)
         self._shape = (B, H)
         self._state.summarize_points(point_page)
+        self._cache.clear()
 
     # ----------------------------------------------------------------- insert
     def insert(self, keys: Tensor, token_ids: Tensor) -> Tensor:
@@ -174,6 +176,7 @@ class HierarchyIndex:
         G, dev = B * H, keys.device
         tok = normalize_token_ids(token_ids, B, H, n, dev)
         valid = tok >= 0
+        self._cache.clear()
         x = keys.reshape(G, n, D).float()
         s0 = st.num_slots
         st.reserve_slots(s0 + n)
@@ -316,9 +319,12 @@ class HierarchyIndex:
             none = torch.zeros(G, 0, dtype=torch.int64, device=dev)
             return self._hits(none, none.float(), none.bool())
         lens = st.page_len[:, :P]  # [G, P]
-        cent = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
+        if "page_cent" not in self._cache:
+            self._cache["page_cent"] = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
+            self._cache["page_loglen"] = lens.clamp_min(1).float().log()
+        cent, loglen = self._cache["page_cent"], self._cache["page_loglen"]
         # log-mass estimate per head from the centroid: scale * q.c + log(len)
-        coarse = scale * (q @ cent.transpose(1, 2)) + lens.clamp_min(1).log()[:, None]  # [G, Gq, P]
+        coarse = scale * (q @ cent.transpose(1, 2)) + loglen[:, None]  # [G, Gq, P]
         coarse = coarse.masked_fill((lens == 0)[:, None], float("-inf"))
         target = (self.candidates * budget.float()).ceil()  # [G] tokens to rescore
         cell_target = (self.cell_candidates * budget.float()).ceil()
@@ -344,6 +350,27 @@ class HierarchyIndex:
         order, taken = greedy_take(density, cand_lens, budget)
         return self._hits(cand.gather(1, order), density.gather(1, order), taken)
 
+    def _cell_stats(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Cached ``(mean [G, C, D], var [G, C, D], count [G, C])`` of each cell's raw keys, and the
+        page -> flat cell key map; recomputed after a build or insert."""
+        if "cell_mean" not in self._cache:
+            st = self._state
+            G, P, C = st.pages.shape[0], st.num_pages, st.num_cells
+            D = st.keys.shape[-1]
+            lens = st.page_len[:, :P]
+            cellp = st.page_cell[:, :P].clamp_min(0)
+            key = (torch.arange(G, device=lens.device)[:, None] * C + cellp).view(G * P)
+            csum = torch.zeros(G * C, D, device=lens.device)
+            csum.index_add_(0, key, st.page_sum[:, :P].reshape(G * P, D))
+            csq = torch.zeros_like(csum).index_add_(0, key, st.page_sqsum[:, :P].reshape(G * P, D))
+            ccnt = torch.zeros(G * C, device=lens.device).index_add_(0, key, lens.reshape(G * P).float())
+            n = ccnt.clamp_min(1)[:, None]
+            mean = csum / n
+            self._cache["cell_mean"] = mean.view(G, C, D)
+            self._cache["cell_var"] = (csq / n - mean * mean).clamp_min(0).view(G, C, D)
+            self._cache["cell_count"] = ccnt.view(G, C)
+        return self._cache["cell_mean"], self._cache["cell_var"], self._cache["cell_count"]
+
     def _cells_kept(self, q: Tensor, scale: float, target: Tensor) -> Tensor:
         """Bool ``[G, P]``: pages whose cell is among the best cells holding ``target`` tokens.
 
@@ -352,28 +379,17 @@ class HierarchyIndex:
         NOTE: a ball upper bound ``q.c + |q| r`` is far too loose in 64 dimensions to rank cells.
         """
         st = self._state
-        G, P, C = q.shape[0], st.num_pages, st.num_cells
-        lens = st.page_len[:, :P]
-        cellp = st.page_cell[:, :P].clamp_min(0)
-        key = (torch.arange(G, device=q.device)[:, None] * C + cellp).view(-1)  # [G*P]
-        csum = torch.zeros(G * C, q.shape[-1], device=q.device)
-        D = q.shape[-1]
-        csum.index_add_(0, key, st.page_sum[:, :P].reshape(G * P, D))
-        csq = torch.zeros_like(csum).index_add_(0, key, st.page_sqsum[:, :P].reshape(G * P, D))
-        ccnt = torch.zeros(G * C, device=q.device).index_add_(0, key, lens.reshape(-1).float())
-        n = ccnt.clamp_min(1)[:, None]
-        mean = (csum / n).view(G, C, D)
-        var = (csq / n).view(G, C, D) - mean * mean
-        spread = (q * q) @ var.clamp_min(0).transpose(1, 2)  # [G, Gq, C]
-        est = scale * (q @ mean.transpose(1, 2)) + 0.5 * scale**2 * spread
-        est = est + ccnt.view(G, 1, C).clamp_min(1).log()  # [G, Gq, C]
-        est = torch.nan_to_num(est.softmax(-1), nan=0.0).sum(1).masked_fill(ccnt.view(G, C) == 0, -1.0)
+        P = st.num_pages
+        mean, var, count = self._cell_stats()
+        est = scale * (q @ mean.transpose(1, 2)) + 0.5 * scale**2 * ((q * q) @ var.transpose(1, 2))
+        est = est + count[:, None].clamp_min(1).log()  # [G, Gq, C]
+        est = torch.nan_to_num(est.softmax(-1), nan=0.0).sum(1).masked_fill(count == 0, -1.0)
         order = est.argsort(dim=-1, descending=True)
-        ctok = ccnt.view(G, C).gather(1, order)
+        ctok = count.gather(1, order)
         before = ctok.cumsum(1) - ctok
         keep_sorted = (before < target[:, None]) & (est.gather(1, order) >= 0)
         keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
-        return keep.gather(1, cellp) & (lens > 0)
+        return keep.gather(1, st.page_cell[:, :P].clamp_min(0)) & (st.page_len[:, :P] > 0)
 
     def _rescore(self, q: Tensor, scale: float, coarse: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Exact page log-masses (logsumexp of the page's key scores) of the best coarse pages covering
