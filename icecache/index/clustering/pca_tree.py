@@ -43,18 +43,18 @@ def top_subspace(points: Tensor, mask: Tensor, dims: int, *, sample: int = 512) 
     return points @ evecs[:, :, -dims:]
 
 
-def pca_tree(points: Tensor, mask: Tensor, depth: int, *, power_iters: int = 3, sample: int = 64,
-             dims: int | None = 16, generator: torch.Generator | None = None) -> Tensor:
-    """Split each group's valid points into ``2**depth`` near-equal cells.
+def pca_tree_blocks(points: Tensor, mask: Tensor, depth: int, *, power_iters: int = 3, sample: int = 64,
+                    dims: int | None = 16, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Split each group's valid points into ``2**depth`` near-equal cells, as padded blocks.
 
-    ``points``: float ``[G, N, D]``; ``mask``: bool ``[G, N]``. Returns int64 ``[G, N]``, the cell of
-    each point in ``[0, 2**depth)`` (``-1`` for masked points). ``sample``: points per node used to
-    find its principal direction (an evenly strided subset; all points are then projected).
-    ``dims``: when ``D`` is larger, split in the top-``dims`` principal subspace of each group.
+    ``points``: float ``[G, N, D]``; ``mask``: bool ``[G, N]``. Returns ``(perm, count)``:
+    ``perm`` int64 ``[G * 2**depth, m]``, indices (into ``N``) of each cell's points, valid ones
+    first; ``count`` int64 ``[G * 2**depth]`` valid points per cell (cells of group ``g`` are rows
+    ``g * 2**depth ...``). ``sample``: points per node used to find its principal direction (an
+    evenly strided subset; all points are then projected). ``dims``: when ``D`` is larger, split in
+    the top-``dims`` principal subspace of each group.
     """
-    if depth == 0:
-        return torch.where(mask, 0, -1)
-    if dims is not None and points.shape[-1] > dims:
+    if dims is not None and points.shape[-1] > dims and depth > 0:
         points = top_subspace(points, mask, dims)
     G, N, D = points.shape
     dev = points.device
@@ -66,7 +66,7 @@ def pca_tree(points: Tensor, mask: Tensor, depth: int, *, power_iters: int = 3, 
         S, m = perm.shape
         heads = torch.arange(S, device=dev) // (S // G)
         valid = torch.arange(m, device=dev)[None] < count[:, None]  # [S, m]
-        block = flat_points.index_select(0, (perm + heads[:, None] * N).view(-1)).view(S, m, D)
+        block = flat_points.index_select(0, (perm + heads[:, None] * N).view(S * m)).view(S, m, D)
         # NOTE: a strided subset finds the direction; power iterations are memory-bound on all points.
         step = max(1, -(-m // sample))
         _, v = principal_directions(block[:, ::step], valid[:, ::step], power_iters=power_iters,
@@ -80,7 +80,16 @@ def pca_tree(points: Tensor, mask: Tensor, depth: int, *, power_iters: int = 3, 
         idx = (offs[..., None] + torch.arange(w, device=dev)).clamp_max(m - 1)  # [S, 2, w]
         perm = perm[:, None, :].expand(S, 2, m).gather(2, idx).reshape(2 * S, w)
         count = torch.stack([half, count - half], 1).reshape(2 * S)
+    return perm, count
+
+
+def pca_tree(points: Tensor, mask: Tensor, depth: int, **options) -> Tensor:
+    """Cell of each point, int64 ``[G, N]`` in ``[0, 2**depth)`` (``-1`` for masked points); see
+    :func:`pca_tree_blocks` for the options."""
+    G, N, _ = points.shape
+    perm, count = pca_tree_blocks(points, mask, depth, **options)
     S, m = perm.shape
+    dev = points.device
     valid = torch.arange(m, device=dev)[None] < count[:, None]
     cells = torch.full((G, N), -1, dtype=torch.int64, device=dev)
     heads = torch.arange(S, device=dev) // (S // G)

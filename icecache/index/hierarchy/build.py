@@ -17,7 +17,7 @@ from attrs import frozen
 from torch import Tensor
 
 from icecache.index.clustering.kmeans import kmeans
-from icecache.index.clustering.pca_tree import pca_tree
+from icecache.index.clustering.pca_tree import pca_tree_blocks
 from icecache.index.transform import mips_keys
 
 
@@ -75,33 +75,35 @@ def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int
     G, N, D = keys.shape
     dev = keys.device
     space = mips_keys(keys, mask)[0] if transform else keys
+    Dt = space.shape[-1]
     n_max = int(mask.sum(1).max())
     depth = max(0, int(round(math.log2(max(1.0, n_max / cell_tokens)))))
-    cells = pca_tree(space, mask, depth, generator=generator)  # [G, N]
+    perm, count = pca_tree_blocks(space, mask, depth, generator=generator)  # [G*cells, m], [G*cells]
     num_cells = 1 << depth
-    # gather every cell's points into a padded [G * cells, m, D + 1] block
-    g_idx, n_idx = torch.nonzero(mask, as_tuple=True)
-    seg = g_idx * num_cells + cells[g_idx, n_idx]  # [M]
-    _, rank = rank_within(seg, None, G * num_cells)  # n_idx ascends
-    m = int(rank.max()) + 1 if rank.numel() else 1
-    block = pack(seg, rank, space[g_idx, n_idx], G * num_cells, m, 0.0)  # [G*cells, m, D+1]
-    block_mask = pack(seg, rank, torch.ones_like(seg, dtype=torch.bool), G * num_cells, m, False)
-    leaves_per_cell = max(1, math.ceil(m / leaf_tokens))
-    res = kmeans(block, leaves_per_cell, iters=iters, mask=block_mask, capacity=page_size,
+    S, m = perm.shape
+    heads = torch.arange(S, device=dev) // num_cells
+    block = space.reshape(G * N, Dt).index_select(0, (perm + heads[:, None] * N).view(S * m)).view(S, m, Dt)
+    block_mask = torch.arange(m, device=dev)[None] < count[:, None]  # [S, m]
+    L = max(1, math.ceil(m / leaf_tokens))  # leaves per cell
+    res = kmeans(block, L, iters=iters, mask=block_mask, capacity=page_size,
                  balanced_iters=balanced_iters, generator=generator, init=init)
-    leaf = res.assignments[seg, rank]  # [M], leaf inside its cell
-    # pages: (head, cell, leaf) -> compact non-empty leaves per head
-    page_key = cells[g_idx, n_idx] * leaves_per_cell + leaf  # [M] page slot inside head
-    slots = num_cells * leaves_per_cell
-    used = torch.zeros(G, slots, dtype=torch.bool, device=dev)
-    used[g_idx, page_key] = True
-    page_of_slot = used.long().cumsum(1) - 1  # [G, slots]
-    P = int(used.sum(1).max())
-    page = page_of_slot[g_idx, page_key]  # [M]
-    _, slot_rank = rank_within(g_idx * P + page, None, G * P)
-    pages = pack(g_idx * P + page, slot_rank, n_idx, G * P, page_size, -1).view(G, P, page_size)
+    # NOTE: sort each cell's points by leaf: runs of one leaf, padding (leaf L) last
+    leaf, order = res.assignments.masked_fill(~block_mask, L).sort(dim=1, stable=True)  # [S, m]
+    point = perm.gather(1, order)  # [S, m] index into N
+    sizes = res.sizes  # [S, L]
+    rank = torch.arange(m, device=dev)[None] - (sizes.cumsum(1) - sizes).gather(1, leaf.clamp_max(L - 1))
+    used = (sizes > 0).view(G, num_cells * L)  # [G, cells * L] page slots in use
+    page_of_slot = used.long().cumsum(1) - 1
+    P = int(used.sum(1).max()) if used.numel() else 0
+    valid = leaf < L
+    cell_of_row = torch.arange(S, device=dev) % num_cells
+    slot = cell_of_row[:, None] * L + leaf.clamp_max(L - 1)  # [S, m]
+    g = heads[:, None].expand(S, m)[valid]
+    page = page_of_slot[g, slot[valid]]  # [M]
+    pages = torch.full((G, P, page_size), -1, dtype=torch.int64, device=dev)
+    pages[g, page, rank[valid]] = point[valid]
     page_cell = torch.full((G, P), -1, dtype=torch.int64, device=dev)
-    page_cell[g_idx, page] = cells[g_idx, n_idx]
+    page_cell[g, page] = cell_of_row[:, None].expand(S, m)[valid]
     point_page = torch.full((G, N), -1, dtype=torch.int64, device=dev)
-    point_page[g_idx, n_idx] = page
+    point_page[g, point[valid]] = page
     return BuiltLayout(pages=pages, page_cell=page_cell, num_cells=num_cells, point_page=point_page)
