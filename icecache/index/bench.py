@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-dci", action="store_true", help="DCI is a slow Python reference")
+    parser.add_argument("--skip-recall", action="store_true", help="only time the build and the query")
+    parser.add_argument("--device", default="cpu", help="device of the build/query timing (cpu, cuda)")
     parser.add_argument("--json", type=Path, default=Path("bench-results/index.json"))
 
 
@@ -130,23 +132,43 @@ def recall_table(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def build_times(args: argparse.Namespace) -> dict[str, Any]:
+    """Median build time of ``layers x heads`` head-indexes at once, and the median latency of one
+    layer's query (``[1, heads, 3, D]`` at budget 192) and of one 16-token insert."""
     L, H, N, D = args.build_layers, args.build_heads, args.build_tokens, args.dim
+    dev = torch.device(args.device)
     kv = make_clustered_kv(L, H, N, D, num_clusters=N // 64, spread=0.6, norm_range=(0.5, 4.0),
                            outlier_fraction=0.02, seed=3)
-    index = HierarchyIndex(CacheConfig())
+    keys = kv.keys.to(dev)
+    index = HierarchyIndex(CacheConfig(device=dev))
     # NOTE: layers ride the batch axis: one build call indexes every (layer, head) at once
-    seconds = median_time(lambda: index.build(kv.keys), repeats=args.repeats)
-    return {"head_indexes": L * H, "tokens": N, "dim": D, "median_s": seconds,
-            "per_head_ms": 1e3 * seconds / (L * H), "threads": torch.get_num_threads()}
+    seconds = median_time(lambda: index.build(keys), repeats=args.repeats)
+    layer = HierarchyIndex(CacheConfig(device=dev))
+    layer.build(keys[:1, :, :N - 64])
+    q = query_for_cluster(kv, 0, group_size=3, noise=1.0, scale=6.0)[:1].view(1, H, 3, D).to(dev)
+    query_s = median_time(lambda: layer.query(q, 192), repeats=max(5, 4 * args.repeats))
+    step = iter(range(10**6))
+
+    def insert() -> None:
+        i = next(step) % 4
+        layer.insert(keys[:1, :, N - 64 + 16 * i:N - 48 + 16 * i], torch.arange(16, device=dev) + N + 16 * i)
+
+    insert_s = median_time(insert, repeats=max(5, 4 * args.repeats))
+    return {"device": str(dev), "head_indexes": L * H, "tokens": N, "dim": D, "median_s": seconds,
+            "per_head_ms": 1e3 * seconds / (L * H), "query_ms": 1e3 * query_s, "insert16_ms": 1e3 * insert_s,
+            "threads": torch.get_num_threads()}
 
 
 def main(args: argparse.Namespace) -> int:
-    rows = recall_table(args)
-    print(f"attention recall at budget {args.budget} (sink + window inside), {args.tokens} clustered keys")
-    print(format_table(rows, ["method", "recall", "gap_to_oracle", "build_s"]))
+    rows = [] if args.skip_recall else recall_table(args)
+    if rows:
+        print(f"attention recall at budget {args.budget} (sink + window inside), {args.tokens} "
+              "clustered keys")
+        print(format_table(rows, ["method", "recall", "gap_to_oracle", "build_s"]))
     build = build_times(args)
-    print(f"\nhierarchy build: {build['head_indexes']} head-indexes x {build['tokens']} keys x "
-          f"{build['dim']} dims: median {build['median_s']:.2f} s ({build['per_head_ms']:.1f} ms per head)")
+    print(f"\nhierarchy build on {build['device']}: {build['head_indexes']} head-indexes x {build['tokens']} "
+          f"keys x {build['dim']} dims: median {build['median_s']:.3f} s ({build['per_head_ms']:.2f} ms per "
+          f"head); one layer's query {build['query_ms']:.2f} ms, "
+          f"16-token insert {build['insert16_ms']:.2f} ms")
     options = {k: str(v) for k, v in vars(args).items() if not k.startswith("_")}
     write_json(args.json, {"recall": rows, "build": build, "args": options})
     return 0
