@@ -96,6 +96,8 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
     results: list[SampleResult] = []
     for batch_no, idx in enumerate(batches(samples, batch_size)):
         batch = [samples[i] for i in idx]
+        if progress is not None:
+            progress(0, f"prefill {batch[0].task} x{len(batch)}")
         snapshot = prefill_snapshot(model, [prompts[i] for i in idx])
         for spec, policy in zip(specs, policies, strict=True):
             t0 = time.perf_counter()
