@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also prefill the embedded model on a NIAH prompt of --build-tokens tokens: "
                              "real recall vs oracle and index build time over prefill time")
     parser.add_argument("--dense-layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for the whole run, prefill included (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("bench-results/index.json"))
 
 
@@ -220,6 +222,8 @@ def real_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows = [] if args.skip_recall else recall_table(args)
     if rows:
         print(f"attention recall at budget {args.budget} (sink + window inside), {args.tokens} "
