@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -118,10 +119,12 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
                     device_kv_bytes=memory["device_kv_bytes"], full_kv_bytes=memory["full_kv_bytes"],
                     device_fraction=memory["device_fraction"],
                 ))
+            cache.close()
             del cache
             if progress is not None:
                 progress(len(batch), f"{batch[0].task} {spec.label}")
         del snapshot
+        gc.collect()  # NOTE: selector/index objects may hold reference cycles; free them per batch
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return results

@@ -81,10 +81,15 @@ class IceCache(Cache):
                             keep_recent=keep, device=config.device)
 
     def close(self) -> None:
-        """Release the tiers (the disk tier's files). The cache cannot decode afterwards."""
+        """Release the tiers (the disk tier's files) and every layer's KV, selector and pages, so the
+        memory returns at once (layers and cache refer to each other; without this only a garbage
+        collection frees them). The cache cannot decode afterwards."""
         if self.store is not None:
             self.store.close()
             self.store = None
+        self.kernels = None
+        for layer in self.layers:
+            layer.reset()
 
     @classmethod
     def for_model(cls, model: Any, selector: str = "icecache", budget: int = 256, *,
