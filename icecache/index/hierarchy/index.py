@@ -179,7 +179,7 @@ class HierarchyIndex:
         G, dev = B * H, keys.device
         tok = normalize_token_ids(token_ids, B, H, N, dev)  # [G, N]
         mask = tok >= 0
-        x = keys.reshape(G, N, D).float()  # [G, N, D]
+        x = keys.reshape(G, N, D).to(torch.float32, copy=True)  # [G, N, D], the index's own copy
         whiten = None
         if queries is not None:
             if queries.dim() != 4 or queries.shape[:2] != (B, H) or queries.shape[-1] != D:
@@ -203,7 +203,7 @@ class HierarchyIndex:
         space_sq = (space * space).sum(-1)
         zeros = torch.zeros(G, P, D, device=dev)
         self._state = IndexState(
-            keys=x.clone(), space=space, space_sq=space_sq, slot_token=tok, num_slots=N,
+            keys=x, space=space, space_sq=space_sq, slot_token=tok, num_slots=N,
             m2=space_sq.masked_fill(~mask, 0).amax(1) if N else torch.zeros(G, device=dev),
             pages=pages, page_len=(pages >= 0).sum(-1), page_cell=page_cell,
             group_pages=(page_cell >= 0).sum(1), page_sum=zeros, page_sqsum=zeros.clone(),

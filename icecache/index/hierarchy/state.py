@@ -61,8 +61,9 @@ class IndexState:
         return int(self.group_pages.max()) if self.group_pages.numel() else 0
 
     def reserve_slots(self, size: int) -> None:
+        shared = self.space is self.keys  # NOTE: no whitening: one tensor serves both (half the memory)
         self.keys = grow(self.keys, 1, size, 0.0)
-        self.space = grow(self.space, 1, size, 0.0)
+        self.space = self.keys if shared else grow(self.space, 1, size, 0.0)
         self.space_sq = grow(self.space_sq, 1, size, 0.0)
         self.slot_token = grow(self.slot_token, 1, size, -1)
 
