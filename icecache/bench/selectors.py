@@ -22,8 +22,9 @@ DEFAULT_BUDGETS = (64, 256, 1024)
 QUICK_SELECTORS = ("streamingllm", "quest", "clusterkv", "icecache", "oracle")
 #: labelled variants run by default besides every registered selector: ``name:label`` -> options
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
-    # NOTE: leaves of ~6 tokens (in 16-slot pages) trade page fill for recall at small budgets
-    "icecache:leaf6": {"index_options": {"leaf_tokens": 6}},
+    # NOTE: leaves of ~6 tokens (in 16-slot pages) trade page fill for recall at small budgets, and
+    # candidates of twice the budget are re-ranked from their exact keys (see IceCacheSelector)
+    "icecache:tuned": {"index_options": {"leaf_tokens": 6}, "rerank": 2.0},
 }
 #: the context at which the fidelity targets are checked
 TARGET_CONTEXT = 4096

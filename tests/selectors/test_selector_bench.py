@@ -72,7 +72,7 @@ def test_targets_report_and_plot(tmp_path, capsys):
     t = bench.check_targets(results)
     assert t["icecache@256 >= 0.93"] and t["icecache@256 >= quest@1024"]
     assert t["icecache@256 within 0.03 of oracle@256"]
-    assert bench.check_targets(results, "icecache:leaf6")["icecache@256 >= 0.93"] is None
+    assert bench.check_targets(results, "icecache:tuned")["icecache@256 >= 0.93"] is None
     ratio = bench._build_ratio(results, {4096: {"prefill_seconds": 40.0}})
     assert ratio["ratio"] == pytest.approx(0.05) and ratio["context"] == 4096
     payload = {"results": results, "index_build_vs_prefill": ratio, "targets": {"icecache": t}}
@@ -89,11 +89,11 @@ def test_plan_checks_names_and_options():
     assert plan["contexts"] == [2048] and plan["selectors"] == list(bench.QUICK_SELECTORS)
     plan = bench._plan(
         parser.parse_args(
-            ["--selectors", "quest,icecache:leaf6", "--selector-options", '{"quest": {"merge": "max"}}']
+            ["--selectors", "quest,icecache:tuned", "--selector-options", '{"quest": {"merge": "max"}}']
         )
     )
     assert plan["options"] == {
-        "icecache:leaf6": {"index_options": {"leaf_tokens": 6}},
+        "icecache:tuned": bench.DEFAULT_VARIANTS["icecache:tuned"],
         "quest": {"merge": "max"},
     }
     with pytest.raises(UnknownComponentError, match="unknown selector 'nope'"):

@@ -51,14 +51,16 @@ class IceCacheSelector(SelectorBase):
     accepts ``queries=``, the last ``prompt_queries`` positions' queries (all heads of each group) are
     passed so pages group keys that score alike for the queries actually seen (0: never).
 
-    ``rerank`` (default 2): the index is asked for pages holding ``rerank x`` the page budget; those
-    candidates are re-ranked from their exact keys with the ``mass`` GQA merge, whose per-head
-    normalizer includes the sink and window tokens (:mod:`~icecache.selectors.plumbing.merge`), by
-    mass per token (``rank_by="density"``) or mass (``"mass"``), and taken greedily within the budget.
-    NOTE: a head whose attention sits on the sinks must not outvote one that needs a page; an index
-    normalizing over its candidates alone cannot see that (measured: +0.005 attention recall at 4k,
-    budget 256). ``rerank=0`` uses the index's ranking as is; an index whose ``query`` accepts
-    ``resident_logits=`` (``[B, H_kv, G, R]``) gets them in either case.
+    ``resident_logits``: when the index's ``query`` accepts them (the hierarchy index does), the exact
+    logits of the sink and window tokens join each query head's normalizer in the GQA merge, so a head
+    whose attention sits on the sinks does not outvote one that needs a page.
+
+    ``rerank`` (default 0: off): ask the index for pages holding ``rerank x`` the page budget, then
+    re-rank those candidates from their exact keys with the ``mass`` GQA merge (sink and window tokens
+    in each head's normalizer; :mod:`~icecache.selectors.plumbing.merge`), by mass per token
+    (``rank_by="density"``) or mass (``"mass"``), greedily within the budget. Measured at 4k tokens,
+    budget 256: +0.002 to +0.003 attention recall over the index's own ranking, for about twice the
+    selection time (docs/benchmarks.md).
     """
 
     name: ClassVar[str] = "icecache"
@@ -66,7 +68,7 @@ class IceCacheSelector(SelectorBase):
     index_options: dict[str, Any] = field(factory=dict)
     page_index: Any = field(default=None, repr=False)
     prompt_queries: int = field(default=64, validator=ge(0))
-    rerank: float = field(default=2.0, validator=ge(0.0))
+    rerank: float = field(default=0.0, validator=ge(0.0))
     rank_by: str = field(default="density", validator=in_(("density", "mass")))
     _built: bool = field(default=False, init=False, repr=False)
     _build_kwargs: dict[str, Any] = field(factory=dict, init=False, repr=False)
