@@ -46,7 +46,8 @@ class IceCacheSelector(SelectorBase):
     left after sinks and window.
 
     ``index``: registered index name (used when the policy names none; default ``hierarchy``);
-    ``index_options``: its factory options; ``page_index``: a ready index object (overrides both).
+    ``index_options``: its factory options (a policy that names an index uses its own ``options["index"]``
+    instead); ``page_index``: a ready index object (overrides both).
     ``prompt_queries``: when ``prefill`` is given the prompt's queries and the index's ``build``
     accepts ``queries=``, the last ``prompt_queries`` positions' queries (all heads of each group) are
     passed so pages group keys that score alike for the queries actually seen (0: never).
