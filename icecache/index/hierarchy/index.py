@@ -369,17 +369,27 @@ class HierarchyIndex:
             self._cache["page_cent"] = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
             self._cache["page_loglen"] = lens.clamp_min(1).float().log()
         cent, loglen = self._cache["page_cent"], self._cache["page_loglen"]
-        # log-mass estimate per head from the centroid: scale * q.c + log(len)
-        coarse = scale * (q @ cent.transpose(1, 2)) + loglen[:, None]  # [G, Gq, P]
-        coarse = coarse.masked_fill((lens == 0)[:, None], float("-inf"))
         target = (self.candidates * budget.float()).ceil()  # [G] tokens to rescore
         cell_target = (self.cell_candidates * budget.float()).ceil()
         if st.num_cells > 1 and bool((cell_target < lens.sum(1)).any()):
-            coarse = coarse.masked_fill(~self._cells_kept(q, scale, cell_target)[:, None], float("-inf"))
-        if self.scoring == "exact":
-            cand, logmass = self._rescore(q, scale, coarse, target)
+            # NOTE: descend: only pages of the kept cells are scored at all, so the centroid scan
+            # costs the kept tokens, not the context.
+            keep = self._cells_kept(q, scale, cell_target)  # [G, P]
+            width = max(1, int(keep.sum(1).max()))
+            sub = keep.float().topk(width, dim=1, sorted=False).indices  # [G, K0] page ids
+            sub_ok = keep.gather(1, sub) & (lens.gather(1, sub) > 0)
+            cent_sub = cent.gather(1, sub[..., None].expand(*sub.shape, cent.shape[-1]))  # [G, K0, D]
+            loglen_sub = loglen.gather(1, sub)
         else:
-            cand, logmass = torch.arange(P, device=dev).expand(G, P), coarse
+            sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens > 0
+            cent_sub, loglen_sub = cent, loglen
+        # log-mass estimate per head from the centroid: scale * q.c + log(len)
+        coarse = scale * (q @ cent_sub.transpose(1, 2)) + loglen_sub[:, None]  # [G, Gq, K0]
+        coarse = coarse.masked_fill(~sub_ok[:, None], float("-inf"))
+        if self.scoring == "exact":
+            cand, logmass = self._rescore(q, scale, coarse, target, sub)
+        else:
+            cand, logmass = sub, coarse
         parts = logmass
         if resident_logits is not None:
             if resident_logits.dim() != 4 or resident_logits.shape[:3] != (B, H, Gq):
@@ -437,20 +447,22 @@ class HierarchyIndex:
         keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
         return keep.gather(1, st.page_cell[:, :P].clamp_min(0)) & (st.page_len[:, :P] > 0)
 
-    def _rescore(self, q: Tensor, scale: float, coarse: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _rescore(self, q: Tensor, scale: float, coarse: Tensor, target: Tensor,
+                 sub: Tensor) -> tuple[Tensor, Tensor]:
         """Exact page log-masses (logsumexp of the page's key scores) of the best coarse pages covering
-        ``target`` tokens. Returns ``(page ids [G, K'], log-mass [G, Gq, K'])``."""
+        ``target`` tokens. ``coarse`` ``[G, Gq, K0]`` scores the pages ``sub`` ``[G, K0]``. Returns
+        ``(page ids [G, K'], log-mass [G, Gq, K'])``."""
         st = self._state
-        G, Gq, P = coarse.shape
-        lens = st.page_len[:, :P]
-        est = torch.nan_to_num(coarse.softmax(-1), nan=0.0).sum(1) / lens.clamp_min(1)  # [G, P]
+        G, Gq, _ = coarse.shape
+        lens = st.page_len.gather(1, sub)  # [G, K0]
+        est = torch.nan_to_num(coarse.softmax(-1), nan=0.0).sum(1) / lens.clamp_min(1)  # [G, K0]
         est = est.masked_fill(~torch.isfinite(coarse).any(1), -1.0)
         order = est.argsort(dim=-1, descending=True)
         ltok = lens.gather(1, order)
         before = ltok.cumsum(1) - ltok
         need = ((before < target[:, None]) & (est.gather(1, order) >= 0)).sum(1)
         K = max(1, int(need.max()))
-        cand = order[:, :K]  # [G, K]
+        cand = sub.gather(1, order[:, :K])  # [G, K] page ids
         slots = st.pages.gather(1, cand[..., None].expand(-1, -1, st.pages.shape[-1]))  # [G, K, S]
         S = slots.shape[-1]
         keys = st.gather_slots(st.keys, torch.arange(G, device=q.device), slots.reshape(G, K * S))
