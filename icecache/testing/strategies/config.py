@@ -50,15 +50,18 @@ def cache_configs(
 ) -> CacheConfig:
     """A valid :class:`CacheConfig`. Every parameter takes a value or a strategy.
 
-    ``budget`` (default: drawn in ``[sink_tokens + 1, max_budget]``, favouring multiples of the page
+    ``budget`` (default: drawn in ``[sink_tokens + window + 1, max_budget]`` for an explicit window,
+    else ``[sink_tokens + 1, max_budget]``, favouring multiples of the page
     size) always leaves room for the sinks; ``window_tokens`` ``None`` draws either the config's
     default or an explicit window in ``[0, budget - sink_tokens]``. ``geometry`` ``None`` leaves it
     unset; pass :func:`model_geometries` to draw one (``dense_layers`` is then clipped to it).
     """
     ps = draw_value(draw, page_size)
     sink = draw_value(draw, sink_tokens)
+    # NOTE: an explicit window is drawn first so a drawn budget always holds sinks + window + 1.
+    fixed_window = None if window_tokens is None else draw_value(draw, window_tokens)
     if budget is None:
-        lo = sink + 1
+        lo = sink + (fixed_window or 0) + 1
         budget_value = draw(st.one_of(
             st.integers(max(1, -(-lo // ps)), max(1, max_budget // ps)).map(lambda k: k * ps),
             st.integers(lo, max(lo, max_budget)),
@@ -71,7 +74,7 @@ def cache_configs(
         if draw(st.booleans()):
             kwargs["window_tokens"] = draw(st.integers(0, max(0, budget_value - sink)))
     else:
-        kwargs["window_tokens"] = draw_value(draw, window_tokens)
+        kwargs["window_tokens"] = fixed_window
     geo = draw_value(draw, geometry)
     dense = draw_value(draw, dense_layers)
     if geo is not None:
