@@ -385,14 +385,23 @@ def save_plot(payload: dict[str, Any], path: Path) -> bool:
     rows = payload["results"]
     contexts = sorted({r["context"] for r in rows})
     fig, axes = plt.subplots(1, len(contexts), figsize=(5 * len(contexts), 4), squeeze=False, sharey=True)
+    names = list(dict.fromkeys(r["selector"] for r in rows))
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
     for ax, context in zip(axes[0], contexts, strict=True):
-        for name in dict.fromkeys(r["selector"] for r in rows):
+        for i, name in enumerate(names):
             pts = sorted(
                 (r["budget"], r["attention_recall"])
                 for r in rows
                 if r["selector"] == name and r["context"] == context
             )
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker=markers[i % len(markers)],
+                color=colors[(2 * i) % 20 + (2 * i) // 20 % 2],
+                label=name,
+            )
         ax.set_xscale("log", base=2)
         ax.set_title(f"context {context}")
         ax.set_xlabel("budget (tokens per KV head, sinks + window included)")
