@@ -102,7 +102,7 @@ def _oracle_steps(case: SelectorCase):
     return out
 
 
-@SETTINGS
+@settings(max_examples=15, deadline=None, database=None)
 @given(case=selector_cases())
 def test_oracle_recall_is_one_and_oracle_is_the_ceiling(case):
     """The oracle selects exactly the metric's oracle set, and no selector covers more attention."""

@@ -27,7 +27,7 @@ class SelectorMachine(RuleBasedStateMachine):
         self.config = CacheConfig(budget=budget, page_size=page_size, sink_tokens=2)
         self.kv = make_clustered_kv(2, 2, 160, 8, num_clusters=5, spread=0.3, seed=seed)
         self.sel = make_selector(name, self.config, **({"block_size": 16} if name == "infllm" else {}))
-        self.start_pos = torch.tensor([0, min(pad, prompt)])
+        self.start_pos = torch.tensor([0, min(pad, prompt - 1)])  # every row keeps a real token
         self.n = prompt
         self.sel.prefill(self.kv.keys[:, :, :prompt], start=self.start_pos)
         self.step = 0
