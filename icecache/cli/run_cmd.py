@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=int, default=256, help="budget of policies without @N (default 256)")
     parser.add_argument("--context", type=int, default=4096, help="prompt length in tokens (default 4096)")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: the run suite)")
-    parser.add_argument("--samples", type=int, default=2, help="samples per task (default 2)")
+    parser.add_argument("--samples", type=int, default=3, help="samples per task (default 3)")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     add_model_arguments(parser)
 
