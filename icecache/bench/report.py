@@ -53,7 +53,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
     body = [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
-    line = lambda cells: "  ".join(v.ljust(w) for v, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(b) for b in body)])
 
 

@@ -38,7 +38,8 @@ class PageTable:
     indices: Tensor = field(converter=_int32("indices"))
     last_page_len: Tensor = field(converter=_int32("last_page_len"))
     page_size: int
-    page_lens: Tensor | None = field(default=None, converter=lambda t: None if t is None else _int32("page_lens")(t))
+    page_lens: Tensor | None = field(
+        default=None, converter=lambda t: None if t is None else _int32("page_lens")(t))
 
     @property
     def num_rows(self) -> int:

@@ -9,8 +9,8 @@ from icecache.core.errors import BudgetError
 
 @given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 512), st.data())
 def test_ledger_accepts_exactly_the_selections_within_budget(B, H, budget, data):
-    parts = [torch.tensor(data.draw(st.lists(st.lists(st.integers(0, budget), min_size=H, max_size=H),
-                                             min_size=B, max_size=B))) for _ in range(4)]
+    rows = st.lists(st.lists(st.integers(0, budget), min_size=H, max_size=H), min_size=B, max_size=B)
+    parts = [torch.tensor(data.draw(rows)) for _ in range(4)]
     total = sum(parts)
     if int(total.max()) > budget or int(total.min()) < 1:
         with pytest.raises(BudgetError):
@@ -23,7 +23,8 @@ def test_ledger_accepts_exactly_the_selections_within_budget(B, H, budget, data)
 
 def test_over_budget_error_names_where_and_how_much():
     sel = torch.tensor([[10, 300]])
-    with pytest.raises(BudgetError, match=r"attends 304 tokens at \[batch, kv_head\]=\[0, 1\], over the budget of 256"):
+    where = r"attends 304 tokens at \[batch, kv_head\]=\[0, 1\], over the budget of 256"
+    with pytest.raises(BudgetError, match=where):
         BudgetLedger(budget=256, sink=4, window=0, selected=sel)
 
 

@@ -27,7 +27,8 @@ def test_plugin_selector_composes_into_a_policy_and_feeds_the_observer(monkeypat
 
     icecache_example_plugin.SELECTION_STATS.clear()
     config = CacheConfig(budget=64, dense_layers=0)
-    policy = compose_policy(selector="recency-quest", config=config, options={"selector": {"recency_bonus": 1.0}})
+    policy = compose_policy(selector="recency-quest", config=config,
+                            options={"selector": {"recency_bonus": 1.0}})
     selector = policy.make_selector(layer_idx=3)
     assert type(selector).__name__ == "RecencyQuestSelector"
     torch.manual_seed(0)
@@ -57,6 +58,7 @@ def test_icecache_plugins_command_lists_it(monkeypatch, capsys):
 
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if "recency-quest" in l)
+    lines = out.splitlines()
+    line = next(row for row in lines if "recency-quest" in row)
     assert "entrypoint:example" in line
-    assert any(l.split()[:2] == ["selector", "quest"] for l in out.splitlines())
+    assert any(row.split()[:2] == ["selector", "quest"] for row in lines)
