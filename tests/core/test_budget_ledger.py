@@ -12,11 +12,13 @@ def test_ledger_accepts_exactly_the_selections_within_budget(B, H, budget, data)
     rows = st.lists(st.lists(st.integers(0, budget), min_size=H, max_size=H), min_size=B, max_size=B)
     parts = [torch.tensor(data.draw(rows)) for _ in range(4)]
     total = sum(parts)
+    make = lambda: BudgetLedger(budget=budget, sink=parts[0], window=parts[1], selected=parts[2],
+                                extra=parts[3])
     if int(total.max()) > budget or int(total.min()) < 1:
         with pytest.raises(BudgetError):
-            BudgetLedger(budget=budget, sink=parts[0], window=parts[1], selected=parts[2], extra=parts[3])
+            make()
     else:
-        ledger = BudgetLedger(budget=budget, sink=parts[0], window=parts[1], selected=parts[2], extra=parts[3])
+        ledger = make()
         assert torch.equal(ledger.total, total)
         assert ledger.summary()["max_total"] == int(total.max())
 
