@@ -14,20 +14,23 @@ from typing import Any
 import torch
 
 
-def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, sync: bool = True) -> float:
-    """Median wall time of ``fn()`` in seconds; synchronizes CUDA around each call when present."""
+def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, sync: bool = True,
+                setup: Callable[[], Any] | None = None) -> float:
+    """Median wall time of ``fn()`` in seconds; synchronizes CUDA around each call when present.
+    ``setup()``, when given, runs untimed before every call (warm-ups included)."""
     cuda = sync and torch.cuda.is_available()
-    for _ in range(warmup):
-        fn()
     times = []
-    for _ in range(repeats):
+    for i in range(warmup + repeats):
+        if setup is not None:
+            setup()
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 

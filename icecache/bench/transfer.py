@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from icecache.bench.report import format_table, write_json
+from icecache.bench.report import format_table, median_time, write_json
 from icecache.core.config import CacheConfig, TierConfig, to_dtype
 from icecache.storage.device import DeviceTier, default_device
 from icecache.storage.disk import DiskTier
@@ -56,19 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _median_ms(fn: Callable[[], Any], *, setup: Callable[[], Any] | None = None, repeats: int,
                cuda: bool) -> float:
     """Median milliseconds of ``fn()`` (``setup()`` runs untimed before each call; one warm-up)."""
-    times = []
-    for i in range(repeats + 1):
-        if setup is not None:
-            setup()
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_time(fn, repeats=repeats, warmup=1, sync=cuda, setup=setup)
 
 
 def _fill(store: TieredStore, n: int, gen: torch.Generator, chunk: int = 1024) -> torch.Tensor:
