@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:i]")
     parser.add_argument("--disk-dir", default=None, help="directory for the disk tier (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep-page-tokens", default="16,64,256",
+                        help="page sizes (tokens) for bulk_vs_memcpy at the same bytes per load ('' skips)")
 
 
 def _median_ms(fn: Callable[[], Any], *, setup: Callable[[], Any] | None = None, repeats: int,
@@ -190,6 +192,34 @@ def _raw_paths(spec: PageSpec, host_tier: HostTier, device_tier: DeviceTier,
     return t
 
 
+def bench_page_sizes(spec: PageSpec, device: torch.device, args: argparse.Namespace, gen: torch.Generator
+                     ) -> dict[str, float]:
+    """``bulk_vs_memcpy`` when the same bytes come in fewer, larger pages (the pool keeps its bytes):
+    how much of the gap is per-page cost (scattered rows, bookkeeping) rather than bytes."""
+    cuda, out = device.type == "cuda", {}
+    for tokens in [int(x) for x in args.sweep_page_tokens.split(",") if x.strip()]:
+        sized = PageSpec(page_size=tokens, head_dim=spec.head_dim, dtype=spec.dtype)
+        m = max(1, args.pages * spec.page_size // tokens)
+        pool = max(2 * m, args.host_pages * spec.page_size // tokens)
+        store = TieredStore([DeviceTier(name="device", spec=sized, capacity=2 * m, device=device),
+                             HostTier(name="host", spec=sized, capacity=pool, pin_memory=can_pin())])
+        ids = _fill(store, pool, gen)
+        pick = {"chosen": ids[:m], "start": 0}
+
+        def choose() -> None:
+            store.evict(ids)
+            pick["chosen"] = ids[torch.randperm(pool, generator=gen)[:m]]
+            pick["start"] = int(torch.randint(0, pool - m + 1, (1,), generator=gen))
+
+        host, dst = store.backing[0].data, sized.empty(m, device=device)
+        load = _median_ms(lambda: store.load(pick["chosen"]), setup=choose, repeats=args.repeats, cuda=cuda)
+        memcpy = _median_ms(lambda: dst.copy_(host[pick["start"]:pick["start"] + m], non_blocking=True),
+                            setup=choose, repeats=args.repeats, cuda=cuda)
+        out[str(tokens)] = memcpy / load
+        store.close()
+    return out
+
+
 def bench_disk(spec: PageSpec, args: argparse.Namespace, gen: torch.Generator, directory: str
                ) -> tuple[dict[str, float], dict[str, Any]]:
     m, run = args.pages, max(1, min(args.run_length, args.pages))
@@ -259,6 +289,7 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="icecache-bench-", dir=args.disk_dir) as directory:
         disk_times, disk_info = bench_disk(spec, args, gen, directory)
     times.update(disk_times)
+    by_page = bench_page_sizes(spec, device, args, gen)
     nbytes = args.pages * spec.page_nbytes
     disk_bytes = (args.pages // max(1, min(args.run_length, args.pages))) \
         * max(1, min(args.run_length, args.pages)) * spec.page_nbytes
@@ -293,6 +324,12 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(format_table([{"ratio": k, "value": v, "target": TARGETS.get(k, "")} for k, v in ratios.items()],
                        ["ratio", "value", "target"]))
+    if by_page:
+        print()
+        print(format_table([{"page tokens": k, "page bytes": int(k) * spec.page_nbytes // spec.page_size,
+                             "pages per load": max(1, args.pages * spec.page_size // int(k)),
+                             "bulk_vs_memcpy": v} for k, v in by_page.items()],
+                           ["page tokens", "page bytes", "pages per load", "bulk_vs_memcpy"]))
     payload = {
         "benchmark": "transfer",
         "device": str(device),
@@ -304,6 +341,7 @@ def main(args: argparse.Namespace) -> int:
         "disk_reads": "cold = fsync, unmap, POSIX_FADV_DONTNEED, remap before each repeat; warm = page "
                       "cache hits; DiskTier.read includes checksum verification",
         **ratios,
+        "bulk_vs_memcpy_by_page_tokens": by_page,
         "targets": TARGETS,
         "times_ms": times,
         **info,

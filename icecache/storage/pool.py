@@ -100,6 +100,19 @@ class PagePool:
                 raise PageError(f"page id {int(a[empty][0])} has no data (never written)")
         return ids
 
+    def check_ascending(self, ids: np.ndarray, *, written: bool = False) -> None:
+        """:meth:`check` for distinct ascending numpy ids (the store's loads), without re-sorting."""
+        if ids.size == 0:
+            return
+        low, top = int(ids[0]), int(ids[-1])
+        if low < 0 or top >= self._high:
+            self.check(torch.from_numpy(ids), written=written)  # raises, naming the id
+        bad = ~self._allocated[ids]
+        if written:
+            bad |= self._lens[ids] == 0
+        if np_any(bad):
+            self.check(torch.from_numpy(ids), written=written)  # raises, naming the id
+
     def set_lens(self, page_ids: Tensor, lens: Tensor) -> None:
         """Record valid-slot counts (int ``[n]``) of allocated pages."""
         self._lens[page_ids.numpy()] = lens.numpy()

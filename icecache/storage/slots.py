@@ -172,6 +172,51 @@ class SlotTier:
         self._state[slots[~dropped]] = READY
         self._new[slots] = False
 
+    # ----- fused steps of the store's bulk load (numpy ids the store has checked) ---------------------
+    # NOTE: one load through the two-phase protocol costs ~30 bookkeeping calls per tier; these do the
+    # same state changes in a few array operations. A move that is complete (or queued on the device
+    # stream) before control returns has no window in which "in flight" could be observed.
+    def ready_slots(self, ids: np.ndarray) -> np.ndarray:
+        """Slot of each page that is ready here, ``-1`` where absent or still being stored."""
+        slots = self._lookup_slots(ids)
+        if not self._num_slots:
+            return slots
+        return np.where((slots >= 0) & (self._state[slots] == READY), slots, -1)
+
+    def make_room(self, n: int, keep: np.ndarray) -> np.ndarray | None:
+        """Evict least recently used unpinned pages, none in slots ``keep``, until ``n`` slots are free.
+        Returns the evicted ids, or ``None`` with nothing changed when pins and ``keep`` leave too few."""
+        free = self.free_slots
+        if free is None or n <= free:
+            return np.zeros(0, dtype=np.int64)
+        self._pins[keep] += 1
+        try:
+            if n > free + self.evictable():
+                return None
+            victims = self.victims(n - free).numpy()
+            self._release(self._slot_of[victims], victims)
+            return victims
+        finally:
+            self._pins[keep] -= 1
+
+    def admit(self, ids: np.ndarray) -> np.ndarray:
+        """Ready slots for ``ids`` (absent here; room made by :meth:`make_room`), one run when there is
+        one. The caller fills them before returning control."""
+        slots = self._take_slots(ids.size)
+        self._slot_of[ids] = slots
+        self._page_of[slots] = ids
+        self._state[slots] = READY
+        self._used += ids.size
+        self._stamp_slots(slots)  # stored now (the order ``fifo`` keeps)
+        return slots
+
+    def stamp(self, slots: np.ndarray, *, pin: bool = False) -> None:
+        """:meth:`touch` by slot; ``pin`` also pins them (as ``prepare_load`` does)."""
+        if self.eviction == "lru":
+            self._stamp_slots(slots)
+        if pin:
+            self._pins[slots] += 1
+
     # ----- eviction ------------------------------------------------------------------------------
     def touch(self, page_ids: Tensor) -> None:
         if self.eviction != "lru":

@@ -11,7 +11,9 @@ With tiers ``(t0, t1, ..., tk)`` (default ``("device", "host", "disk")``):
 
 Every move is bulk: gathers are one ``index_select`` per source tier into one contiguous staging
 buffer (pinned on CUDA), one copy to the device, one ``index_copy_`` scatter; when the device slots
-are one contiguous run the pages go straight into them. No loop runs per page.
+are one contiguous run the pages go straight into them. No loop runs per page. A load whose pages
+all come from one memory tier takes :mod:`icecache.storage.fused_load` (the same state changes
+without the per-call overhead of the two-phase protocol).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.page_table import PageTable
 from icecache.storage.base import Tier
 from icecache.storage.layout import as_page_ids, contiguous_run, np_all, np_max, np_min
+from icecache.storage.fused_load import fused_load
 from icecache.storage.memory import MemoryTier
 from icecache.storage.pool import PagePool
 from icecache.storage.staging import Stager
@@ -77,6 +80,9 @@ class TieredStore:
         self.pool = PagePool(capacity=max_pages)
         self.hook = hook
         self._stager = Stager(self.spec, self.tiers[0].device)
+        #: take :func:`~icecache.storage.fused_load.fused_load` when it applies (False: always the
+        #: two-phase protocol; the same results, kept for comparison and tests)
+        self.fused_load = True
         self._moves = {k: MoveCounter() for k in MOVE_KINDS}
         self._last: dict[str, MoveRecord] = {}
 
@@ -186,7 +192,7 @@ class TieredStore:
         are evicted to make room. ``pin=True`` keeps the pages from eviction until :meth:`release`.
         On CUDA the move is asynchronous on the current stream."""
         uniq, inverse = _distinct(as_page_ids(page_ids, unique=False).numpy())
-        self.pool.check(torch.from_numpy(uniq), written=True)
+        self.pool.check_ascending(uniq, written=True)
         # NOTE: from here on the tiers get numpy ids (checked above), skipping their own validation.
         if self.cache is None:
             tier = self.backing[0]
@@ -194,6 +200,10 @@ class TieredStore:
             tier.touch(uniq)
             if not pin:
                 tier.complete_load(uniq)
+            return slots if inverse is None else slots[inverse]
+        fast = fused_load(self, uniq, pin=pin) if self.fused_load else None
+        if fast is not None:
+            slots = torch.from_numpy(fast)
             return slots if inverse is None else slots[inverse]
         cache = self.cache
         resident = cache.lookup(uniq).numpy()
@@ -486,6 +496,12 @@ def _distinct(a: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
     when ``a`` is already distinct and ascending."""
     if a.size <= 1 or np_all(a[1:] > a[:-1]):
         return a, None
+    order = np.argsort(a)
+    uniq = a[order]
+    if np_all(uniq[1:] > uniq[:-1]):  # NOTE: distinct ids in any order, the usual case: no np.unique
+        inverse = np.empty(a.size, dtype=np.int64)
+        inverse[order] = np.arange(a.size)
+        return uniq, torch.from_numpy(inverse)
     uniq, inverse = np.unique(a, return_inverse=True)
     return uniq, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
 

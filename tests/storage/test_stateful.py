@@ -32,12 +32,14 @@ class StoreMachine(RuleBasedStateMachine):
         self.pinned_slots: dict[int, int] = {}
         self.seed = 0
 
-    @initialize(caps=tier_capacities(), dtype=st.sampled_from(PAGE_DTYPES), names=tier_stacks())
-    def build(self, caps, dtype, names):
+    @initialize(caps=tier_capacities(), dtype=st.sampled_from(PAGE_DTYPES), names=tier_stacks(),
+                fused=st.booleans())
+    def build(self, caps, dtype, names, fused):
         config = CacheConfig(page_size=PAGE_SIZE, dtype=dtype,
                              tiers=TierConfig(device_pages=caps["device"], host_pages=caps["host"],
                                               disk_dir=self.dir, disk_pages=caps["disk"]))
         self.store = TieredStore.build(config, names, head_dim=HEAD_DIM)
+        self.store.fused_load = fused
         self.spec = PageSpec(page_size=PAGE_SIZE, head_dim=HEAD_DIM, dtype=dtype)
         self.caps = {t.name: t.capacity for t in self.store.tiers}
 
