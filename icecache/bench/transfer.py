@@ -196,28 +196,32 @@ def bench_page_sizes(spec: PageSpec, device: torch.device, args: argparse.Namesp
                      ) -> dict[str, float]:
     """``bulk_vs_memcpy`` when the same bytes come in fewer, larger pages (the pool keeps its bytes):
     how much of the gap is per-page cost (scattered rows, bookkeeping) rather than bytes."""
-    cuda, out = device.type == "cuda", {}
-    for tokens in [int(x) for x in args.sweep_page_tokens.split(",") if x.strip()]:
-        sized = PageSpec(page_size=tokens, head_dim=spec.head_dim, dtype=spec.dtype)
-        m = max(1, args.pages * spec.page_size // tokens)
-        pool = max(2 * m, args.host_pages * spec.page_size // tokens)
-        store = TieredStore([DeviceTier(name="device", spec=sized, capacity=2 * m, device=device),
-                             HostTier(name="host", spec=sized, capacity=pool, pin_memory=can_pin())])
-        ids = _fill(store, pool, gen)
-        pick = {"chosen": ids[:m], "start": 0}
+    tokens = [int(x) for x in args.sweep_page_tokens.split(",") if x.strip()]
+    return {str(t): _bulk_vs_memcpy_at(t, spec, device, args, gen) for t in tokens}
 
-        def choose() -> None:
-            store.evict(ids)
-            pick["chosen"] = ids[torch.randperm(pool, generator=gen)[:m]]
-            pick["start"] = int(torch.randint(0, pool - m + 1, (1,), generator=gen))
 
-        host, dst = store.backing[0].data, sized.empty(m, device=device)
-        load = _median_ms(lambda: store.load(pick["chosen"]), setup=choose, repeats=args.repeats, cuda=cuda)
-        memcpy = _median_ms(lambda: dst.copy_(host[pick["start"]:pick["start"] + m], non_blocking=True),
-                            setup=choose, repeats=args.repeats, cuda=cuda)
-        out[str(tokens)] = memcpy / load
-        store.close()
-    return out
+def _bulk_vs_memcpy_at(tokens: int, spec: PageSpec, device: torch.device, args: argparse.Namespace,
+                       gen: torch.Generator) -> float:
+    cuda = device.type == "cuda"
+    sized = PageSpec(page_size=tokens, head_dim=spec.head_dim, dtype=spec.dtype)
+    m = max(1, args.pages * spec.page_size // tokens)
+    pool = max(2 * m, args.host_pages * spec.page_size // tokens)
+    store = TieredStore([DeviceTier(name="device", spec=sized, capacity=2 * m, device=device),
+                         HostTier(name="host", spec=sized, capacity=pool, pin_memory=can_pin())])
+    ids = _fill(store, pool, gen)
+    pick = {"chosen": ids[:m], "start": 0}
+
+    def choose() -> None:
+        store.evict(ids)
+        pick["chosen"] = ids[torch.randperm(pool, generator=gen)[:m]]
+        pick["start"] = int(torch.randint(0, pool - m + 1, (1,), generator=gen))
+
+    host, dst = store.backing[0].data, sized.empty(m, device=device)
+    load = _median_ms(lambda: store.load(pick["chosen"]), setup=choose, repeats=args.repeats, cuda=cuda)
+    memcpy = _median_ms(lambda: dst.copy_(host[pick["start"]:pick["start"] + m], non_blocking=True),
+                        setup=choose, repeats=args.repeats, cuda=cuda)
+    store.close()
+    return memcpy / load
 
 
 def bench_disk(spec: PageSpec, args: argparse.Namespace, gen: torch.Generator, directory: str

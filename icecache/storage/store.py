@@ -33,8 +33,8 @@ from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.page_table import PageTable
 from icecache.storage.base import Tier
-from icecache.storage.layout import as_page_ids, contiguous_run, np_all, np_max, np_min
 from icecache.storage.fused_load import fused_load
+from icecache.storage.layout import as_page_ids, contiguous_run, np_all, np_max, np_min
 from icecache.storage.memory import MemoryTier
 from icecache.storage.pool import PagePool
 from icecache.storage.staging import Stager

@@ -44,7 +44,8 @@ def _run(store: TieredStore, ids: torch.Tensor, steps) -> list:
         trace.append(("moves", st_.moves["load"], st_.moves["evict"], st_.tiers[0].resident_pages))
     resident = store.cache.resident_ids()
     trace.append(("resident", resident.tolist(), store.cache.slot_of(resident).tolist()))
-    trace.append(("device", store.device_pool.kv[store.cache.slot_of(resident)].clone()))  # free slots: garbage
+    # NOTE: resident slots only: free slots hold whatever was there
+    trace.append(("device", store.device_pool.kv[store.cache.slot_of(resident)].clone()))
     trace.append(("in_flight", store.cache.in_flight().tolist()))
     return trace
 
