@@ -11,6 +11,7 @@ COMMANDS: dict[str, str] = {
     "plugins": "icecache.cli.plugins_cmd",
     "run": "icecache.cli.run_cmd",
     "eval": "icecache.cli.eval_cmd",
+    "merge": "icecache.cli.merge_cmd",
 }
 #: ``icecache bench NAME`` -> module with ``add_arguments(parser)`` and ``main(args) -> int``
 BENCHES: dict[str, str] = {

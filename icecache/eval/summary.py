@@ -29,16 +29,19 @@ def task_rows(results: Sequence[SampleResult], context: int | None) -> list[dict
 def policy_rows(results: Sequence[SampleResult], context: int | None, *, reference: str = "full"
                 ) -> list[dict[str, Any]]:
     """One row per policy over all tasks: accuracy, accuracy relative to ``reference`` (mean of per-task
-    ratios is avoided: it is total correct over total correct of the reference on the same samples),
-    device-tier KV fraction and per-step decode times in milliseconds."""
+    ratios is avoided: it is total correct over total correct of the reference on the samples both
+    decoded), device-tier KV fraction and per-step decode times in milliseconds.
+
+    ``batch`` must number each decode batch once across ``results`` (step times are per batch)."""
     by_policy: dict[str, list[SampleResult]] = {}
     for r in results:
         by_policy.setdefault(r.policy, []).append(r)
-    ref = by_policy.get(reference)
-    ref_correct = sum(r.correct for r in ref) if ref else None
+    ref = {r.sample_id: r.correct for r in by_policy.get(reference, [])}
     rows = []
     for policy, rs in by_policy.items():
         correct = sum(r.correct for r in rs)
+        shared = [r for r in rs if r.sample_id in ref]
+        ref_correct = sum(ref[r.sample_id] for r in shared)
         # NOTE: step times are per batch, so weight each batch once (its first sample).
         firsts: dict[int, SampleResult] = {}
         for r in rs:
@@ -47,7 +50,7 @@ def policy_rows(results: Sequence[SampleResult], context: int | None, *, referen
         row: dict[str, Any] = {
             "policy": policy, "budget": rs[0].budget, "context": context, "task": "all", "n": len(rs),
             "accuracy": correct / len(rs), "score": _mean([r.score for r in rs]),
-            "rel_full": (correct / ref_correct) if ref_correct else None,
+            "rel_full": (sum(r.correct for r in shared) / ref_correct) if ref_correct else None,
             "device_kv_fraction": _mean([r.device_fraction for r in rs]),
             "device_kv_mib": _mean([r.device_kv_bytes for r in rs]) / 2**20,
             "full_kv_mib": _mean([r.full_kv_bytes for r in rs]) / 2**20,
