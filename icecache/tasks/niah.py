@@ -91,16 +91,21 @@ PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant t
 
 
 def passkey(rng: random.Random, tokenizer: Any, target: int, *, sample_id: str) -> TaskSample:
-    """Passkey retrieval (Mohtashami & Jaggi 2023): a 5-digit key in noise. A smoke test: easy."""
+    """Passkey retrieval (Mohtashami & Jaggi 2023): a 5-digit key in noise. A smoke test: easy.
+
+    NOTE: the key follows a colon, in the needle and in the answer prefix. Written "The pass key is
+    12345" the embedded 135M model answers "The pass key is ... a special type of key" even with full
+    KV at 4k and 8k (0 of 9 at 4k); with the colon it copies the key (measured: 2 of 2 samples at 4k, 2 of 2 at 8k).
+    """
     key = make_number(rng, 5)
     depth = rng.uniform(0.2, 0.8)
-    needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+    needle = f"The pass key is: {key}. Remember it. {key} is the pass key."
 
     def build(n: int) -> TaskSample:
         units = insert_at_depths(HAYSTACKS["noise"](rng, n), [(depth, needle)])
         return TaskSample(
             id=sample_id, task="passkey", context=PASSKEY_INTRO + " " + " ".join(units),
-            question="What is the pass key?", answers=[key], answer_prefix="The pass key is",
+            question="What is the pass key?", answers=[key], answer_prefix="The pass key is:",
             max_new_tokens=10, meta={"depths": [depth]},
         )
 

@@ -78,22 +78,32 @@ def test_snapshot_decode_of_a_left_padded_batch_equals_dense_batch_one(model_and
 
 
 @pytest.mark.parametrize("selector", ["icecache", pytest.param("oracle", marks=pytest.mark.slow)])
-def test_generate_batch_two_left_padded_equals_batch_one(model_and_tokenizer, passkey_prompts, selector):
+def test_generate_batch_two_left_padded_matches_batch_one_up_to_fp_ties(model_and_tokenizer, passkey_prompts, selector):
     model, tokenizer = model_and_tokenizer
     # NOTE: shorter prompts (270 and 240 tokens) keep this test fast; 128 still selects a fraction.
     prompts = [p[:250 - 30 * i] + p[-20:] for i, p in enumerate(passkey_prompts[0])]
-    singles = []
+    singles, single_logits = [], []
     for p in prompts:
         cache = _cache(model, selector, 128)
-        out = model.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False, past_key_values=cache)
-        singles.append(out[0, len(p):].tolist())
+        out = model.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False, past_key_values=cache,
+                             output_logits=True, return_dict_in_generate=True)
+        singles.append(out.sequences[0, len(p):].tolist())
+        single_logits.append(torch.cat(out.logits))  # [NEW, vocab]
     tokenizer.padding_side = "left"
     enc = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
     cache = _cache(model, selector, 128)
     out = model.generate(**enc, max_new_tokens=NEW, do_sample=False, past_key_values=cache,
                          pad_token_id=tokenizer.pad_token_id)
     assert cache.layers[3].start.tolist() == [0, len(prompts[0]) - len(prompts[1])]
-    assert out[:, enc.input_ids.shape[1]:].tolist() == singles
+    for row, single, logits in zip(out[:, enc.input_ids.shape[1]:].tolist(), singles, single_logits,
+                                   strict=True):
+        same = next((t for t, (a, b) in enumerate(zip(row, single, strict=True)) if a != b), len(single))
+        assert same >= NEW - 2, (row, single)
+        if same < len(single):
+            # NOTE: padding changes fp32 reduction order; a greedy step may flip only between two
+            # tokens the single run found (nearly) tied, and later steps then see different text.
+            gap = float(logits[same, single[same]] - logits[same, row[same]])
+            assert gap < 1e-3 * float(logits[same].abs().max()), (same, gap)
 
 
 def test_sampling_is_seeded_and_batched(model_and_tokenizer, snapshot):
