@@ -95,7 +95,8 @@ def passkey(rng: random.Random, tokenizer: Any, target: int, *, sample_id: str) 
 
     NOTE: the key follows a colon, in the needle and in the answer prefix. Written "The pass key is
     12345" the embedded 135M model answers "The pass key is ... a special type of key" even with full
-    KV at 4k and 8k (0 of 9 at 4k); with the colon it copies the key (measured: 2 of 2 samples at 4k, 2 of 2 at 8k).
+    KV at 4k and 8k (0 of 9 at 4k); with the colon it copies the key (measured: 2 of 2 samples at
+    4k, 2 of 2 at 8k).
     """
     key = make_number(rng, 5)
     depth = rng.uniform(0.2, 0.8)

@@ -78,7 +78,8 @@ def test_snapshot_decode_of_a_left_padded_batch_equals_dense_batch_one(model_and
 
 
 @pytest.mark.parametrize("selector", ["icecache", pytest.param("oracle", marks=pytest.mark.slow)])
-def test_generate_batch_two_left_padded_matches_batch_one_up_to_fp_ties(model_and_tokenizer, passkey_prompts, selector):
+def test_generate_batch_two_left_padded_matches_batch_one_up_to_fp_ties(model_and_tokenizer, passkey_prompts,
+                                                                         selector):
     model, tokenizer = model_and_tokenizer
     # NOTE: shorter prompts (270 and 240 tokens) keep this test fast; 128 still selects a fraction.
     prompts = [p[:250 - 30 * i] + p[-20:] for i, p in enumerate(passkey_prompts[0])]
