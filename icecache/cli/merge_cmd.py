@@ -3,7 +3,7 @@
 Long evaluations are run in shards (one task or a few samples per process, so each shard's results
 land as soon as it is done); this recomputes the per-task and per-policy tables over all of them from
 their ``samples_detail``. Shards must share the context length; a (sample, policy) pair may appear in
-one shard only.
+one shard only, unless ``--replace`` says that later shards win (a task rerun after a fix).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="JSON files written by `icecache eval --json`")
     parser.add_argument("--json", default=None, help="write the merged results here")
     parser.add_argument("--reference", default="full", help="policy that rel_full compares with (full)")
+    parser.add_argument("--replace", action="store_true",
+                        help="a (sample, policy) pair in several shards takes the last shard's result")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -44,12 +46,15 @@ def _read(path: str) -> dict[str, Any]:
     return data
 
 
-def merge(paths: list[str]) -> tuple[list[Any], int | None, list[dict[str, Any]]]:
-    """``(sample results, context, sources)`` of the shards, batches renumbered to stay distinct."""
+def merge(paths: list[str], *, replace: bool = False) -> tuple[list[Any], int | None, list[dict[str, Any]]]:
+    """``(sample results, context, sources)`` of the shards, batches renumbered to stay distinct.
+    ``replace``: a later shard's result for a (sample, policy) pair replaces an earlier one (each
+    source's ``replaced`` counts what it lost)."""
     from icecache.eval.runner import SampleResult
 
-    results: list[SampleResult] = []
+    results: dict[tuple[str, str], SampleResult] = {}
     seen: dict[tuple[str, str], str] = {}
+    lost: dict[str, int] = {}
     contexts: dict[Any, str] = {}
     sources = []
     for path in paths:
@@ -58,7 +63,7 @@ def merge(paths: list[str]) -> tuple[list[Any], int | None, list[dict[str, Any]]
         if len(contexts) > 1:
             (c0, p0), (c1, p1) = list(contexts.items())[:2]
             raise ConfigError(f"shards differ in context: {p0!r} has {c0}, {p1!r} has {c1}")
-        offset = 1 + max((r.batch for r in results), default=-1)
+        offset = 1 + max((r.batch for r in results.values()), default=-1)
         for i, d in enumerate(data["samples_detail"]):
             try:
                 r = SampleResult(**{**d, "batch": offset + int(d["batch"])})
@@ -67,13 +72,19 @@ def merge(paths: list[str]) -> tuple[list[Any], int | None, list[dict[str, Any]]
                                   f"({exc})") from None
             key = (r.sample_id, r.policy)
             if key in seen:
-                raise ConfigError(f"sample {r.sample_id!r} under policy {r.policy!r} is in both "
-                                  f"{seen[key]!r} and {path!r}")
+                if not replace or seen[key] == path:
+                    raise ConfigError(f"sample {r.sample_id!r} under policy {r.policy!r} is in both "
+                                      f"{seen[key]!r} and {path!r}" + ("" if replace else " (--replace "
+                                                                      "keeps the later one)"))
+                lost[seen[key]] = lost.get(seen[key], 0) + 1
+                del results[key]  # NOTE: re-inserted last, so the table order follows the shards
             seen[key] = path
-            results.append(r)
+            results[key] = r
         sources.append({"path": path, "model": data.get("model"), "policies": data.get("policies"),
                         "samples": len(data["samples_detail"]), "machine": data.get("machine")})
-    return results, next(iter(contexts)), sources
+    for source in sources:
+        source["replaced"] = lost.get(source["path"], 0)
+    return list(results.values()), next(iter(contexts)), sources
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -81,7 +92,10 @@ def _main(args: argparse.Namespace) -> int:
     from icecache.eval.report import run_table, task_table
     from icecache.eval.summary import policy_rows, task_rows
 
-    results, context, sources = merge(args.inputs)
+    results, context, sources = merge(args.inputs, replace=args.replace)
+    for source in sources:
+        if source["replaced"]:
+            print(f"{source['path']}: {source['replaced']} results replaced by later shards")
     rows = task_rows(results, context)
     overview = policy_rows(results, context, reference=args.reference)
     print(task_table(rows))

@@ -75,3 +75,15 @@ def test_overlapping_or_mismatched_shards_fail_naming_the_files(tmp_path, capsys
         assert main(["merge", *inputs, "--json", str(out)]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_replace_keeps_the_later_shard_and_counts_what_it_replaced(tmp_path):
+    old = _write(tmp_path / "old.json", [_result("x", "t", "full", False, 0),
+                                         _result("y", "u", "full", True, 0)])
+    new = _write(tmp_path / "new.json", [_result("x", "t", "full", True, 0)])
+    out = tmp_path / "m.json"
+    assert main(["merge", old, new, "--replace", "--json", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert {(d["sample_id"], d["correct"]) for d in merged["samples_detail"]} == {("x", True), ("y", True)}
+    assert [s["replaced"] for s in merged["sources"]] == [1, 0]
+    assert merged["overview"][0]["n"] == 2 and merged["overview"][0]["accuracy"] == 1.0
