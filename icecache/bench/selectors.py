@@ -42,7 +42,8 @@ def _ints(text: str) -> list[int]:
 
 def _options(text: str) -> dict[str, dict[str, Any]]:
     try:
-        value = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+        # NOTE: inline JSON first: a long object is not a valid file name (is_file raises ENAMETOOLONG)
+        value = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
     except (OSError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"--selector-options must be a JSON object or file: {exc}") from None
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):

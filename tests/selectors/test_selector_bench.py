@@ -4,6 +4,7 @@ report, plot and argument checks."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -96,6 +97,10 @@ def test_plan_checks_names_and_options():
         "icecache:tuned": bench.DEFAULT_VARIANTS["icecache:tuned"],
         "quest": {"merge": "max"},
     }
+    long = {f"icecache:v{i}": {"index_options": {"candidates": 4 + i}} for i in range(12)}  # > NAME_MAX
+    assert bench._options(json.dumps(long)) == long
+    with pytest.raises(argparse.ArgumentTypeError, match="JSON object or file"):
+        bench._options("no-such-options-file.json")
     with pytest.raises(UnknownComponentError, match="unknown selector 'nope'"):
         bench._plan(parser.parse_args(["--selectors", "quest,nope"]))
     with pytest.raises(SystemExit):

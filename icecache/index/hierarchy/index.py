@@ -37,6 +37,8 @@ from icecache.index.hierarchy.build import build_layout, rank_within
 from icecache.index.hierarchy.state import IndexState
 from icecache.selectors.types import PageLayout
 
+PAGE_ESTIMATES = ("centroid", "gaussian")
+CANDIDATE_ORDERS = ("merged", "per-head")
 SCORINGS = ("exact", "centroid")
 GQA_MERGES = ("softmax-sum", "max")
 INSERT_MODES = ("assign", "new-leaf")
@@ -122,6 +124,8 @@ class HierarchyIndex:
     candidates: float = field(default=4.0, validator=_positive_float)
     cell_candidates: float = field(default=32.0, validator=_positive_float)
     scoring: str = field(default="exact", validator=in_(SCORINGS))
+    page_estimate: str = field(default="centroid", validator=in_(PAGE_ESTIMATES))
+    candidate_order: str = field(default="merged", validator=in_(CANDIDATE_ORDERS))
     gqa: str = field(default="softmax-sum", validator=in_(GQA_MERGES))
     insert_mode: str = field(default="new-leaf", validator=in_(INSERT_MODES))
     insert_leaf_tokens: int = field(validator=positive)
@@ -366,9 +370,11 @@ class HierarchyIndex:
             return self._hits(none, none.float(), none.bool())
         lens = st.page_len[:, :P]  # [G, P]
         if "page_cent" not in self._cache:
-            self._cache["page_cent"] = st.page_sum[:, :P] / lens.clamp_min(1)[..., None]
+            n = lens.clamp_min(1)[..., None]
+            self._cache["page_cent"] = st.page_sum[:, :P] / n
             self._cache["page_loglen"] = lens.clamp_min(1).float().log()
-        cent, loglen = self._cache["page_cent"], self._cache["page_loglen"]
+            self._cache["page_var"] = (st.page_sqsum[:, :P] / n - self._cache["page_cent"] ** 2).clamp_min(0)
+        cent, loglen, var = self._cache["page_cent"], self._cache["page_loglen"], self._cache["page_var"]
         target = (self.candidates * budget.float()).ceil()  # [G] tokens to rescore
         cell_target = (self.cell_candidates * budget.float()).ceil()
         if st.num_cells > 1 and bool((cell_target < lens.sum(1)).any()):
@@ -379,12 +385,17 @@ class HierarchyIndex:
             sub = keep.float().topk(width, dim=1, sorted=False).indices  # [G, K0] page ids
             sub_ok = keep.gather(1, sub) & (lens.gather(1, sub) > 0)
             cent_sub = cent.gather(1, sub[..., None].expand(*sub.shape, cent.shape[-1]))  # [G, K0, D]
+            var_sub = var.gather(1, sub[..., None].expand(*sub.shape, var.shape[-1]))
             loglen_sub = loglen.gather(1, sub)
         else:
             sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens > 0
-            cent_sub, loglen_sub = cent, loglen
+            cent_sub, var_sub, loglen_sub = cent, var, loglen
         # log-mass estimate per head from the centroid: scale * q.c + log(len)
         coarse = scale * (q @ cent_sub.transpose(1, 2)) + loglen_sub[:, None]  # [G, Gq, K0]
+        if self.page_estimate == "gaussian":
+            # NOTE: + s^2/2 q^T diag(var) q, the log of E[exp(s q.k)] for Gaussian keys: a page whose
+            # keys spread along q (one needle token among others) is not ranked by its mean alone.
+            coarse = coarse + 0.5 * scale**2 * ((q * q) @ var_sub.transpose(1, 2))
         coarse = coarse.masked_fill(~sub_ok[:, None], float("-inf"))
         if self.scoring == "exact":
             cand, logmass = self._rescore(q, scale, coarse, target, sub)
@@ -455,12 +466,22 @@ class HierarchyIndex:
         st = self._state
         G, Gq, _ = coarse.shape
         lens = st.page_len.gather(1, sub)  # [G, K0]
-        est = torch.nan_to_num(coarse.softmax(-1), nan=0.0).sum(1) / lens.clamp_min(1)  # [G, K0]
-        est = est.masked_fill(~torch.isfinite(coarse).any(1), -1.0)
+        share = torch.nan_to_num(coarse.softmax(-1), nan=0.0)  # [G, Gq, K0]
+        est = share.sum(1) / lens.clamp_min(1)  # [G, K0]
+        if self.candidate_order == "per-head":
+            # NOTE: every query head gets its own best pages rescored, in turns (a page's priority is
+            # its best rank over the heads; the merged share breaks ties): a head whose coarse scores
+            # are flat (one needle key in a page of others) is not outvoted by a peaked head.
+            by_head = coarse.argsort(dim=-1, descending=True)  # [G, Gq, K0]
+            rank = torch.empty_like(by_head).scatter_(
+                2, by_head, torch.arange(by_head.shape[-1], device=by_head.device).expand_as(by_head))
+            best = rank.amin(1).float()  # [G, K0]
+            est = est / (Gq + 1) - best  # NOTE: est / (Gq + 1) < 1 only orders pages of equal best rank
+        est = est.masked_fill(~torch.isfinite(coarse).any(1), -float(coarse.shape[-1]) - 2)
         order = est.argsort(dim=-1, descending=True)
         ltok = lens.gather(1, order)
         before = ltok.cumsum(1) - ltok
-        need = ((before < target[:, None]) & (est.gather(1, order) >= 0)).sum(1)
+        need = ((before < target[:, None]) & (est.gather(1, order) > -float(coarse.shape[-1]) - 1)).sum(1)
         K = max(1, int(need.max()))
         cand = sub.gather(1, order[:, :K])  # [G, K] page ids
         slots = st.pages.gather(1, cand[..., None].expand(-1, -1, st.pages.shape[-1]))  # [G, K, S]
