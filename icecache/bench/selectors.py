@@ -11,7 +11,6 @@ build every layer's IceCache index over the model's prefill time at the largest 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +40,9 @@ def _ints(text: str) -> list[int]:
 
 
 def _options(text: str) -> dict[str, dict[str, Any]]:
-    try:
-        # NOTE: inline JSON first: a long object is not a valid file name (is_file raises ENAMETOOLONG)
-        value = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
-    except (OSError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"--selector-options must be a JSON object or file: {exc}") from None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise argparse.ArgumentTypeError(f"--selector-options must map names to option objects, got {text!r}")
-    return value
+    from icecache.eval.policies import options_argument
+
+    return options_argument(text, "--selector-options")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,12 +9,16 @@ from icecache.core.errors import IceCacheError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from icecache.eval.policies import options_argument
     from icecache.eval.session import add_model_arguments
 
     parser.add_argument("--policy", default="full,icecache",
                         help="comma-separated selectors, NAME or NAME@BUDGET (default full,icecache)")
     parser.add_argument("--budget", type=int, default=256,
                         help="tokens per KV head, sinks and window included, for policies without @N (256)")
+    parser.add_argument("--policy-options", type=options_argument, default=None,
+                        help="JSON object (or file): selector or selector:variant -> selector options, "
+                             "e.g. '{\"icecache:wide\": {\"index_options\": {\"candidates\": 8}}}'")
     parser.add_argument("--context", type=int, default=4096, help="prompt length in tokens (default 4096)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--tasks", default=None,
@@ -52,7 +56,8 @@ def _main(args: argparse.Namespace) -> int:
         task_names: list[str] = []
     else:
         task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
-    prepared = prepare(args, args.policy, args.budget, None if from_file else args.context)
+    prepared = prepare(args, args.policy, args.budget, None if from_file else args.context,
+                       options=args.policy_options)
     model, tokenizer = load(prepared)
     if from_file:
         samples = file_samples

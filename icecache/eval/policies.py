@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
 from icecache.core.config import CacheConfig, TierConfig
 from icecache.core.errors import BudgetError, ConfigError
@@ -16,14 +16,38 @@ from icecache.core.registry import Registry
 @frozen
 class PolicySpec:
     """A selector name and its budget (tokens per KV head, sinks and window included; ``None`` for
-    ``full``). ``label`` is how tables name it, e.g. ``icecache@256``."""
+    ``full``). ``label`` is how tables name it, e.g. ``icecache@256``; a variant ``icecache:wide@256``
+    runs the ``icecache`` selector with ``options`` (its factory options, from ``--policy-options``)."""
 
     selector: str
     budget: int | None
+    variant: str | None = None
+    options: dict[str, Any] = field(factory=dict, eq=False, hash=False)
+
+    @property
+    def name(self) -> str:
+        return self.selector if self.variant is None else f"{self.selector}:{self.variant}"
 
     @property
     def label(self) -> str:
-        return self.selector if self.budget is None else f"{self.selector}@{self.budget}"
+        return self.name if self.budget is None else f"{self.name}@{self.budget}"
+
+
+def options_argument(text: str, flag: str = "--policy-options") -> dict[str, dict[str, Any]]:
+    """An argparse ``type``: a JSON object (inline, or a file holding one) mapping names to option
+    objects."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    try:
+        # NOTE: inline JSON first: a long object is not a valid file name (is_file raises ENAMETOOLONG)
+        value = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{flag} must be a JSON object or file: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError(f"{flag} must map names to option objects, got {text!r}")
+    return value
 
 
 def _budget(value: Any, where: str) -> int:
@@ -36,11 +60,14 @@ def _budget(value: Any, where: str) -> int:
     return budget
 
 
-def parse_policies(spec: str, budget: int | None = None, *, registry: Registry | None = None
-                   ) -> list[PolicySpec]:
-    """``"full,icecache,quest@1024"`` -> specs. A name without ``@N`` takes ``budget``; ``full`` has none.
-    Unknown selectors raise :class:`UnknownComponentError` listing the registered ones."""
+def parse_policies(spec: str, budget: int | None = None, *, registry: Registry | None = None,
+                   options: dict[str, dict[str, Any]] | None = None) -> list[PolicySpec]:
+    """``"full,icecache,quest@1024,icecache:wide"`` -> specs. A name without ``@N`` takes ``budget``;
+    ``full`` has none. ``options`` maps a selector or ``selector:variant`` name to its factory options;
+    a variant must have an entry. Unknown selectors raise :class:`UnknownComponentError` listing the
+    registered ones."""
     registry = registry or build_registry(get_plugin_manager())
+    options = dict(options or {})
     if budget is not None:
         budget = _budget(budget, "--budget")
     out: list[PolicySpec] = []
@@ -48,19 +75,27 @@ def parse_policies(spec: str, budget: int | None = None, *, registry: Registry |
         if not item:
             continue
         name, _, b = item.partition("@")
-        registry.get("selector", name)  # raises listing the valid names
-        if name == "full":
-            out.append(PolicySpec("full", None))
+        selector, _, variant = name.partition(":")
+        registry.get("selector", selector)  # raises listing the valid names
+        if variant and name not in options:
+            raise ConfigError(f"policy {item!r} is a variant of {selector!r}: give its options with "
+                              f"--policy-options '{{\"{name}\": {{...}}}}'")
+        opts = dict(options.get(name, {}))
+        if selector == "full":
+            out.append(PolicySpec("full", None, variant or None, opts))
             continue
         value = _budget(b, item) if b else budget
         if value is None:
             raise ConfigError(f"policy {item!r} needs a budget: write {name}@N or pass --budget N")
-        out.append(PolicySpec(name, value))
+        out.append(PolicySpec(selector, value, variant or None, opts))
     if not out:
         raise ConfigError(f"no policy names given in {spec!r}")
     labels = [p.label for p in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"policy listed twice in {spec!r}: {labels}")
+    unused = sorted(set(options) - {p.name for p in out} - {p.selector for p in out})
+    if unused:
+        raise ConfigError(f"--policy-options names {unused}, which no policy in {spec!r} uses")
     return out
 
 
@@ -80,4 +115,7 @@ def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", si
     budget = spec.budget if spec.budget is not None else max(
         256, (sink_tokens or 4) + (window_tokens or 0))
     config = CacheConfig.from_model_config(model_config, budget=budget, **overrides)
+    options = dict(options or {})
+    if spec.options:
+        options["selector"] = {**options.get("selector", {}), **spec.options}
     return compose_policy(selector=spec.selector, config=config, options=options)

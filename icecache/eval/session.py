@@ -65,13 +65,15 @@ class Prepared:
     threads: int = 1
 
 
-def prepare(args: argparse.Namespace, policies: str, budget: int | None, context: int | None) -> Prepared:
-    """Validate policies, budget, model path and context against the model (weights not loaded)."""
+def prepare(args: argparse.Namespace, policies: str, budget: int | None, context: int | None, *,
+            options: dict[str, dict[str, Any]] | None = None) -> Prepared:
+    """Validate policies (and their ``options``), budget, model path and context against the model
+    (weights not loaded)."""
     from transformers import AutoConfig
 
     from icecache.integrations.hf.loader import resolve_checkpoint
 
-    specs = parse_policies(policies, budget)
+    specs = parse_policies(policies, budget, options=options)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads < 1:
@@ -91,7 +93,13 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
     tiers = TierConfig(device_pages=args.device_pages, host_pages=args.host_pages, disk_dir=args.disk_dir)
     kwargs = {"sink_tokens": args.sink, "window_tokens": args.window, "tiers": tiers}
     for spec in specs:  # NOTE: builds each CacheConfig now, so a budget below sink + window fails early
-        build_policy(spec, model_config, device=device, **kwargs)
+        policy = build_policy(spec, model_config, device=device, **kwargs)
+        if spec.options:  # and one selector, so options that do not fit fail before any work
+            try:
+                policy.make_selector(policy.config.dense_layers)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"--policy-options for {spec.name!r} do not fit the {spec.selector!r} "
+                                  f"selector: {exc}") from None
     return Prepared(checkpoint=checkpoint, model_config=model_config, device=device, dtype=dtype, specs=specs,
                     policy_kwargs=kwargs, threads=args.threads)
 

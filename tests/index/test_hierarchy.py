@@ -8,7 +8,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, TensorSpecError
-from icecache.index.hierarchy.index import HierarchyIndex
+from icecache.index.hierarchy.index import CANDIDATE_ORDERS, PAGE_ESTIMATES, HierarchyIndex
 from icecache.metrics.fidelity import attention_recall, oracle_mask
 from icecache.testing.strategies.kv import index_histories
 from icecache.testing.synthetic import make_clustered_kv, query_for_cluster
@@ -18,11 +18,14 @@ class HierarchyMachine(RuleBasedStateMachine):
     """Build from a prompt, then interleave inserts and queries; the layout stays a partition."""
 
     @initialize(history=index_histories(page_size=8), mode=st.sampled_from(["assign", "new-leaf"]),
-                whiten=st.booleans(), leaf=st.sampled_from([2, 4, 8]))
-    def build(self, history, mode, whiten, leaf):
+                whiten=st.booleans(), leaf=st.sampled_from([2, 4, 8]),
+                estimate=st.sampled_from(PAGE_ESTIMATES), order=st.sampled_from(CANDIDATE_ORDERS),
+                candidates=st.sampled_from([1.0, 4.0]))
+    def build(self, history, mode, whiten, leaf, estimate, order, candidates):
         self.h = history
         self.index = HierarchyIndex(CacheConfig(page_size=8, budget=64), leaf_tokens=leaf, cell_tokens=16,
-                                    insert_mode=mode)
+                                    insert_mode=mode, page_estimate=estimate, candidate_order=order,
+                                    candidates=candidates)
         B, H, _, D = history.keys.shape
         queries = torch.randn(B, H, 6, D) if whiten else None
         n = history.prompt
@@ -101,10 +104,13 @@ def oracle(keys, query, budget):
     return float(attention_recall(p, oracle_mask(p, none, every, budget)).mean())
 
 
-@pytest.mark.parametrize("scoring", ["exact", "centroid"])
-def test_recall_close_to_oracle_on_clustered_keys(scoring):
+@pytest.mark.parametrize(("scoring", "estimate", "order"),
+                         [("exact", "centroid", "merged"), ("centroid", "centroid", "merged"),
+                          ("exact", "gaussian", "merged"), ("exact", "centroid", "per-head"),
+                          ("exact", "gaussian", "per-head")])
+def test_recall_close_to_oracle_on_clustered_keys(scoring, estimate, order):
     kv = make_clustered_kv(2, 2, 1024, 32, num_clusters=24, spread=0.3, norm_range=(2.0, 6.0), seed=5)
-    index = HierarchyIndex(CacheConfig(), scoring=scoring)
+    index = HierarchyIndex(CacheConfig(), scoring=scoring, page_estimate=estimate, candidate_order=order)
     index.build(kv.keys[:, :, :896], torch.arange(896))
     index.insert(kv.keys[:, :, 896:], torch.arange(896, 1024))
     got, best = [], []

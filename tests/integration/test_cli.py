@@ -33,6 +33,11 @@ BAD = [
     (["eval", "--policy", "icecache", "--budget", "40", "--window", "60"],
      "budget=40 is smaller than sink_tokens + window_tokens = 4 + 60 = 64"),
     (["eval", "--samples", "0"], "--samples must be positive"),
+    (["eval", "--policy", "icecache:wide"], "policy 'icecache:wide' is a variant of 'icecache': give its options"),
+    (["eval", "--policy", "icecache:wide", "--policy-options", '{"icecache:wide": {"index_options": '
+      '{"candidates": 8, "nope": 1}}}'], "--policy-options for 'icecache:wide' do not fit the 'icecache'"),
+    (["eval", "--policy", "icecache", "--policy-options", '{"quest": {}}'],
+     "--policy-options names ['quest'], which no policy in 'icecache' uses"),
     (["run", "--policies", "full,nope"], "unknown selector 'nope'"),
     (["run", "--context", "100000"], "--context 100000 is longer than the model allows"),
     (["run", "--budget", "-1"], "budget must be positive, got -1"),
@@ -72,6 +77,19 @@ def test_bad_tasks_file_names_the_line(tmp_path, capsys, content, message):
 
 
 @pytest.mark.model
+def test_policy_variants_carry_their_options():
+    from icecache.eval.policies import build_policy, parse_policies
+    from icecache.integrations.hf import load_model
+
+    specs = parse_policies("icecache,icecache:wide@128,full", 256,
+                           options={"icecache:wide": {"index_options": {"candidates": 8.0}}})
+    assert [s.label for s in specs] == ["icecache@256", "icecache:wide@128", "full"]
+    model, _ = load_model()
+    wide = build_policy(specs[1], model.config).make_selector(5)
+    plain = build_policy(specs[0], model.config).make_selector(5)
+    assert wide.page_index.candidates == 8.0 and plain.page_index.candidates == 4.0
+
+
 def test_eval_with_a_tasks_file_writes_results(tmp_path, tasks_file, capsys):
     out = tmp_path / "r.json"
     argv = ["eval", "--tasks-file", str(tasks_file), "--policy", "full,streamingllm", "--budget", "64",
