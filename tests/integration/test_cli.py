@@ -33,7 +33,8 @@ BAD = [
     (["eval", "--policy", "icecache", "--budget", "40", "--window", "60"],
      "budget=40 is smaller than sink_tokens + window_tokens = 4 + 60 = 64"),
     (["eval", "--samples", "0"], "--samples must be positive"),
-    (["eval", "--policy", "icecache:wide"], "policy 'icecache:wide' is a variant of 'icecache': give its options"),
+    (["eval", "--policy", "icecache:wide"],
+     "policy 'icecache:wide' is a variant of 'icecache': give its options"),
     (["eval", "--policy", "icecache:wide", "--policy-options", '{"icecache:wide": {"index_options": '
       '{"candidates": 8, "nope": 1}}}'], "--policy-options for 'icecache:wide' do not fit the 'icecache'"),
     (["eval", "--policy", "icecache", "--policy-options", '{"quest": {}}'],
