@@ -20,6 +20,8 @@ from icecache.core.errors import ConfigError, IceCacheError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="JSON files written by `icecache eval --json`")
     parser.add_argument("--json", default=None, help="write the merged results here")
+    parser.add_argument("--plot", default=None,
+                        help="accuracy and step-time plot (default: beside --json, .png)")
     parser.add_argument("--reference", default="full", help="policy that rel_full compares with (full)")
     parser.add_argument("--replace", action="store_true",
                         help="a (sample, policy) pair in several shards takes the last shard's result")
@@ -89,7 +91,7 @@ def merge(paths: list[str], *, replace: bool = False) -> tuple[list[Any], int | 
 
 def _main(args: argparse.Namespace) -> int:
     from icecache.bench.report import write_json
-    from icecache.eval.report import run_table, task_table
+    from icecache.eval.report import run_table, save_plot, task_table
     from icecache.eval.summary import policy_rows, task_rows
 
     results, context, sources = merge(args.inputs, replace=args.replace)
@@ -105,4 +107,7 @@ def _main(args: argparse.Namespace) -> int:
                            "overview": overview, "samples_detail": [r.to_dict() for r in results]})
     if args.json:
         print(f"\nwrote {args.json}")
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot and save_plot(overview, plot) is not None:
+        print(f"wrote {plot}")
     return 0

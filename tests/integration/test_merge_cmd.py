@@ -3,6 +3,7 @@ overlapping or mismatched shards fail with the file named, and nothing is writte
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,6 +58,8 @@ def test_rel_full_compares_only_samples_the_reference_decoded(tmp_path):
     assert main(["merge", a, b, "--json", str(tmp_path / "m.json")]) == 0
     rel = {r["policy"]: r["rel_full"] for r in json.loads((tmp_path / "m.json").read_text())["overview"]}
     assert rel == {"full": 1.0, "icecache@256": 1.0, "oracle@256": 1.0}
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "m.png").stat().st_size > 0  # the plot lands beside the JSON
 
 
 def test_overlapping_or_mismatched_shards_fail_naming_the_files(tmp_path, capsys):
