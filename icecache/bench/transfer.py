@@ -7,6 +7,8 @@ Ratios are measured in one run (medians over repeats):
   ``bulk_vs_memcpy_fragmented`` is the same load when the free device slots are scattered (the
   staging + scatter path).
 * ``bulk_vs_per_page``: the bulk load against one copy per page.
+* ``fused_vs_protocol``: the same bulk load with ``store.fused_load = False`` (the two-phase tier
+  protocol's bookkeeping) over the default fused path.
 * ``disk_clustered_vs_sequential``: ``DiskTier.read`` of pages in contiguous runs (``--run-length``)
   over one sequential ``preadv`` of as many bytes; ``disk_clustered_vs_scattered``: against as many
   scattered single pages. Cold reads (the headline): before each repeat the file is fsynced, unmapped,
@@ -119,6 +121,10 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
         via[f"{mode}_fragmented"] = store.stats().last["load"].via
         ok = ok and loaded_correctly()
     store.transfer = default
+    store.fused_load = False  # the same loads through the two-phase protocol: what the fused path saves
+    t["bulk_load_protocol"] = _median_ms(load, setup=empty_device, repeats=args.repeats, cuda=cuda)
+    t["load_resident_protocol"] = _median_ms(load, repeats=args.repeats, cuda=cuda)
+    store.fused_load = True
     t["bulk_load"] = t[f"bulk_load_{default}"]
     t["bulk_load_fragmented"] = t[f"bulk_load_{default}_fragmented"]
 
@@ -301,6 +307,7 @@ def main(args: argparse.Namespace) -> int:
         "bulk_vs_memcpy": times["memcpy"] / times["bulk_load"],
         "bulk_vs_memcpy_fragmented": times["memcpy"] / times["bulk_load_fragmented"],
         "bulk_vs_per_page": times["per_page"] / times["bulk_load"],
+        "fused_vs_protocol": times["bulk_load_protocol"] / times["bulk_load"],
         "raw_gather_copy_vs_memcpy": times["memcpy"] / times["gather_copy_raw"],
         **({"raw_uva_vs_memcpy": times["memcpy"] / times["uva_raw"]} if "uva_raw" in times else {}),
         "bulk_staged_vs_memcpy": times["memcpy"] / times["bulk_load_staged"],
@@ -319,7 +326,7 @@ def main(args: argparse.Namespace) -> int:
             continue  # aliases of the default transfer's rows
         size = disk_bytes if name.startswith("disk") else nbytes
         size = spec.page_nbytes if name == "load_1_page" else size
-        size = 0 if name == "load_resident" else size
+        size = 0 if name.startswith("load_resident") else size
         rows.append({"measure": name, "median_ms": ms, "GB/s": size / ms / 1e6})
     print(f"device {device} ({'CPU stand-in' if device.type == 'cpu' else 'CUDA'}), {args.pages} pages of "
           f"{spec.page_size}x{spec.head_dim} {spec.dtype} K+V = {spec.page_nbytes} B/page, "
