@@ -79,16 +79,20 @@ def test_bad_tasks_file_names_the_line(tmp_path, capsys, content, message):
 
 @pytest.mark.model
 def test_policy_variants_carry_their_options():
+    import attrs
+
     from icecache.eval.policies import build_policy, parse_policies
+    from icecache.index.hierarchy.index import HierarchyIndex
     from icecache.integrations.hf import load_model
 
     specs = parse_policies("icecache,icecache:wide@128,full", 256,
-                           options={"icecache:wide": {"index_options": {"candidates": 8.0}}})
+                           options={"icecache:wide": {"index_options": {"candidates": 12.0}}})
     assert [s.label for s in specs] == ["icecache@256", "icecache:wide@128", "full"]
     model, _ = load_model()
     wide = build_policy(specs[1], model.config).make_selector(5)
     plain = build_policy(specs[0], model.config).make_selector(5)
-    assert wide.page_index.candidates == 8.0 and plain.page_index.candidates == 4.0
+    default = attrs.fields(HierarchyIndex).candidates.default
+    assert wide.page_index.candidates == 12.0 != default and plain.page_index.candidates == default
 
 
 def test_eval_with_a_tasks_file_writes_results(tmp_path, tasks_file, capsys):
