@@ -28,5 +28,8 @@ def test_icecache_beats_streamingllm_and_quest_at_equal_budget(smollm_capture, b
     assert recall["icecache"] > recall["quest"] + 0.02, recall
     assert recall["icecache"] > recall["streamingllm"] + 0.05, recall
     assert recall["icecache"] <= recall["oracle"] + 1e-6, recall
-    assert rows["oracle"]["oracle_recall"] == pytest.approx(1.0)
+    # A near-tie at the budget's edge may swap a token (logits summed in another order on another
+    # CPU): one swap moves this mean over 28 layers x 2 steps x 3 heads by ~5e-5; a real miss is
+    # systematic and costs far more.
+    assert rows["oracle"]["oracle_recall"] == pytest.approx(1.0, abs=2e-4)
     assert all(row["attended"] <= budget for row in rows.values())

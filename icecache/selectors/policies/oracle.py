@@ -23,4 +23,6 @@ class OracleSelector(TokenScoreSelector):
     name: ClassVar[str] = "oracle"
 
     def token_scores(self, query: Tensor, keys: Tensor) -> Tensor:  # [B, H_kv, G, N]
-        return torch.einsum("bhgd,bhnd->bhgn", query.to(keys.dtype), keys)
+        # NOTE: float32 on purpose. Half-precision logits round to ~1e-3 and the rounding differs
+        # between CPU kernels, so near-ties at the budget's edge would rank differently per machine.
+        return torch.einsum("bhgd,bhnd->bhgn", query.float(), keys.float())
