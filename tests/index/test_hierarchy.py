@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -148,3 +148,29 @@ def test_empty_prompt_then_inserts_and_per_row_budgets():
     index.insert(keys, torch.arange(10))
     hits = index.query(torch.randn(2, 1, 2, 8), torch.tensor([[3], [10]]))
     assert hits.num_tokens[0, 0] <= 3 and hits.num_tokens[1, 0] == 10
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 90), group=st.integers(1, 3), budget=st.integers(1, 100), seed=st.integers(0, 999),
+       inserted=st.integers(0, 20))
+def test_exact_scores_are_each_pages_share_of_dense_attention(n, group, budget, seed, inserted):
+    """With every page a candidate, a taken page's score is its tokens' dense softmax mass (summed
+    over the group's query heads) per token: the exact rescoring reads every filled slot, no other."""
+    gen = torch.Generator().manual_seed(seed)
+    B, H, D = 1, 2, 8
+    keys = torch.randn(B, H, n + inserted, D, generator=gen)
+    q = torch.randn(B, H, group, D, generator=gen)
+    index = HierarchyIndex(CacheConfig(page_size=8, budget=64, seed=seed), cell_tokens=16,
+                           candidates=1000.0, cell_candidates=1000.0)
+    index.build(keys[:, :, :n])
+    if inserted:
+        index.insert(keys[:, :, n:], torch.arange(n, n + inserted).expand(B, H, inserted))
+    hits = index.query(q, budget)
+    probs = torch.softmax(torch.einsum("bhgd,bhnd->bhgn", q, keys) * D ** -0.5, dim=-1).sum(2)  # [B, H, N]
+    lay = index.layout.token_ids
+    for h in range(H):
+        for pid, score in zip(hits.page_ids[0, h].tolist(), hits.scores[0, h].tolist()):
+            if pid < 0:
+                continue
+            tok = lay[0, h, pid][lay[0, h, pid] >= 0]
+            assert score == pytest.approx(float(probs[0, h, tok].sum()) / tok.numel(), rel=1e-4, abs=1e-7)

@@ -387,8 +387,11 @@ class HierarchyIndex:
             width = max(1, int(keep.sum(1).max()))
             sub = keep.float().topk(width, dim=1, sorted=False).indices  # [G, K0] page ids
             sub_ok = keep.gather(1, sub) & (lens.gather(1, sub) > 0)
-            cent_sub = cent.gather(1, sub[..., None].expand(*sub.shape, cent.shape[-1]))  # [G, K0, D]
-            var_sub = var.gather(1, sub[..., None].expand(*sub.shape, var.shape[-1]))
+            rows = torch.arange(G, device=dev)
+            # NOTE: whole rows through one flat index_select: gather with an index expanded over D
+            # cost 5 ms of a 17 ms query at 128k on the CPU.
+            cent_sub = st.gather_slots(cent, rows, sub)  # [G, K0, D]
+            var_sub = st.gather_slots(var, rows, sub) if self.page_estimate == "gaussian" else var
             loglen_sub = loglen.gather(1, sub)
         else:
             sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens > 0
@@ -489,10 +492,18 @@ class HierarchyIndex:
         cand = sub.gather(1, order[:, :K])  # [G, K] page ids
         slots = st.pages.gather(1, cand[..., None].expand(-1, -1, st.pages.shape[-1]))  # [G, K, S]
         S = slots.shape[-1]
-        keys = st.gather_slots(st.keys, torch.arange(G, device=q.device), slots.reshape(G, K * S))
-        s = scale * (q @ keys.transpose(1, 2)).view(G, Gq, K, S)  # [G, Gq, K, S]
-        s = s.masked_fill((slots < 0)[:, None], float("-inf"))
-        logmass = s.logsumexp(-1)
+        flat = slots.reshape(G, K * S)
+        # NOTE: only the filled slots are read and scored (pages are about half full): the key
+        # gather and the scoring are memory-bound and dominate the query at long context.
+        used = flat >= 0
+        T = max(1, int(used.sum(1).max()))
+        pick = (~used).to(torch.uint8).argsort(dim=1, stable=True)[:, :T]  # [G, T] filled first
+        packed = flat.gather(1, pick)
+        keys = st.gather_slots(st.keys, torch.arange(G, device=q.device), packed)  # [G, T, D]
+        scores = (scale * (q @ keys.transpose(1, 2))).masked_fill((packed < 0)[:, None], float("-inf"))
+        s = torch.full((G, Gq, K * S), float("-inf"), device=q.device)
+        s.scatter_(2, pick[:, None].expand(G, Gq, T), scores)
+        logmass = s.view(G, Gq, K, S).logsumexp(-1)
         beyond = torch.arange(K, device=q.device)[None] >= need[:, None]
         return cand, logmass.masked_fill(beyond[:, None], float("-inf"))
 
