@@ -169,7 +169,7 @@ def test_exact_scores_are_each_pages_share_of_dense_attention(n, group, budget, 
     probs = torch.softmax(torch.einsum("bhgd,bhnd->bhgn", q, keys) * D ** -0.5, dim=-1).sum(2)  # [B, H, N]
     lay = index.layout.token_ids
     for h in range(H):
-        for pid, score in zip(hits.page_ids[0, h].tolist(), hits.scores[0, h].tolist()):
+        for pid, score in zip(hits.page_ids[0, h].tolist(), hits.scores[0, h].tolist(), strict=True):
             if pid < 0:
                 continue
             tok = lay[0, h, pid][lay[0, h, pid] >= 0]
