@@ -364,7 +364,20 @@ def print_report(payload: dict[str, Any]) -> None:
             f"{ratio['prefill_seconds']:.2f} s = {ratio['ratio']:.3f} (target <= 0.10)"
         )
     for name, targets in payload["targets"].items():
-        print(f"targets {name}:", targets)
+        print(f"targets {name}: {describe_targets(name, targets)}")
+
+
+def describe_targets(name: str, targets: dict[str, Any]) -> str:
+    """One line: each target's verdict, or which runs it still needs (not a wall of ``None``)."""
+    runs = {"icecache@256": f"{name}@256", "quest@1024": "quest@1024", "oracle@256": "oracle@256"}
+    missing = [label for key, label in runs.items() if targets.get(key) is None]
+    verdicts = [f"{goal}: {'met' if ok else 'NOT met'}" for goal, ok in targets.items()
+                if " " in goal and ok is not None]
+    out = "; ".join(verdicts)
+    if missing:
+        need = f"not checked without {', '.join(missing)} at context {targets['context']}"
+        out = f"{out}; {need}" if out else need
+    return out
 
 
 def save_plot(payload: dict[str, Any], path: Path) -> bool:

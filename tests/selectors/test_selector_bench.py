@@ -78,7 +78,14 @@ def test_targets_report_and_plot(tmp_path, capsys):
     assert ratio["ratio"] == pytest.approx(0.05) and ratio["context"] == 4096
     payload = {"results": results, "index_build_vs_prefill": ratio, "targets": {"icecache": t}}
     bench.print_report(payload)
-    assert "index build / prefill at 4096 tokens" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "index build / prefill at 4096 tokens" in out
+    assert "icecache@256 >= quest@1024: met" in out and "not checked" not in out
+    results[1] = _row("quest", 1024, 0.94)
+    line = bench.describe_targets("icecache", bench.check_targets(results))
+    assert "icecache@256 >= quest@1024: NOT met" in line
+    line = bench.describe_targets("icecache:tuned", bench.check_targets(results, "icecache:tuned"))
+    assert line == "not checked without icecache:tuned@256 at context 4096"
     pytest.importorskip("matplotlib")
     assert bench.save_plot(payload, tmp_path / "plot.png") and (tmp_path / "plot.png").stat().st_size > 0
 
