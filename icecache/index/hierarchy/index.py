@@ -488,7 +488,10 @@ class HierarchyIndex:
         ltok = lens.gather(1, order)
         before = ltok.cumsum(1) - ltok
         need = ((before < target[:, None]) & (est.gather(1, order) > -float(coarse.shape[-1]) - 1)).sum(1)
-        K = max(1, int(need.max()))
+        taken = torch.arange(ltok.shape[1], device=q.device)[None] < need[:, None]
+        filled = (ltok * taken).sum(1)  # filled slots of each row's candidates
+        # NOTE: one host sync for both sizes (each costs a pipeline drain on a GPU)
+        K, T = (max(1, int(v)) for v in torch.stack([need.max(), filled.max()]).tolist())
         cand = sub.gather(1, order[:, :K])  # [G, K] page ids
         slots = st.pages.gather(1, cand[..., None].expand(-1, -1, st.pages.shape[-1]))  # [G, K, S]
         S = slots.shape[-1]
@@ -496,7 +499,6 @@ class HierarchyIndex:
         # NOTE: only the filled slots are read and scored (pages are about half full): the key
         # gather and the scoring are memory-bound and dominate the query at long context.
         used = flat >= 0
-        T = max(1, int(used.sum(1).max()))
         pick = (~used).to(torch.uint8).argsort(dim=1, stable=True)[:, :T]  # [G, T] filled first
         packed = flat.gather(1, pick)
         keys = st.gather_slots(st.keys, torch.arange(G, device=q.device), packed)  # [G, T, D]
