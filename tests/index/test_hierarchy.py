@@ -5,10 +5,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from torch import Tensor
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, TensorSpecError
-from icecache.index.hierarchy.index import CANDIDATE_ORDERS, PAGE_ESTIMATES, HierarchyIndex
+from icecache.index.hierarchy.index import CANDIDATE_ORDERS, INSERT_MODES, PAGE_ESTIMATES, HierarchyIndex
 from icecache.metrics.fidelity import attention_recall, oracle_mask
 from icecache.testing.strategies.kv import index_histories
 from icecache.testing.synthetic import make_clustered_kv, query_for_cluster
@@ -174,3 +175,43 @@ def test_exact_scores_are_each_pages_share_of_dense_attention(n, group, budget, 
                 continue
             tok = lay[0, h, pid][lay[0, h, pid] >= 0]
             assert score == pytest.approx(float(probs[0, h, tok].sum()) / tok.numel(), rel=1e-4, abs=1e-7)
+
+
+def _pages_and_hits(index: HierarchyIndex, q: Tensor, budget: int, row: int) -> tuple[set, list]:
+    lay = index.layout.token_ids[row]  # [H, P, S]
+    pages = {(h, frozenset(p[p >= 0].tolist()))
+             for h in range(lay.shape[0]) for p in lay[h] if (p >= 0).any()}
+    hits = index.query(q, budget).token_ids[row]
+    return pages, [sorted(t[t >= 0].tolist()) for t in hits]
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(20, 300), shorter=st.integers(0, 19), inserted=st.integers(0, 12),
+       seed=st.integers(0, 999), mode=st.sampled_from(INSERT_MODES), first=st.booleans())
+def test_a_sequence_gets_the_same_pages_whatever_it_is_batched_with(n, shorter, inserted, seed, mode, first):
+    """Batched beside another, left-padded sequence (no longer than it), a sequence gets the same
+    pages, inserts and selections as alone: its random numbers are keyed by KV head, not by row."""
+    gen = torch.Generator().manual_seed(seed)
+    H, D = 2, 8
+    mine = torch.randn(1, H, n + inserted, D, generator=gen)
+    other = torch.randn(1, H, n + inserted, D, generator=gen)
+    q = torch.randn(1, H, 2, D, generator=gen)
+    make = lambda: HierarchyIndex(CacheConfig(page_size=8, budget=64, seed=seed), cell_tokens=16,  # noqa: E731
+                                  insert_mode=mode)
+    alone = make()
+    alone.build(mine[:, :, :n])
+    pad = torch.where(torch.arange(n) < shorter, -1, torch.arange(n) - shorter)  # the other's left padding
+    pair = make()
+    rows = [mine, other] if first else [other, mine]
+    ids = [torch.arange(n).expand(1, H, n), pad.expand(1, H, n)]
+    ids = ids if first else ids[::-1]
+    pair.build(torch.cat([r[:, :, :n] for r in rows]), torch.cat(ids))
+    me = 0 if first else 1
+    if inserted:
+        alone.insert(mine[:, :, n:], torch.arange(n, n + inserted).expand(1, H, inserted))
+        new = torch.arange(inserted)
+        tokens = [n + new, n - shorter + new] if first else [n - shorter + new, n + new]
+        pair.insert(torch.cat([r[:, :, n:] for r in rows]),
+                    torch.stack(tokens)[:, None].expand(2, H, inserted))
+    qq = torch.cat([q, torch.randn(1, H, 2, D, generator=gen)] if first else [torch.randn(1, H, 2, D), q])
+    assert _pages_and_hits(alone, q, 40, 0) == _pages_and_hits(pair, qq, 40, me)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from icecache.core.errors import ConfigError, TensorSpecError
 from icecache.index.clustering.base import Clustering
+from icecache.index.clustering.noise import draw_seed, hashed_uniform
 from icecache.index.transform import mips_keys
 
 
@@ -38,15 +39,19 @@ def sq_distances(points: Tensor, centroids: Tensor) -> Tensor:
 
 
 def init_centroids(points: Tensor, mask: Tensor, num_clusters: int,
-                   generator: torch.Generator | None) -> Tensor:
+                   generator: torch.Generator | None, row_keys: Tensor | None = None) -> Tensor:
     """``num_clusters`` distinct valid points per group, chosen uniformly at random, ``[G, C, D]``.
 
-    Groups with fewer valid points than clusters reuse invalid rows (those clusters stay empty).
+    ``row_keys``: int64 ``[G]`` naming each group's random numbers (default: its row); groups with
+    the same key and points choose the same centroids whatever else is in the batch
+    (:mod:`~icecache.index.clustering.noise`). Groups with fewer valid points than clusters reuse
+    invalid rows (those clusters stay empty).
     """
     G, N, D = points.shape
     if num_clusters > N:
         raise ConfigError(f"num_clusters={num_clusters} exceeds the {N} points per group")
-    noise = torch.rand(G, N, generator=generator, device="cpu").to(points.device)
+    keys = torch.arange(G, device=points.device) if row_keys is None else row_keys.to(points.device)
+    noise = hashed_uniform(draw_seed(generator), keys, torch.arange(N, device=points.device))
     noise = noise.masked_fill(~mask, -1.0)
     idx = noise.topk(num_clusters, dim=1).indices  # [G, C]
     return points.gather(1, idx[..., None].expand(-1, -1, D)).clone()
@@ -144,11 +149,12 @@ def capacity_assign(cost: Tensor, capacity: Tensor | int, mask: Tensor, *, round
 
 def kmeans(points: Tensor, num_clusters: int, *, iters: int = 8, mask: Tensor | None = None,
            capacity: int | None = None, balanced_iters: int = 2, generator: torch.Generator | None = None,
-           init: Tensor | str = "random") -> Clustering:
+           init: Tensor | str = "random", row_keys: Tensor | None = None) -> Clustering:
     """Lloyd's k-means on ``[G, N, D]`` in the given space, batched over groups.
 
     With ``capacity``, the last ``balanced_iters`` iterations use :func:`capacity_assign`.
-    ``init``: ``"random"`` (distinct random points), ``"kmeans++"`` or initial centroids ``[G, C, D]``.
+    ``init``: ``"random"`` (distinct random points, keyed by ``row_keys``: see
+    :func:`init_centroids`), ``"kmeans++"`` or initial centroids ``[G, C, D]``.
     """
     mask = check_points(points, mask)
     G, N, D = points.shape
@@ -162,7 +168,7 @@ def kmeans(points: Tensor, num_clusters: int, *, iters: int = 8, mask: Tensor | 
     elif init == "kmeans++":
         centroids = kmeanspp_centroids(points, mask, num_clusters, generator)
     elif init == "random":
-        centroids = init_centroids(points, mask, num_clusters, generator)
+        centroids = init_centroids(points, mask, num_clusters, generator, row_keys)
     else:
         raise ConfigError(f"init must be 'random', 'kmeans++' or a tensor, got {init!r}")
     assign = torch.full((G, N), -1, dtype=torch.int64, device=points.device)

@@ -66,11 +66,13 @@ def pack(seg: Tensor, rank: Tensor, values: Tensor, num_segments: int, width: in
 
 def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int, cell_tokens: int,
                  iters: int = 5, balanced_iters: int = 1, transform: bool = True, init: str = "random",
-                 generator: torch.Generator | None = None) -> BuiltLayout:
+                 generator: torch.Generator | None = None, row_keys: Tensor | None = None) -> BuiltLayout:
     """Group each head's valid keys into pages.
 
     ``keys``: float ``[G, N, D]``; ``mask``: bool ``[G, N]`` (keys to index). ``leaf_tokens``: target
     mean page fill (``<= page_size``); ``cell_tokens``: target keys per upper-level cell.
+    ``row_keys``: int64 ``[G]`` naming each head's random numbers (default: its row). Heads with the
+    same key and keys get the same pages in any batch whose longest row gives the same cell count.
     """
     G, N, D = keys.shape
     dev = keys.device
@@ -78,7 +80,8 @@ def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int
     Dt = space.shape[-1]
     n_max = int(mask.sum(1).max())
     depth = max(0, int(round(math.log2(max(1.0, n_max / cell_tokens)))))
-    perm, count = pca_tree_blocks(space, mask, depth, generator=generator)  # [G*cells, m], [G*cells]
+    rows = torch.arange(G, device=dev) if row_keys is None else row_keys.to(dev)
+    perm, count = pca_tree_blocks(space, mask, depth, generator=generator, row_keys=rows)  # [G*cells, m]
     num_cells = 1 << depth
     S, m = perm.shape
     heads = torch.arange(S, device=dev) // num_cells
@@ -86,7 +89,8 @@ def build_layout(keys: Tensor, mask: Tensor, *, page_size: int, leaf_tokens: int
     block_mask = torch.arange(m, device=dev)[None] < count[:, None]  # [S, m]
     L = max(1, math.ceil(m / leaf_tokens))  # leaves per cell
     res = kmeans(block, L, iters=iters, mask=block_mask, capacity=page_size,
-                 balanced_iters=balanced_iters, generator=generator, init=init)
+                 balanced_iters=balanced_iters, generator=generator, init=init,
+                 row_keys=rows[heads] * (1 << 32) + torch.arange(S, device=dev) % num_cells)
     # NOTE: sort each cell's points by leaf: runs of one leaf, padding (leaf L) last
     leaf, order = res.assignments.masked_fill(~block_mask, L).sort(dim=1, stable=True)  # [S, m]
     point = perm.gather(1, order)  # [S, m] index into N

@@ -140,6 +140,7 @@ class HierarchyIndex:
     _state: IndexState | None = field(default=None, init=False, repr=False)
     _shape: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
     _cache: dict[str, Tensor] = field(factory=dict, init=False, repr=False)  # derived; cleared on change
+    _inserted: int = field(default=0, init=False, repr=False)  # slots added since the build
 
     @leaf_tokens.default
     def _leaf_default(self) -> int:
@@ -198,7 +199,7 @@ class HierarchyIndex:
         if bool(mask.any()):
             built = build_layout(space, mask, page_size=S, leaf_tokens=self.leaf_tokens,
                                  cell_tokens=self.cell_tokens, iters=self.iters, transform=self.transform,
-                                 init=self.init, generator=gen)
+                                 init=self.init, generator=gen, row_keys=self._head_keys(B, H, dev))
             pages, page_cell, num_cells = built.pages, built.page_cell, built.num_cells
             point_page = built.point_page
         else:
@@ -217,8 +218,15 @@ class HierarchyIndex:
             page_ssum=zeros.clone(), page_extra=torch.zeros(G, P, device=dev), num_cells=num_cells,
             whiten=whiten)
         self._shape = (B, H)
+        self._inserted = 0
         self._state.summarize_points(point_page)
         self._cache.clear()
+
+    @staticmethod
+    def _head_keys(B: int, H: int, device: torch.device) -> Tensor:
+        """int64 ``[B * H_kv]``: each row's KV head, which keys its random numbers, so a sequence
+        gets the same pages whatever it is batched with (:mod:`~icecache.index.clustering.noise`)."""
+        return torch.arange(B * H, device=device) % H
 
     # ----------------------------------------------------------------- insert
     def _insert(self, keys: Tensor, token_ids: Tensor) -> Tensor:
@@ -319,8 +327,11 @@ class HierarchyIndex:
         m2 = torch.maximum(st.m2, st.space_sq[:, s0:s0 + n].masked_fill(~fresh, 0).amax(1))
         pts = self._transformed(st.space[:, s0:s0 + n], st.space_sq[:, s0:s0 + n], m2)
         C = max(1, math.ceil(int(fresh.sum(1).max()) / self.insert_leaf_tokens))
+        # NOTE: seeded by the tokens inserted so far, not by slots: slots count the batch's padding
+        self._inserted += n
         res = kmeans(pts, C, iters=self.iters, mask=fresh, capacity=S, balanced_iters=1,
-                     generator=torch.Generator().manual_seed(self.config.seed + st.num_slots))
+                     generator=torch.Generator().manual_seed(self.config.seed + self._inserted),
+                     row_keys=self._head_keys(*self._shape, fresh.device))
         g, j = torch.nonzero(fresh, as_tuple=True)
         leaf = res.assignments[g, j]
         used = torch.zeros(G, C, dtype=torch.bool, device=g.device)
