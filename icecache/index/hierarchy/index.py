@@ -126,6 +126,11 @@ class HierarchyIndex:
     # query head; icecache@256 answered 7 of 9 8k niah_noise samples, 9 of 9 with 8 (docs/index.md).
     candidates: float = field(default=8.0, validator=_positive_float)
     cell_candidates: float = field(default=32.0, validator=_positive_float)
+    # NOTE: a copying head puts ~all its attention on one needle key; in a page of unrelated keys the
+    # centroid hides it (8k niah_noise: 0.98 of a head's mass on the needle, none selected). The
+    # element-wise bound max_k q.k over a page's min/max does not: each query head's best pages by it
+    # are rescored exactly too (docs/index.md).
+    bound_candidates: int = field(default=4, validator=instance_of(int))
     scoring: str = field(default="exact", validator=in_(SCORINGS))
     page_estimate: str = field(default="centroid", validator=in_(PAGE_ESTIMATES))
     candidate_order: str = field(default="merged", validator=in_(CANDIDATE_ORDERS))
@@ -156,6 +161,8 @@ class HierarchyIndex:
         return max(1, self.leaf_tokens // 2)
 
     def __attrs_post_init__(self) -> None:
+        if self.bound_candidates < 0:
+            raise ConfigError(f"bound_candidates must be >= 0, got {self.bound_candidates}")
         if self.leaf_tokens > self.config.page_size:
             raise ConfigError(f"leaf_tokens={self.leaf_tokens} exceeds page_size={self.config.page_size}")
 
@@ -215,6 +222,7 @@ class HierarchyIndex:
             m2=space_sq.masked_fill(~mask, 0).amax(1) if N else torch.zeros(G, device=dev),
             pages=pages, page_len=(pages >= 0).sum(-1), page_cell=page_cell,
             group_pages=(page_cell >= 0).sum(1), page_sum=zeros, page_sqsum=zeros.clone(),
+            page_min=zeros.clone(), page_max=zeros.clone(),
             page_ssum=zeros.clone(), page_extra=torch.zeros(G, P, device=dev), num_cells=num_cells,
             whiten=whiten)
         self._shape = (B, H)
@@ -404,9 +412,13 @@ class HierarchyIndex:
             cent_sub = st.gather_slots(cent, rows, sub)  # [G, K0, D]
             var_sub = st.gather_slots(var, rows, sub) if self.page_estimate == "gaussian" else var
             loglen_sub = loglen.gather(1, sub)
+            bounded = self.bound_candidates > 0 and self.scoring == "exact"
+            kmin = st.gather_slots(st.page_min, rows, sub) if bounded else None
+            kmax = st.gather_slots(st.page_max, rows, sub) if bounded else None
         else:
             sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens > 0
             cent_sub, var_sub, loglen_sub = cent, var, loglen
+            kmin, kmax = st.page_min[:, :P], st.page_max[:, :P]
         # log-mass estimate per head from the centroid: scale * q.c + log(len)
         coarse = scale * (q @ cent_sub.transpose(1, 2)) + loglen_sub[:, None]  # [G, Gq, K0]
         if self.page_estimate == "gaussian":
@@ -415,7 +427,8 @@ class HierarchyIndex:
             coarse = coarse + 0.5 * scale**2 * ((q * q) @ var_sub.transpose(1, 2))
         coarse = coarse.masked_fill(~sub_ok[:, None], float("-inf"))
         if self.scoring == "exact":
-            cand, logmass = self._rescore(q, scale, coarse, target, sub)
+            forced = self._bound_pages(q, kmin, kmax, sub_ok) if self.bound_candidates > 0 else None
+            cand, logmass = self._rescore(q, scale, coarse, target, sub, forced)
         else:
             cand, logmass = sub, coarse
         parts = logmass
@@ -453,6 +466,17 @@ class HierarchyIndex:
             self._cache["cell_mean"] = mean.view(G, C, D)
             self._cache["cell_var"] = (csq / n - mean * mean).clamp_min(0).view(G, C, D)
             self._cache["cell_count"] = ccnt.view(G, C)
+            if self.bound_candidates > 0:
+                used = (lens > 0).reshape(G * P)
+                idx = key[used][:, None].expand(-1, D)
+                inf = float("inf")
+                cmin = torch.full((G * C, D), inf, device=lens.device).scatter_reduce_(
+                    0, idx, st.page_min[:, :P].reshape(G * P, D)[used], reduce="amin")
+                cmax = torch.full((G * C, D), -inf, device=lens.device).scatter_reduce_(
+                    0, idx, st.page_max[:, :P].reshape(G * P, D)[used], reduce="amax")
+                empty = (ccnt == 0)[:, None]
+                self._cache["cell_min"] = cmin.masked_fill(empty, 0.0).view(G, C, D)
+                self._cache["cell_max"] = cmax.masked_fill(empty, 0.0).view(G, C, D)
         return self._cache["cell_mean"], self._cache["cell_var"], self._cache["cell_count"]
 
     def _cells_kept(self, q: Tensor, scale: float, target: Tensor) -> Tensor:
@@ -473,13 +497,28 @@ class HierarchyIndex:
         before = ctok.cumsum(1) - ctok
         keep_sorted = (before < target[:, None]) & (est.gather(1, order) >= 0)
         keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+        if self.bound_candidates > 0 and self.scoring == "exact":
+            # each query head's best cells by the bound join: a needle's cell is diluted in the estimate
+            keep |= self._bound_pages(q, self._cache["cell_min"], self._cache["cell_max"], count > 0)
         return keep.gather(1, st.page_cell[:, :P].clamp_min(0)) & (st.page_len[:, :P] > 0)
 
+    def _bound_pages(self, q: Tensor, kmin: Tensor, kmax: Tensor, ok: Tensor) -> Tensor:
+        """Bool ``[G, K0]``: each query head's ``bound_candidates`` pages (or cells) with the highest
+        upper bound ``sum_d max(q_d min_d, q_d max_d)`` of ``q.k`` over their keys (``kmin``/``kmax``
+        ``[G, K0, D]``; ``ok`` ``[G, K0]`` those that hold keys)."""
+        bound = q.clamp_min(0) @ kmax.transpose(1, 2) + q.clamp_max(0) @ kmin.transpose(1, 2)  # [G, Gq, K0]
+        bound = bound.masked_fill(~ok[:, None], float("-inf"))
+        k = min(self.bound_candidates, bound.shape[-1])
+        top = bound.topk(k, dim=-1).indices  # [G, Gq, k]
+        forced = torch.zeros(ok.shape, dtype=torch.bool, device=ok.device)
+        forced.scatter_(1, top.reshape(top.shape[0], -1), True)
+        return forced & ok
+
     def _rescore(self, q: Tensor, scale: float, coarse: Tensor, target: Tensor,
-                 sub: Tensor) -> tuple[Tensor, Tensor]:
+                 sub: Tensor, forced: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Exact page log-masses (logsumexp of the page's key scores) of the best coarse pages covering
-        ``target`` tokens. ``coarse`` ``[G, Gq, K0]`` scores the pages ``sub`` ``[G, K0]``. Returns
-        ``(page ids [G, K'], log-mass [G, Gq, K'])``."""
+        ``target`` tokens, ``forced`` ``[G, K0]`` pages first. ``coarse`` ``[G, Gq, K0]`` scores the
+        pages ``sub`` ``[G, K0]``. Returns ``(page ids [G, K'], log-mass [G, Gq, K'])``."""
         st = self._state
         G, Gq, _ = coarse.shape
         lens = st.page_len.gather(1, sub)  # [G, K0]
@@ -496,6 +535,8 @@ class HierarchyIndex:
             est = est / (Gq + 1) - best  # NOTE: est / (Gq + 1) < 1 only orders pages of equal best rank
         est = est.masked_fill(~torch.isfinite(coarse).any(1), -float(coarse.shape[-1]) - 2)
         order = est.argsort(dim=-1, descending=True)
+        if forced is not None:  # forced pages first, each group still in estimate order
+            order = order.gather(1, (~forced.gather(1, order)).to(torch.uint8).argsort(dim=1, stable=True))
         ltok = lens.gather(1, order)
         before = ltok.cumsum(1) - ltok
         need = ((before < target[:, None]) & (est.gather(1, order) > -float(coarse.shape[-1]) - 1)).sum(1)

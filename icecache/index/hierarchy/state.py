@@ -32,7 +32,8 @@ class IndexState:
     * ``m2`` ``[G]``: running max of ``space_sq`` (the MIPS transform's ``M^2``).
     * ``pages`` int64 ``[G, Pcap, S]`` slots (valid first, ``-1`` padded); ``page_len`` ``[G, Pcap]``;
       ``page_cell`` ``[G, Pcap]`` (``-1``: unused page); ``group_pages`` ``[G]`` pages allocated.
-    * page summaries ``[G, Pcap, ...]``: ``page_sum``/``page_sqsum`` (raw keys) and
+    * page summaries ``[G, Pcap, ...]``: ``page_sum``/``page_sqsum``, ``page_min``/``page_max``
+      (element-wise, 0 for empty pages; for the upper bound of ``q.k``) of the raw keys, and
       ``page_ssum``/``page_extra`` (sum of clustering-space keys / of their MIPS extra coordinate,
       for routing inserts).
     * ``num_cells``: upper-level nodes per group; ``whiten``: ``[G, D, D]`` or None.
@@ -50,6 +51,8 @@ class IndexState:
     group_pages: Tensor
     page_sum: Tensor
     page_sqsum: Tensor
+    page_min: Tensor
+    page_max: Tensor
     page_ssum: Tensor
     page_extra: Tensor
     num_cells: int
@@ -71,7 +74,7 @@ class IndexState:
         self.pages = grow(self.pages, 1, size, -1)
         self.page_len = grow(self.page_len, 1, size, 0)
         self.page_cell = grow(self.page_cell, 1, size, -1)
-        for name in ("page_sum", "page_sqsum", "page_ssum", "page_extra"):
+        for name in ("page_sum", "page_sqsum", "page_min", "page_max", "page_ssum", "page_extra"):
             setattr(self, name, grow(getattr(self, name), 1, size, 0.0))
 
     def gather_slots(self, source: Tensor, g: Tensor, slots: Tensor) -> Tensor:
@@ -97,6 +100,9 @@ class IndexState:
         total = kw.sum(1)
         self.page_sum[g, p] = total
         self.page_sqsum[g, p] = (kw * k).sum(1)
+        some = valid.any(1, keepdim=True)  # [R, 1]
+        self.page_min[g, p] = torch.where(some, k.masked_fill(~valid[..., None], float("inf")).amin(1), 0.0)
+        self.page_max[g, p] = torch.where(some, k.masked_fill(~valid[..., None], float("-inf")).amax(1), 0.0)
         if self.whiten is None:
             self.page_ssum[g, p] = total
         else:
@@ -116,9 +122,18 @@ class IndexState:
             out = torch.zeros(G * P + 1, *values.shape[2:], dtype=values.dtype, device=values.device)
             return out.index_add_(0, flat, values.reshape(G * N, *values.shape[2:]))[:G * P]
 
+        def seg_extreme(values: Tensor, how: str) -> Tensor:
+            out = torch.zeros(G * P + 1, values.shape[-1], dtype=values.dtype, device=values.device)
+            index = flat[:, None].expand(G * N, values.shape[-1])
+            flat_values = values.reshape(G * N, values.shape[-1])
+            out.scatter_reduce_(0, index, flat_values, reduce=how, include_self=False)
+            return out[:G * P]  # NOTE: pages without keys keep the 0 fill
+
         x = self.keys[:, :N]
         self.page_sum[:, :P] = seg(x).view(G, P, D)
         self.page_sqsum[:, :P] = seg(x * x).view(G, P, D)
+        self.page_min[:, :P] = seg_extreme(x, "amin").view(G, P, D)
+        self.page_max[:, :P] = seg_extreme(x, "amax").view(G, P, D)
         if self.whiten is None:
             self.page_ssum[:, :P] = self.page_sum[:, :P]
         else:
