@@ -14,9 +14,9 @@ from icecache.tasks.words import make_number
 
 
 def _names(rng: random.Random, count: int) -> list[str]:
-    names: set[str] = set()
+    names: dict[str, None] = {}  # insertion-ordered: set order would follow PYTHONHASHSEED
     while len(names) < count:
-        names.add("".join(rng.choice(string.ascii_uppercase) for _ in range(5)))
+        names["".join(rng.choice(string.ascii_uppercase) for _ in range(5))] = None
     return sorted(names, key=lambda _: rng.random())
 
 

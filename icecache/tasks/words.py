@@ -49,9 +49,11 @@ VOCABULARY = (
 
 def make_keys(rng: random.Random, count: int) -> list[str]:
     """``count`` distinct ``adjective-noun`` keys."""
-    pairs: set[str] = set()
+    # NOTE: a dict, not a set: set order follows string hashes, which change with PYTHONHASHSEED, so
+    # the "same" seeded sample differed between processes.
+    pairs: dict[str, None] = {}
     while len(pairs) < count:
-        pairs.add(f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}")
+        pairs[f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"] = None
     return sorted(pairs, key=lambda _: rng.random())
 
 

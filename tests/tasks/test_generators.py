@@ -1,4 +1,7 @@
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -80,3 +83,24 @@ def test_too_small_a_context_is_an_error_naming_it(tokenizer):
         generate_task("niah_single", n=1, context=50, tokenizer=tokenizer)
     with pytest.raises(ConfigError, match="number of samples"):
         generate_task("niah_single", n=0, context=512, tokenizer=tokenizer)
+
+
+def test_samples_are_the_same_in_every_process():
+    """A seeded sample must not depend on the process's string-hash seed (set order does)."""
+    script = (
+        "import hashlib, json\n"
+        "from transformers import AutoTokenizer\n"
+        "from icecache.integrations.hf.loader import resolve_checkpoint\n"
+        "from icecache.tasks import TASKS, generate_task\n"
+        "tok = AutoTokenizer.from_pretrained(resolve_checkpoint())\n"
+        "out = {t: [s.context + s.question + str(s.answers) for s in generate_task(t, n=2, context=600,"
+        " tokenizer=tok, seed=3)] for t in sorted(TASKS)}\n"
+        "print(hashlib.sha256(json.dumps(out).encode()).hexdigest())\n"
+    )
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                             check=True)
+        digests.add(run.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1
