@@ -83,6 +83,13 @@ class HierarchyMachine(RuleBasedStateMachine):
                 assert torch.equal(got, want)
         assert torch.equal(self.index.num_tokens, (ids >= 0).sum(-1))
 
+    @invariant()
+    def page_bounds_are_the_members_extremes(self):
+        st_ = self.index._state
+        P = st_.num_pages
+        kmin, kmax, _ = st_.bounds(P)  # recomputed from the pages' keys
+        assert torch.equal(st_.page_min[:, :P], kmin) and torch.equal(st_.page_max[:, :P], kmax)
+
 
 TestHierarchyMachine = HierarchyMachine.TestCase
 TestHierarchyMachine.settings = settings(max_examples=25, stateful_step_count=6, deadline=None)
@@ -215,3 +222,23 @@ def test_a_sequence_gets_the_same_pages_whatever_it_is_batched_with(n, shorter, 
                     torch.stack(tokens)[:, None].expand(2, H, inserted))
     qq = torch.cat([q, torch.randn(1, H, 2, D, generator=gen)] if first else [torch.randn(1, H, 2, D), q])
     assert _pages_and_hits(alone, q, 40, 0) == _pages_and_hits(pair, qq, 40, me)
+
+
+def test_bound_candidates_find_needles_the_centroids_hide():
+    """One key aligned with one query head, clustered among unrelated keys: its page's centroid
+    often ranks low, but the page's q.k bound ranks first, so the head gets its needle."""
+    found = {0: [], 4: []}
+    for seed in range(8):
+        gen = torch.Generator().manual_seed(seed)
+        N, D = 3000, 16
+        keys = torch.randn(1, 1, N, D, generator=gen)
+        q = torch.randn(1, 1, 2, D, generator=gen)  # head 0 copies the needle, head 1 reads the rest
+        needle = int(torch.randint(100, N - 100, (1,), generator=gen))
+        keys[0, 0, needle] = 2.0 * q[0, 0, 0]
+        for bound in found:
+            index = HierarchyIndex(CacheConfig(page_size=16, budget=64, seed=seed), candidates=1.0,
+                                   cell_candidates=2.0, bound_candidates=bound)
+            index.build(keys)
+            found[bound].append(bool((index.query(q, 48).token_ids[0, 0] == needle).any()))
+    assert all(found[4]), found
+    assert not all(found[0]), f"the centroids found every needle: the test shows nothing ({found})"
