@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", default=",".join(str(c) for c in DEFAULT_CONTEXTS),
                         help="comma-separated context lengths in tokens")
     parser.add_argument("--selector", default="icecache", help="registered selector to compare with dense")
+    parser.add_argument("--selector-options", type=_selector_options, default=None,
+                        help="JSON object (or file): the selector's factory options, e.g. "
+                             "'{\"index_options\": {\"bound_candidates\": 0}}'")
     parser.add_argument("--fallback-selector", default="quest",
                         help="used (and labelled) when --selector cannot be built or prefilled")
     parser.add_argument("--budget", type=int, default=256,
@@ -53,6 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: stable on a shared machine; OpenMP barriers spin badly "
                              "when cores are oversubscribed)")
+
+
+def _selector_options(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"--selector-options must be a JSON object or file: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--selector-options must be a JSON object, got {text!r}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -183,10 +198,12 @@ def dense_step(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ main
-def _make_selector(name: str, config: CacheConfig, kernel: str, keys: Tensor) -> tuple[Any, str, float]:
+def _make_selector(name: str, config: CacheConfig, kernel: str, keys: Tensor,
+                   options: dict[str, Any] | None = None) -> tuple[Any, str, float]:
     from icecache.core.policy import compose_policy
 
-    policy = compose_policy(selector=name, config=config, kernel=kernel)
+    policy = compose_policy(selector=name, config=config, kernel=kernel,
+                            options={"selector": options} if options else None)
     selector = policy.make_selector(config.dense_layers)  # a sparse layer (earlier ones stay dense)
     t0 = time.perf_counter()
     selector.prefill(keys)
@@ -205,8 +222,11 @@ def run_context(n: int, args: argparse.Namespace, device: torch.device, log) -> 
     log(f"  {n}: dense {dense_ms:.2f} ms")
     used, error = args.selector, None
     try:
-        selector, backend, prefill_s = _make_selector(args.selector, config, args.kernel, keys)
+        selector, backend, prefill_s = _make_selector(args.selector, config, args.kernel, keys,
+                                                     args.selector_options)
     except Exception as exc:  # noqa: BLE001 - the selector under test may not be ready; say so, go on
+        if args.selector_options:  # options were meant for this selector: a bad one is the user's error
+            raise
         error = f"{type(exc).__name__}: {exc}"
         log(f"  {args.selector} unavailable ({error}); using {args.fallback_selector}")
         used = args.fallback_selector
@@ -268,7 +288,8 @@ def main(args: argparse.Namespace) -> int:
                                  "attend_ms", "rel_err_vs_dense"]))
     payload = {"benchmark": "decode", "kv_heads": args.kv_heads, "group": args.group,
                "head_dim": args.head_dim, "budget": args.budget, "page_size": args.page_size,
-               "selector": args.selector, "device": str(device), "threads": torch.get_num_threads(),
+               "selector": args.selector, "selector_options": args.selector_options or {},
+               "device": str(device), "threads": torch.get_num_threads(),
                "results": results}
     if args.json:
         write_json(args.json, payload)

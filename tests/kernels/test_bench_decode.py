@@ -66,3 +66,35 @@ def test_unknown_selector_falls_back_and_says_so(tmp_path):
     row = [r for r in json.loads(path.read_text())["results"] if r["policy"] != "dense"][0]
     assert row["policy"] == "quest@128 (stand-in for no-such-selector)"
     assert "no-such-selector" in row["selector_error"]
+
+
+def test_selector_options_reach_the_index_and_are_recorded(tmp_path):
+    from icecache.cli.main import main
+
+    path = tmp_path / "d.json"
+    args = ["bench", "decode", "--contexts", "2048", "--kv-heads", "1", "--head-dim", "16", "--budget", "64",
+            "--repeats", "1", "--kernel", "reference", "--json", str(path)]
+    main(args + ["--selector-options", '{"index_options": {"bound_candidates": 0, "candidates": 1}}'])
+    payload = json.loads(path.read_text())
+    assert payload["selector_options"] == {"index_options": {"bound_candidates": 0, "candidates": 1}}
+    assert [r["policy"] for r in payload["results"]] == ["dense", "icecache@64"]
+
+
+@pytest.mark.parametrize("bound", [0, 2])
+def test_selector_options_configure_the_selector_index(bound):
+    from icecache.bench.decode import _make_selector, clustered_kv
+
+    keys, _, _ = clustered_kv(1024, 1, 16, seed=0, device=torch.device("cpu"))
+    selector, _, _ = _make_selector("icecache", CacheConfig(budget=64), "reference", keys,
+                                    {"index_options": {"bound_candidates": bound}})
+    assert selector.page_index.bound_candidates == bound
+
+
+def test_bad_selector_options_raise_instead_of_falling_back(tmp_path):
+    from icecache.cli.main import main
+
+    with pytest.raises(Exception, match="no_such_option"):
+        main(["bench", "decode", "--contexts", "256", "--kv-heads", "1", "--head-dim", "16", "--budget", "64",
+              "--repeats", "1", "--selector-options", '{"no_such_option": 1}',
+              "--json", str(tmp_path / "d.json")])
+    assert not (tmp_path / "d.json").exists()
