@@ -21,11 +21,11 @@ def sequential(scores, lens, budget):
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([float("-inf"), 0.0, 0.5, 1.0, 2.0, 3.5]), st.integers(0, 16)),
-                min_size=0, max_size=24), st.integers(0, 80))
-def test_greedy_take_matches_sequential_greedy(pages, budget):
+                min_size=0, max_size=24), st.integers(0, 80), st.sampled_from([None, 1, 3, 4]))
+def test_greedy_take_matches_sequential_greedy(pages, budget, check_every):
     scores = torch.tensor([[s for s, _ in pages]], dtype=torch.float32).reshape(1, len(pages))
     lens = torch.tensor([[n for _, n in pages]], dtype=torch.int64).reshape(1, len(pages))
-    order, taken = greedy_take(scores, lens, torch.tensor([budget]))
+    order, taken = greedy_take(scores, lens, torch.tensor([budget]), check_every=check_every)
     got = set(order[0][taken[0]].tolist())
     assert got == sequential([s for s, _ in pages], [n for _, n in pages], budget)
     assert int(lens[0, list(got)].sum()) <= budget if got else True
