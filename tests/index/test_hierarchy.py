@@ -9,10 +9,30 @@ from torch import Tensor
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, TensorSpecError
+from icecache.core.keys import gather_positions
 from icecache.index.hierarchy.index import CANDIDATE_ORDERS, INSERT_MODES, PAGE_ESTIMATES, HierarchyIndex
+from icecache.index.hierarchy.state import round_to
 from icecache.metrics.fidelity import attention_recall, oracle_mask
 from icecache.testing.strategies.kv import index_histories
 from icecache.testing.synthetic import make_clustered_kv, query_for_cluster
+
+
+class PositionReader:
+    """A key reader over a history's keys addressed by their token ids (as a store-backed one is)."""
+
+    def __init__(self, keys: Tensor, token_ids: Tensor):
+        B, H, N, D = keys.shape
+        span = int(token_ids.max()) + 1 if token_ids.numel() else 1
+        self.by_pos = torch.zeros(B, H, span, D)
+        b, h, n = torch.nonzero(token_ids >= 0, as_tuple=True)
+        self.by_pos[b, h, token_ids[b, h, n]] = keys[b, h, n]
+        self.num_tokens, self.device = span, keys.device
+
+    def keys(self, token_ids: Tensor) -> Tensor:
+        return gather_positions(self.by_pos, token_ids)
+
+    def nbytes(self) -> int:
+        return 0
 
 
 class HierarchyMachine(RuleBasedStateMachine):
@@ -21,16 +41,22 @@ class HierarchyMachine(RuleBasedStateMachine):
     @initialize(history=index_histories(page_size=8), mode=st.sampled_from(["assign", "new-leaf"]),
                 whiten=st.booleans(), leaf=st.sampled_from([2, 4, 8]),
                 estimate=st.sampled_from(PAGE_ESTIMATES), order=st.sampled_from(CANDIDATE_ORDERS),
-                candidates=st.sampled_from([1.0, 4.0]))
-    def build(self, history, mode, whiten, leaf, estimate, order, candidates):
+                candidates=st.sampled_from([1.0, 4.0]), slots=st.sampled_from([None, 8]),
+                reader=st.booleans())
+    def build(self, history, mode, whiten, leaf, estimate, order, candidates, slots, reader):
         self.h = history
+        extra = {} if slots is None else {"page_slots": slots}
         self.index = HierarchyIndex(CacheConfig(page_size=8, budget=64), leaf_tokens=leaf, cell_tokens=16,
                                     insert_mode=mode, page_estimate=estimate, candidate_order=order,
-                                    candidates=candidates)
+                                    candidates=candidates, **extra)
         B, H, _, D = history.keys.shape
         queries = torch.randn(B, H, 6, D) if whiten else None
         n = history.prompt
-        self.index.build(history.keys[:, :, :n], history.token_ids[:, :, :n], queries=queries)
+        # NOTE: with a reader the index holds no keys and reads them back by position (as in an IceCache)
+        positions = PositionReader(history.keys, history.token_ids) if reader else None
+        self.index.build(history.keys[:, :, :n], history.token_ids[:, :, :n], queries=queries,
+                         reader=positions)
+        assert (self.index._state.keys is None) == reader
         self.context, self.todo = n, list(history.inserts)
         self.pages = self.index.layout.token_ids.clone()
 
@@ -73,8 +99,8 @@ class HierarchyMachine(RuleBasedStateMachine):
     @invariant()
     def every_token_exactly_once_and_pages_within_capacity(self):
         lay = self.index.layout.token_ids
-        assert lay.shape[-1] == 8
-        assert lay.numel() == 0 or int((lay >= 0).sum(-1).max()) <= 8
+        assert lay.shape[-1] == self.index.page_slots <= 8
+        assert lay.numel() == 0 or int((lay >= 0).sum(-1).max()) <= self.index.page_slots
         ids = self.h.token_ids[:, :, :self.context]
         for b in range(lay.shape[0]):
             for h in range(lay.shape[1]):
@@ -84,11 +110,16 @@ class HierarchyMachine(RuleBasedStateMachine):
         assert torch.equal(self.index.num_tokens, (ids >= 0).sum(-1))
 
     @invariant()
-    def page_bounds_are_the_members_extremes(self):
+    def page_bounds_are_the_members_extremes_rounded_outward(self):
         st_ = self.index._state
         P = st_.num_pages
-        kmin, kmax, _ = st_.bounds(P)  # recomputed from the pages' keys
-        assert torch.equal(st_.page_min[:, :P], kmin) and torch.equal(st_.page_max[:, :P], kmax)
+        exact = self.index.page_summaries()  # recomputed from the pages' keys
+        G, D = st_.page_min.shape[0], st_.page_min.shape[-1]
+        kmin, kmax = exact.key_min.reshape(G, P, D), exact.key_max.reshape(G, P, D)
+        sd = self.index.sdtype
+        assert torch.equal(st_.page_min[:, :P], round_to(kmin, sd, up=False))
+        assert torch.equal(st_.page_max[:, :P], round_to(kmax, sd, up=True))
+        assert bool((st_.page_min[:, :P].float() <= kmin).all() and (st_.page_max[:, :P].float() >= kmax).all())
 
 
 TestHierarchyMachine = HierarchyMachine.TestCase
@@ -152,7 +183,7 @@ def test_empty_prompt_then_inserts_and_per_row_budgets():
     index = HierarchyIndex(CacheConfig(page_size=4))
     keys = torch.randn(2, 1, 10, 8)
     index.build(keys[:, :, :0])
-    assert index.layout.token_ids.shape == (2, 1, 0, 4)
+    assert index.layout.token_ids.shape == (2, 1, 0, index.page_slots) and index.page_slots == 2
     index.insert(keys, torch.arange(10))
     hits = index.query(torch.randn(2, 1, 2, 8), torch.tensor([[3], [10]]))
     assert hits.num_tokens[0, 0] <= 3 and hits.num_tokens[1, 0] == 10

@@ -1,7 +1,14 @@
-"""Growable tensors of a hierarchy index: the key store, the pages (leaves) and their summaries.
+"""Growable tensors of a hierarchy index: slot maps, pages (leaves), page and cell summaries.
 
-``G`` groups (``B * H_kv``). Keys live in *slots* shared by all groups (the n-th key given to the
+``G`` groups (``B * H_kv``). Keys are named by *slots* shared by all groups (the n-th key given to the
 index is slot n in every group); ``slot_token`` maps a slot to its token position (``-1`` = empty).
+The keys themselves are not held here: the index reads them through a
+:class:`~icecache.core.keys.KeyReader` (or its own :class:`~icecache.core.keys.KeyCopy`).
+
+What ranking needs, per page: the mean key, and the element-wise min/max for the ``q.k`` bound, in
+``summary_dtype`` (bfloat16 by default; the min is rounded down and the max up, so the bound stays an
+upper bound). Per cell (about ``cell_tokens`` keys): sums, squared sums, min/max, counts in float32.
+Per slot: its token and its page slot map entry (int32).
 """
 
 from __future__ import annotations
@@ -10,53 +17,81 @@ import torch
 from attrs import define
 from torch import Tensor
 
+from icecache.core.keys import tensor_nbytes
+
+#: NOTE: grow by an eighth (at least 64): doubling left up to half of every tensor unused after an insert
+GROWTH = 8
+
 
 def grow(t: Tensor, dim: int, size: int, fill: float | int) -> Tensor:
-    """``t`` padded along ``dim`` to at least ``size`` (capacity doubles, amortized O(1))."""
+    """``t`` padded along ``dim`` to at least ``size`` (amortized O(1): a growth adds an eighth)."""
     cur = t.shape[dim]
     if size <= cur:
         return t
-    new = max(size, 2 * cur)
+    new = max(size, cur + max(cur // GROWTH, 64))
     shape = list(t.shape)
     shape[dim] = new - cur
     return torch.cat([t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], dim=dim)
+
+
+def round_to(x: Tensor, dtype: torch.dtype, *, up: bool) -> Tensor:
+    """``x`` (float32) in ``dtype``, rounded toward +inf (``up``) or -inf, so bounds stay bounds.
+
+    bfloat16 is the top half of a float32: dropping the low 16 bits rounds toward zero, and one more
+    unit in the last place moves away from zero (sign-magnitude), which is what the other direction needs.
+    """
+    if dtype == torch.float32:
+        return x.float()
+    if dtype != torch.bfloat16:
+        raise ValueError(f"directed rounding to {dtype} is not supported (float32 or bfloat16)")
+    bits = x.float().contiguous().view(torch.int32)
+    inexact = (bits & 0xFFFF) != 0
+    away = inexact & ((x > 0) if up else (x < 0))
+    hi = (bits & -65536) + away.to(torch.int32) * 65536
+    return hi.view(torch.float32).to(torch.bfloat16)
 
 
 @define
 class IndexState:
     """Everything a :class:`~icecache.index.hierarchy.index.HierarchyIndex` holds, all ``[G, ...]``.
 
-    * ``keys`` float32 ``[G, Ncap, D]`` raw keys; ``space`` float32 ``[G, Ncap, D]`` keys in the
-      clustering space (``keys @ whiten``, or the keys themselves); ``space_sq`` ``[G, Ncap]``.
-    * ``slot_token`` int64 ``[G, Ncap]``; ``num_slots``: slots used.
-    * ``m2`` ``[G]``: running max of ``space_sq`` (the MIPS transform's ``M^2``).
-    * ``pages`` int64 ``[G, Pcap, S]`` slots (valid first, ``-1`` padded); ``page_len`` ``[G, Pcap]``;
-      ``page_cell`` ``[G, Pcap]`` (``-1``: unused page); ``group_pages`` ``[G]`` pages allocated.
-    * page summaries ``[G, Pcap, ...]``: ``page_sum``/``page_sqsum``, ``page_min``/``page_max``
-      (element-wise, 0 for empty pages; for the upper bound of ``q.k``) of the raw keys, and
-      ``page_ssum``/``page_extra`` (sum of clustering-space keys / of their MIPS extra coordinate,
-      for routing inserts).
-    * ``num_cells``: upper-level nodes per group; ``whiten``: ``[G, D, D]`` or None.
+    * ``slot_token`` int32 ``[G, Ncap]``; ``num_slots``: slots used. ``keys`` float ``[G, Ncap, D]``:
+      only when the index keeps its own copy (no reader, or ``key_copy`` set), else ``None``.
+    * ``m2`` ``[G]``: running max of the clustering-space squared key norms (the MIPS ``M^2``).
+    * ``pages`` int32 ``[G, Pcap, S]`` slots (valid first, ``-1`` padded); ``page_len`` int32
+      ``[G, Pcap]``; ``page_cell`` int32 ``[G, Pcap]`` (``-1``: unused page); ``group_pages`` ``[G]``.
+    * page summaries in ``summary_dtype`` ``[G, Pcap, D]``: ``page_mean``, ``page_min``, ``page_max``;
+      ``page_var`` only for the Gaussian page estimate; ``page_smean`` (clustering-space mean) and
+      ``page_extra`` (mean MIPS extra coordinate) only for ``insert_mode="assign"``.
+    * cells ``[G, C, ...]`` float32: ``cell_sum``, ``cell_sqsum``, ``cell_min``, ``cell_max``,
+      ``cell_count``; ``cell_ssum`` (clustering-space sums, routing inserts) only with whitening.
+    * ``num_cells``; ``whiten`` ``[G, D, D]`` or None.
     """
 
-    keys: Tensor
-    space: Tensor
-    space_sq: Tensor
     slot_token: Tensor
     num_slots: int
+    keys: Tensor | None
     m2: Tensor
     pages: Tensor
     page_len: Tensor
     page_cell: Tensor
     group_pages: Tensor
-    page_sum: Tensor
-    page_sqsum: Tensor
+    page_mean: Tensor
     page_min: Tensor
     page_max: Tensor
-    page_ssum: Tensor
-    page_extra: Tensor
+    page_var: Tensor | None
+    page_smean: Tensor | None
+    page_extra: Tensor | None
+    cell_sum: Tensor
+    cell_sqsum: Tensor
+    cell_min: Tensor
+    cell_max: Tensor
+    cell_count: Tensor
+    cell_ssum: Tensor | None
     num_cells: int
     whiten: Tensor | None
+
+    PAGE_FIELDS = ("page_mean", "page_min", "page_max", "page_var", "page_smean", "page_extra")
 
     @property
     def num_pages(self) -> int:
@@ -64,110 +99,52 @@ class IndexState:
         return int(self.group_pages.max()) if self.group_pages.numel() else 0
 
     def reserve_slots(self, size: int) -> None:
-        shared = self.space is self.keys  # NOTE: no whitening: one tensor serves both (half the memory)
-        self.keys = grow(self.keys, 1, size, 0.0)
-        self.space = self.keys if shared else grow(self.space, 1, size, 0.0)
-        self.space_sq = grow(self.space_sq, 1, size, 0.0)
         self.slot_token = grow(self.slot_token, 1, size, -1)
+        if self.keys is not None:
+            self.keys = grow(self.keys, 1, size, 0.0)
 
     def reserve_pages(self, size: int) -> None:
         self.pages = grow(self.pages, 1, size, -1)
         self.page_len = grow(self.page_len, 1, size, 0)
         self.page_cell = grow(self.page_cell, 1, size, -1)
-        for name in ("page_sum", "page_sqsum", "page_min", "page_max", "page_ssum", "page_extra"):
-            setattr(self, name, grow(getattr(self, name), 1, size, 0.0))
-
-    def gather_slots(self, source: Tensor, g: Tensor, slots: Tensor) -> Tensor:
-        """``source[g, slots]`` for ``source`` ``[G, Ncap, ...]``, ``g`` ``[R]``, ``slots`` ``[R, S]``
-        (``-1`` read as slot 0), via one flat ``index_select``."""
-        ncap = source.shape[1]
-        flat = (g[:, None] * ncap + slots.clamp_min(0)).reshape(-1)
-        out = source.reshape(source.shape[0] * ncap, *source.shape[2:]).index_select(0, flat)
-        return out.view(*slots.shape, *source.shape[2:])
-
-    def summarize(self, g: Tensor, p: Tensor) -> None:
-        """Recompute the running summaries of pages ``(g[i], p[i])`` from their members (vectorized).
-
-        NOTE: bounds (min, max, radius) are not kept here; :meth:`bounds` computes them on demand,
-        since the index itself needs only sums and build time matters.
-        """
-        if g.numel() == 0:
-            return
-        slots = self.pages[g, p]  # [R, S]
-        valid = slots >= 0
-        k = self.gather_slots(self.keys, g, slots)  # [R, S, D]
-        kw = k * valid[..., None].to(k.dtype)
-        total = kw.sum(1)
-        self.page_sum[g, p] = total
-        self.page_sqsum[g, p] = (kw * k).sum(1)
-        some = valid.any(1, keepdim=True)  # [R, 1]
-        self.page_min[g, p] = torch.where(some, k.masked_fill(~valid[..., None], float("inf")).amin(1), 0.0)
-        self.page_max[g, p] = torch.where(some, k.masked_fill(~valid[..., None], float("-inf")).amax(1), 0.0)
-        if self.whiten is None:
-            self.page_ssum[g, p] = total
-        else:
-            self.page_ssum[g, p] = (self.gather_slots(self.space, g, slots) * valid[..., None]).sum(1)
-        self.page_len[g, p] = valid.sum(1)
-        self.refresh_extra(g, p)
-
-    def summarize_points(self, point_page: Tensor) -> None:
-        """Summaries of every page from the slot -> page map ``point_page`` ``[G, N]`` (``-1``: none),
-        by segment sums over the keys (no padded gather): the fast path used at build."""
-        G, N = point_page.shape
-        P, D = self.pages.shape[1], self.keys.shape[-1]
-        offset = torch.arange(G, device=point_page.device)[:, None] * P
-        flat = torch.where(point_page >= 0, point_page + offset, G * P).reshape(-1)
-
-        def seg(values: Tensor) -> Tensor:
-            out = torch.zeros(G * P + 1, *values.shape[2:], dtype=values.dtype, device=values.device)
-            return out.index_add_(0, flat, values.reshape(G * N, *values.shape[2:]))[:G * P]
-
-        def seg_extreme(values: Tensor, how: str) -> Tensor:
-            out = torch.zeros(G * P + 1, values.shape[-1], dtype=values.dtype, device=values.device)
-            index = flat[:, None].expand(G * N, values.shape[-1])
-            flat_values = values.reshape(G * N, values.shape[-1])
-            out.scatter_reduce_(0, index, flat_values, reduce=how, include_self=False)
-            return out[:G * P]  # NOTE: pages without keys keep the 0 fill
-
-        x = self.keys[:, :N]
-        self.page_sum[:, :P] = seg(x).view(G, P, D)
-        self.page_sqsum[:, :P] = seg(x * x).view(G, P, D)
-        self.page_min[:, :P] = seg_extreme(x, "amin").view(G, P, D)
-        self.page_max[:, :P] = seg_extreme(x, "amax").view(G, P, D)
-        if self.whiten is None:
-            self.page_ssum[:, :P] = self.page_sum[:, :P]
-        else:
-            self.page_ssum[:, :P] = seg(self.space[:, :N]).view(G, P, D)
-        extra = (self.m2[:, None] - self.space_sq[:, :N]).clamp_min(0).sqrt()
-        self.page_extra[:, :P] = seg(extra).view(G, P)
-        self.page_len[:, :P] = torch.bincount(flat, minlength=G * P + 1)[:G * P].view(G, P)
-
-    def bounds(self, num_pages: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Element-wise ``(min [G, P, D], max [G, P, D], radius [G, P])`` of the first ``num_pages``
-        pages' raw keys (zeros for empty pages)."""
-        G, _, S = self.pages.shape
-        slots = self.pages[:, :num_pages].reshape(G, num_pages * S)  # [G, P*S]
-        valid = (slots >= 0).view(G, num_pages, S, 1)
-        g = torch.arange(G, device=slots.device)
-        k = self.gather_slots(self.keys, g, slots).view(G, num_pages, S, self.keys.shape[-1])
-        n = valid.sum(2)
-        empty = n == 0
-        kmin = torch.where(empty, 0.0, k.masked_fill(~valid, float("inf")).amin(2))
-        kmax = torch.where(empty, 0.0, k.masked_fill(~valid, float("-inf")).amax(2))
-        centroid = self.page_sum[:, :num_pages] / n.clamp_min(1)
-        radius = ((k - centroid[:, :, None]).norm(dim=-1) * valid[..., 0]).amax(2)
-        return kmin, kmax, radius
-
-    def refresh_extra(self, g: Tensor, p: Tensor) -> None:
-        """Recompute the MIPS extra-coordinate sums of pages ``(g, p)`` under the current ``m2``."""
-        slots = self.pages[g, p]
-        valid = slots >= 0
-        sq = self.gather_slots(self.space_sq, g, slots)
-        extra = (self.m2[g][:, None] - sq).clamp_min(0).sqrt()
-        self.page_extra[g, p] = (extra * valid).sum(1)
+        for name in self.PAGE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, grow(value, 1, size, 0.0))
 
     def all_pages(self) -> tuple[Tensor, Tensor]:
         """``(g, p)`` of every allocated page."""
         P = self.num_pages
         used = torch.arange(P, device=self.pages.device)[None] < self.group_pages[:, None]
         return torch.nonzero(used, as_tuple=True)
+
+    def cell_stats(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean [G, C, D], var [G, C, D], count [G, C])`` of each cell's raw keys."""
+        n = self.cell_count.clamp_min(1)[..., None]
+        mean = self.cell_sum / n
+        return mean, (self.cell_sqsum / n - mean * mean).clamp_min(0), self.cell_count
+
+    def add_to_cells(self, g: Tensor, cell: Tensor, k: Tensor, sk: Tensor | None) -> None:
+        """Account keys ``k`` ``[M, D]`` (clustering-space ``sk``) of groups ``g`` joining cells ``cell``."""
+        if g.numel() == 0:
+            return
+        G, C, D = self.cell_sum.shape
+        key = g * C + cell  # [M]
+        self.cell_sum.view(G * C, D).index_add_(0, key, k)
+        self.cell_sqsum.view(G * C, D).index_add_(0, key, k * k)
+        self.cell_count.view(G * C).index_add_(0, key, torch.ones_like(key, dtype=self.cell_count.dtype))
+        idx = key[:, None].expand(-1, D)
+        self.cell_min.view(G * C, D).scatter_reduce_(0, idx, k, reduce="amin")
+        self.cell_max.view(G * C, D).scatter_reduce_(0, idx, k, reduce="amax")
+        if self.cell_ssum is not None and sk is not None:
+            self.cell_ssum.view(G * C, D).index_add_(0, key, sk)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held, by part: ``pages`` (slot maps), ``summaries`` (pages), ``cells``, ``keys`` (own copy)."""
+        return {
+            "pages": tensor_nbytes(self.slot_token, self.pages, self.page_len, self.page_cell, self.group_pages),
+            "summaries": tensor_nbytes(*(getattr(self, f) for f in self.PAGE_FIELDS)),
+            "cells": tensor_nbytes(self.cell_sum, self.cell_sqsum, self.cell_min, self.cell_max,
+                                   self.cell_count, self.cell_ssum, self.m2, self.whiten),
+            "keys": tensor_nbytes(self.keys),
+        }

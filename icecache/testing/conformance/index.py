@@ -6,7 +6,8 @@ Each generated case builds the index from a prompt (some positions marked ``-1``
 are not indexed), inserts a few batches of new keys, and queries with GQA queries and int or
 per-row budgets. Checked after the build and after every insert:
 
-``layout``        ``layout.token_ids`` is int64 ``[B, H_kv, P, page_size]``, valid slots first; every
+``layout``        ``layout.token_ids`` is int64 ``[B, H_kv, P, S]``, ``S`` the index's ``page_size``
+                  (default ``config.page_size``, never more), valid slots first; every
                   indexed position sits in exactly one page (leaf), nothing else does; ``num_tokens``
                   counts them;
 ``insert``        ``insert`` returns bool ``[B, H_kv, P]`` (``P`` after the insert); a page keeps its id
@@ -126,8 +127,10 @@ def _check_layout(index: Any, indexed: Tensor, config: CacheConfig, where: str) 
     if ids.dtype != torch.int64 or ids.dim() != 4 or tuple(ids.shape[:2]) != (B, H):
         _fail("layout", where, f"layout.token_ids must be int64 [{B}, {H}, P, S], got {ids.dtype} "
                                f"{tuple(ids.shape)}")
-    if ids.shape[2] and ids.shape[3] != config.page_size:
-        _fail("layout", where, f"pages have {ids.shape[3]} slots, page_size is {config.page_size}")
+    slots = getattr(index, "page_size", config.page_size)
+    if ids.shape[2] and (ids.shape[3] != slots or slots > config.page_size):
+        _fail("layout", where, f"pages have {ids.shape[3]} slots, the index's page_size is {slots} "
+                               f"(at most config.page_size = {config.page_size})")
     v = ids >= 0
     if bool((v[..., 1:] & ~v[..., :-1]).any()):
         b, h, p, _ = torch.nonzero(v[..., 1:] & ~v[..., :-1])[0].tolist()
