@@ -112,9 +112,9 @@ class SparseStep:
               max_selected: int) -> SparseStep:
         """Prefill done by the caller; lay the selector's pages into the host pool (untimed setup)."""
         B, H, N, D = keys.shape
-        R, S = B * H, config.page_size
         device = keys.device
         layout = selector.layout.token_ids  # [B, H_kv, P, S], -1 padding
+        R, S = B * H, layout.shape[-1]  # the selector's page size (IceCache sizes its own)
         P = layout.shape[2]
         idx = layout.clamp_min(0).reshape(B, H, P * S, 1).expand(B, H, P * S, D)  # [B, H_kv, P*S, D]
         valid = (layout >= 0).reshape(B, H, P * S, 1)

@@ -74,7 +74,8 @@ def _main(args: argparse.Namespace) -> int:
     print(task_table(rows))
     print()
     print(f"per-policy summary (ms per decode step of a batch of up to {args.batch_size}; "
-          f"device_kv = KV bytes resident on the device tier vs a full cache)")
+          f"device_kv = KV bytes resident on the device tier vs a full cache; host = host memory held; "
+          f"held = device + host vs full KV)")
     print(run_table(overview))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {

@@ -9,12 +9,13 @@ from typing import Any
 
 from icecache.bench.report import format_table
 
-RUN_COLUMNS = ("policy", "n", "accuracy", "rel_full", "device_kv", "index_ms", "load_ms", "attn_ms",
-               "rest_ms", "total_ms", "build_s")
+RUN_COLUMNS = ("policy", "n", "accuracy", "rel_full", "device_kv", "host", "held", "index_ms", "load_ms",
+               "attn_ms", "rest_ms", "total_ms", "build_s")
 
 
 def run_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The per-policy table: accuracy, relative to full, device-tier KV vs full, ms per decode step."""
+    """The per-policy table: accuracy, relative to full, device-tier KV vs full, host bytes (and disk),
+    everything held (device + host) vs full, ms per decode step."""
     table = []
     for r in rows:
         table.append({
@@ -22,6 +23,9 @@ def run_table(rows: Sequence[dict[str, Any]]) -> str:
             "rel_full": "-" if r["rel_full"] is None else f"{r['rel_full']:.3f}",
             "device_kv": (f"{r['device_kv_mib']:.1f}/{r['full_kv_mib']:.1f} MiB "
                           f"({100 * r['device_kv_fraction']:.1f}%)"),
+            "host": (f"{r.get('host_mib', 0.0):.1f} MiB ({100 * r.get('host_fraction', 0.0):.0f}%)"
+                     + (f" +{r['disk_mib']:.1f} disk" if r.get("disk_mib") else "")),
+            "held": f"{100 * r.get('held_fraction', 0.0):.0f}%",
             "index_ms": f"{r['index_query_ms']:.1f}", "load_ms": f"{r['page_load_ms']:.1f}",
             "attn_ms": f"{r['attention_ms']:.1f}", "rest_ms": f"{r['rest_ms']:.1f}",
             "total_ms": f"{r['total_ms']:.1f}", "build_s": f"{r['index_build_s']:.2f}",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from attrs import asdict, frozen
+from attrs import asdict, field, frozen
 
 from icecache.core.errors import ConfigError
 from icecache.eval.policies import PolicySpec, build_policy
@@ -23,7 +23,8 @@ from icecache.tasks.scoring import is_correct, match_fraction
 class SampleResult:
     """One sample decoded under one policy. ``batch`` numbers the decode batch it ran in; ``step_s``
     holds that batch's seconds per decode step (mean over steps after the first) by part;
-    ``device_fraction`` is device-tier KV bytes over a full cache's."""
+    ``device_fraction`` is device-tier KV bytes over a full cache's; ``host_bytes`` / ``disk_bytes`` what
+    the cache held in host memory and on disk, ``memory`` the whole breakdown of ``memory_report()``."""
 
     sample_id: str
     task: str
@@ -42,6 +43,9 @@ class SampleResult:
     device_kv_bytes: int
     full_kv_bytes: int
     device_fraction: float
+    host_bytes: int = 0
+    disk_bytes: int = 0
+    memory: dict[str, Any] = field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +121,8 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
                     output=text, new_tokens=len(out), batch=batch_no, batch_size=len(batch),
                     index_build_s=build_s, step_s=step_s,
                     device_kv_bytes=memory["device_kv_bytes"], full_kv_bytes=memory["full_kv_bytes"],
-                    device_fraction=memory["device_fraction"],
+                    device_fraction=memory["device_fraction"], host_bytes=memory["host_bytes"],
+                    disk_bytes=memory["disk_bytes"], memory=memory,
                 ))
             cache.close()
             del cache

@@ -30,7 +30,8 @@ def policy_rows(results: Sequence[SampleResult], context: int | None, *, referen
                 ) -> list[dict[str, Any]]:
     """One row per policy over all tasks: accuracy, accuracy relative to ``reference`` (mean of per-task
     ratios is avoided: it is total correct over total correct of the reference on the samples both
-    decoded), device-tier KV fraction and per-step decode times in milliseconds.
+    decoded), device-tier KV fraction, host and disk bytes, everything held (device + host) over full KV,
+    page fill and per-step decode times in milliseconds.
 
     ``batch`` must number each decode batch once across ``results`` (step times are per batch)."""
     by_policy: dict[str, list[SampleResult]] = {}
@@ -53,7 +54,13 @@ def policy_rows(results: Sequence[SampleResult], context: int | None, *, referen
             "rel_full": (sum(r.correct for r in shared) / ref_correct) if ref_correct else None,
             "device_kv_fraction": _mean([r.device_fraction for r in rs]),
             "device_kv_mib": _mean([r.device_kv_bytes for r in rs]) / 2**20,
+            "host_mib": _mean([r.host_bytes for r in rs]) / 2**20,
+            "disk_mib": _mean([r.disk_bytes for r in rs]) / 2**20,
             "full_kv_mib": _mean([r.full_kv_bytes for r in rs]) / 2**20,
+            "host_fraction": _mean([r.host_bytes / r.full_kv_bytes if r.full_kv_bytes else 0.0 for r in rs]),
+            "held_fraction": _mean([(r.device_kv_bytes + r.host_bytes) / r.full_kv_bytes if r.full_kv_bytes
+                                    else 0.0 for r in rs]),
+            "page_fill": _mean([r.memory.get("page_fill", 1.0) for r in rs]),
             "index_build_s": _mean([r.index_build_s for r in steps]),
         }
         for part in (*PARTS, "rest", "total"):

@@ -25,6 +25,9 @@ from icecache.storage.base import TierStats
 from icecache.storage.layout import PageSpec, as_page_ids, np_any, np_max
 
 FREE, STORING, READY = 0, 1, 2
+#: NOTE: an unbounded tier grows by an eighth (doubling left up to half of the host tier unused: the
+#: largest waste after page padding); reserve() sizes it once when the need is known
+GROWTH = 8
 #: eviction orders: ``lru`` re-stamps a page on every touch, ``fifo`` only when it is stored
 EVICTION_POLICIES = ("lru", "fifo")
 #: slots allocated first by a tier that grows (unbounded, or lazily up to its capacity)
@@ -217,6 +220,12 @@ class SlotTier:
         if pin:
             self._pins[slots] += 1
 
+    def reserve(self, pages: int) -> None:
+        """Allocate memory for ``pages`` more pages now (up to ``capacity``), so the writes that follow
+        take exactly what they need instead of growing step by step."""
+        want = self._used + max(0, int(pages))
+        self._ensure_slots(want if self.capacity is None else min(want, self.capacity))
+
     # ----- eviction ------------------------------------------------------------------------------
     def touch(self, page_ids: Tensor) -> None:
         if self.eviction != "lru":
@@ -296,7 +305,7 @@ class SlotTier:
                     f"tier {self.name!r} has room for {self.free_slots} more pages, not {n} "
                     f"(capacity {self.capacity}); evict first"
                 )
-            target = max(needed, 2 * self._num_slots, INITIAL_SLOTS)
+            target = max(needed, self._num_slots + self._num_slots // GROWTH, INITIAL_SLOTS)
             self._ensure_slots(target if self.capacity is None else min(target, self.capacity))
         return _first_run(np.flatnonzero(self._state == FREE), n)
 

@@ -47,6 +47,10 @@ class Stager:
             self._event.record()
             self._pending = True
 
+    def nbytes(self) -> int:
+        """Bytes of the buffers kept for the next moves."""
+        return sum(t.numel() * t.element_size() for t in (self._idx, self._host, self._dev) if t is not None)
+
     def index_buffer(self, n: int) -> Tensor:
         """A contiguous int64 ``[n, 2]`` CPU buffer (pinned on CUDA), safe to overwrite now."""
         self.wait()

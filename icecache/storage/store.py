@@ -263,6 +263,45 @@ class TieredStore:
         records[order] = out
         return records[:, 0].contiguous(), records[:, 1].contiguous(), lens
 
+    def read_tokens(self, page_ids: Tensor, slots: Tensor, *, values: bool = False) -> Tensor:
+        """Keys (``values=True``: keys and values) of single token slots from the backing tiers:
+        ``page_ids`` and ``slots`` int64 ``[M]`` (repeats allowed) -> ``[M, D]`` (or ``[M, 2, D]``) on the
+        CPU. One gather per backing tier; a memory tier is read in place, another tier (disk: checksums
+        verified) reads each distinct page once."""
+        ids = as_page_ids(page_ids, unique=False)
+        slot = torch.as_tensor(slots, dtype=torch.int64).cpu()
+        M, S, D = ids.numel(), self.spec.page_size, self.spec.head_dim
+        out = torch.empty((M, 2, D) if values else (M, D), dtype=self.spec.dtype)
+        if M == 0:
+            return out
+        if bool(((slot < 0) | (slot >= S)).any()):
+            raise PageError(f"token slots must lie in [0, {S}), got {slot.min().item()}..{slot.max().item()}")
+        self.pool.check_ascending(np.unique(ids.numpy()), written=True)
+        loc = self._locate(ids)
+        for i, tier in enumerate(self.backing):  # a loop over tiers, not pages
+            here = loc == i
+            if not bool(here.any()):
+                continue
+            sub, sub_slot = ids[here], slot[here]
+            if isinstance(tier, MemoryTier):
+                rec = tier.data[tier.slot_of(sub), :, sub_slot]  # [m, 2, D]
+            else:
+                uniq, inv = torch.unique(sub, return_inverse=True)
+                tier_slots = tier.prepare_load(uniq)
+                try:
+                    rec = tier.read(tier_slots)[inv, :, sub_slot]
+                finally:
+                    tier.complete_load(uniq)
+            out[here] = rec.cpu() if values else rec[:, 0].cpu()
+        return out
+
+    def reserve(self, pages: int) -> None:
+        """Allocate room for ``pages`` more pages in the first backing tier now (up to its capacity), so
+        a large write (a prefill) does not grow it step by step."""
+        reserve = getattr(self.backing[0], "reserve", None)
+        if callable(reserve):
+            reserve(pages)
+
     def page_table(self, pages: Tensor, *, pin: bool = False) -> PageTable:
         """Load the pages of padded lists ``pages`` int ``[R, K]`` (``-1`` padding) and return a
         :class:`PageTable` over device slots (``page_lens`` from the written lengths), on the device."""
@@ -293,6 +332,27 @@ class TieredStore:
         """Name of the backing tier holding each page (``None``: not written)."""
         loc = self._locate(self.pool.check(page_ids))
         return [None if i < 0 else self.backing[i].name for i in loc.tolist()]
+
+    def occupancy(self) -> list[dict[str, Any]]:
+        """Per tier, in stack order: ``name``, ``role`` (``"cache"`` or ``"backing"``), ``memory`` (as in
+        :class:`~icecache.storage.base.TierStats`), ``pages`` resident, ``tokens`` (their valid slots),
+        ``allocated_slots``, ``page_nbytes`` and ``token_nbytes`` (one slot's K and V)."""
+        spec = self.spec
+        token_nbytes = spec.page_nbytes // spec.page_size
+        out = []
+        for tier in self.tiers:
+            st = tier.stats()
+            ids = tier.resident_ids()
+            tokens = int(self.pool.lens(ids).long().sum()) if ids.numel() else 0
+            out.append({"name": tier.name, "role": "cache" if tier is self.cache else "backing",
+                        "memory": st.memory, "pages": int(ids.numel()), "tokens": tokens,
+                        "allocated_slots": st.allocated_slots, "page_nbytes": st.page_nbytes,
+                        "token_nbytes": token_nbytes})
+        return out
+
+    def staging_nbytes(self) -> int:
+        """Bytes of the staging buffers kept between loads."""
+        return self._stager.nbytes()
 
     def stats(self) -> StoreStats:
         return StoreStats(tiers=tuple(t.stats() for t in self.tiers),

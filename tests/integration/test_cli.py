@@ -120,7 +120,9 @@ def test_run_writes_results_and_plot(tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     assert [r["policy"] for r in data["overview"]] == ["full", "icecache@128", "streamingllm@128"]
     full, ice, stream = data["overview"]
-    assert full["device_kv_fraction"] == 1.0 and ice["device_kv_fraction"] < 1.0
+    # NOTE: a dense layer holds its KV plus room to grow (a 32nd, at least 64 positions: 400 -> 464)
+    assert 1.0 <= full["device_kv_fraction"] <= 464 / 400 + 0.01 and ice["device_kv_fraction"] < 1.0
+    assert full["host_fraction"] < 0.02 and ice["host_fraction"] > 0.5  # sparse layers' pages are on the host
     assert full["rel_full"] == 1.0
     for row in data["overview"]:
         assert {"index_query_ms", "page_load_ms", "attention_ms", "rest_ms", "total_ms"} <= set(row)

@@ -40,7 +40,7 @@ def test_cuda_budget_covering_context_matches_dense(tiny, selector):
                          past_key_values=cache)
     assert out[0, len(prompts[0]):].tolist() == ref
     layer = cache.layers[-1]
-    assert layer.paged is not None and cache.store.device_pool.k.is_cuda
+    assert layer.sparse is not None and cache.store.device_pool.k.is_cuda
     assert cache.kernels.name == "triton"
 
 

@@ -41,9 +41,13 @@ def test_paged_attention_equals_token_gather(data, selector, batch, kv_heads, gr
         for layer in cache.layers:
             layer.load_prefill(keys[layer.layer_idx], values[layer.layer_idx], start)
     sparse = [c.layers[2] for c in (token_path, paged_path)]
-    assert sparse[0].paged is None and sparse[1].paged is not None
+    # both keep their KV in pages (the one home); only the paged path attends through the page pool
+    assert all(s.sparse is not None and s.kv is None for s in sparse)
+    assert not token_path.paged and paged_path.paged
+    appended = []
     for _ in range(steps + 1):
         k, v = torch.randn(2, batch, kv_heads, 1, D, generator=gen)
+        appended.append(k)
         query = torch.randn(batch, kv_heads * group, 1, D, generator=gen)
         outs = []
         for layer in sparse:
@@ -52,13 +56,13 @@ def test_paged_attention_equals_token_gather(data, selector, batch, kv_heads, gr
         assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
         sel = sparse[1].last_selection
         assert int(sel.ledger.total.max()) <= budget
-    # every page of the layout was written with the host K/V of its tokens
+    # every page of the layout was written with the K/V of its tokens
     layer = sparse[1]
     layout = layer.selector.layout.token_ids
-    pages = layer.paged.phys[layout.ge(0).any(-1)]
+    pages = layer.sparse.phys[layout.ge(0).any(-1)]
     k_store, _, lens = paged_path.store.read_pages(pages)
     tokens = layout[layout.ge(0).any(-1)]  # [n, S]
-    host_k, _ = layer.kv.view()
+    host_k = torch.cat([keys[2], *appended], dim=2)
     b, h = torch.nonzero(layout.ge(0).any(-1), as_tuple=True)[:2]
     expect = host_k[b[:, None], h[:, None], tokens.clamp_min(0)]
     mask = (tokens >= 0)[..., None]
@@ -82,4 +86,4 @@ def test_paged_path_refuses_extra_tokens_it_cannot_place():
     zeros = torch.zeros(1, 1, 1, dtype=torch.int64)
     sel = Selection(token_ids=zeros, page_ids=zeros, ledger=ledger)
     with pytest.raises(BudgetError, match="cannot place 3 extra tokens"):
-        layer.paged.attend(torch.randn(1, 2, D), sel, 80, D**-0.5, cache.timings)
+        layer.sparse.attend(torch.randn(1, 2, D), sel, D**-0.5, cache.timings)

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from icecache.core.keys import KeyCopy
 from icecache.selectors.plumbing.fill import compact, greedy_fill, topk_tokens
-from icecache.selectors.plumbing.keybuffer import KeyBuffer
 from icecache.selectors.plumbing.layout import (
     append_pages,
     contiguous_layout,
@@ -137,8 +137,11 @@ def test_positions_window_grows_then_flushes_a_page():
     assert not bool(short.paged_mask().any())
 
 
-def test_key_buffer_appends_amortized():
-    buf = KeyBuffer.from_keys(torch.zeros(1, 2, 3, 4))
+def test_key_copy_appends_amortized_and_reads_by_position():
+    buf = KeyCopy.from_keys(torch.zeros(1, 2, 3, 4))
     for i in range(100):
         buf.append(torch.full((1, 2, 1, 4), float(i)))
-    assert buf.keys.shape == (1, 2, 103, 4) and float(buf.keys[0, 1, -1, 0]) == 99.0
+    assert buf.all.shape == (1, 2, 103, 4) and float(buf.all[0, 1, -1, 0]) == 99.0
+    got = buf.keys(torch.tensor([[[102, -1, 3], [4, 4, 0]]]))
+    assert got[0, 0, :, 0].tolist() == [99.0, 0.0, 0.0] and got[0, 1, :, 0].tolist() == [1.0, 1.0, 0.0]
+    assert buf.nbytes() >= 103 * 2 * 4 * 4 and buf.num_tokens == 103

@@ -82,14 +82,14 @@ def test_infllm_uses_prompt_queries_to_pick_representatives():
     queries = torch.zeros(1, 2, 64, 8)
     queries[..., 0] = 1.0  # every prompt query looks along dimension 0
     sel.prefill(keys, queries=queries)
-    reps = sel.summaries.rep_keys[0, 0, :, 0]  # [P, D], page -> its block's representative
+    reps = sel.summaries.rep_keys[0, 0, :, 0]  # [nb, D], each block's representative
     paged = keys[0, 0, :48]
     for block in range(2):
         lo = block * 32
         hi = min(lo + 32, 48)
         ahead = torch.tensor([min(m + 4, 63) - m for m in range(lo, hi)], dtype=torch.float32)
         best = int((paged[lo:hi, 0] * ahead).argmax()) + lo
-        assert torch.equal(reps[block * 2], keys[0, 0, best])
+        assert torch.equal(reps[block], keys[0, 0, best])
 
 
 def test_streamingllm_spends_the_budget_on_the_newest_tokens():

@@ -13,7 +13,7 @@ from icecache.core.errors import ConfigError
 from icecache.core.policy import CachePolicy, compose_policy
 from icecache.integrations.hf.attention import mark_active
 from icecache.integrations.hf.layer import IceCacheLayer
-from icecache.integrations.hf.paged import PagedLayerKV
+from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.timing import DecodeTimings
 
 
@@ -23,15 +23,18 @@ class IceCache(Cache):
     Prefill runs dense; each layer's selector is built from the prompt's keys; every decode step of
     a sparse layer attends only the tokens its selector returns (sinks, window and selected pages).
     Dense layers (``config.dense_layers`` first ones, or every layer for the ``full`` selector) keep
-    their KV on the device; sparse layers keep it in the host tier. Use with a model switched to
-    the ``"icecache"`` attention (:func:`~icecache.integrations.hf.attention.use_icecache`).
-
-    Sparse layers of page-based selectors (``paged=True``, the default) keep their pages in a
+    their KV on the device. A sparse layer's KV lives once, in the pages of a
     :class:`~icecache.storage.store.TieredStore` built from ``policy.tiers`` (device tier = a bounded
-    page pool; host, optionally disk, behind it) shared by all layers; each step loads the selected
-    pages and runs the kernels' sparse paged attention. Token-level selectors (oracle, streamingllm)
-    gather their tokens from the host tier. The device tier's capacity is ``config.tiers.device_pages``,
-    or by default room for every sparse layer's selected pages at full pages.
+    page pool caching what attention reads; host, optionally disk, behind it) shared by all layers, plus
+    its sinks and recent window on the device (:class:`~icecache.integrations.hf.sparse_kv.SparseLayerKV`);
+    its selector and index read keys back from there. Use with a model switched to the ``"icecache"``
+    attention (:func:`~icecache.integrations.hf.attention.use_icecache`).
+
+    Page-based selectors (``paged=True``, the default) load the selected pages each step and run the
+    kernels' sparse paged attention; token-level selectors (oracle, streamingllm), or ``paged=False``,
+    gather the selected tokens from their pages. The device tier's capacity is
+    ``config.tiers.device_pages``, or by default room for every sparse layer's selected pages at full
+    pages. Pages are stored in ``config.page_dtype`` (default: the model's KV dtype).
 
     ``timings`` records per-step index query / page load / attention / rest.
     """
@@ -47,10 +50,12 @@ class IceCache(Cache):
         self.store: Any = None
         self.kernels: Any = None
         self._working_set: dict[int, int] = {}
+        self._reserved = False
+        self._attended = 0
         super().__init__(layers=[IceCacheLayer(self, i) for i in range(num_layers)])
 
     # -- tiers and kernels ------------------------------------------------------------------------
-    def device_pages(self, batch: int, kv_heads: int) -> int:
+    def device_pages(self, batch: int, kv_heads: int, page_size: int | None = None) -> int:
         """Device-tier capacity in pages: ``config.tiers.device_pages`` or, by default, the selected pages
         of every sparse layer at full pages (at least one layer's worst case of one token per page)."""
         config = self.policy.config
@@ -58,12 +63,13 @@ class IceCache(Cache):
             return config.tiers.device_pages
         sparse = max(1, len(self.layers) - config.dense_layers)
         rows = batch * kv_heads
-        per_layer = -(-config.selected_budget // config.page_size)
+        per_layer = -(-config.selected_budget // (page_size or config.page_size))
         return max(sparse * rows * per_layer, rows * config.selected_budget, 1)
 
-    def make_paged(self, layer_idx: int, shape: tuple[int, ...]) -> PagedLayerKV:
-        """The paged state of a sparse layer whose keys are ``shape = [B, H_kv, N, D]``; builds the shared
-        store and kernels on first use."""
+    def make_sparse(self, layer_idx: int, shape: tuple[int, ...], dtype: torch.dtype, *,
+                    page_size: int) -> SparseLayerKV:
+        """The KV home of a sparse layer whose keys are ``shape = [B, H_kv, N, D]`` in ``dtype``, with pages
+        of ``page_size`` slots (the selector's); builds the shared store and kernels on first use."""
         from attrs import evolve
 
         from icecache.storage.store import TieredStore
@@ -71,14 +77,28 @@ class IceCache(Cache):
         B, H, _, D = shape
         config = self.policy.config
         if self.store is None:
-            tiers = evolve(config.tiers, device_pages=self.device_pages(B, H))
-            self.store = TieredStore.build(evolve(config, tiers=tiers), tiers=self.policy.tiers, head_dim=D,
+            tiers = evolve(config.tiers, device_pages=self.device_pages(B, H, page_size))
+            store_config = evolve(config, tiers=tiers, page_size=page_size, dtype=config.page_dtype or dtype)
+            self.store = TieredStore.build(store_config, tiers=self.policy.tiers, head_dim=D,
                                            plugin_manager=self.policy.plugin_manager)
             self.kernels = self.policy.make_kernels()
+        elif self.store.spec.page_size != page_size:
+            raise ConfigError(f"layer {layer_idx}'s selector has pages of {page_size} slots, the store "
+                              f"(built for an earlier layer) {self.store.spec.page_size}")
         # NOTE: the window holds at most window_tokens + flush - 1 tokens and a flush is at most a page.
         keep = config.window_tokens + config.page_size
-        return PagedLayerKV(self.store, self.kernels, layer_idx, sink_tokens=config.sink_tokens,
-                            keep_recent=keep, device=config.device)
+        return SparseLayerKV(self.store, self.kernels, layer_idx, sink_tokens=config.sink_tokens,
+                             keep_recent=keep, device=config.device, dtype=dtype)
+
+    def reserve_pages(self, layer_idx: int, layout: Tensor) -> None:
+        """Before the first sparse layer's prompt pages are written: reserve host room for every sparse
+        layer's (about as many each), so the host tier is sized once instead of grown step by step."""
+        if self._reserved or self.store is None:
+            return
+        self._reserved = True
+        pages = int(((layout >= 0).any(-1)).sum())
+        later = sum(1 for layer in self.layers[layer_idx:] if not layer.dense)
+        self.store.reserve(pages * later)
 
     def close(self) -> None:
         """Release the tiers (the disk tier's files) and every layer's KV, selector and pages, so the
@@ -125,27 +145,80 @@ class IceCache(Cache):
         """Record the tokens per KV head a sparse layer held on the device in one step (peak kept)."""
         self._working_set[layer_idx] = max(self._working_set.get(layer_idx, 0), tokens)
 
+    def note_attended(self, selected_tokens: int) -> None:
+        """Record the selected (paged) tokens one sparse layer's step attended, for bytes moved per token."""
+        self._attended += selected_tokens
+
     def memory_report(self) -> dict[str, Any]:
-        """KV bytes on the device tier against a full cache of the same length: dense layers' KV, the
-        page pool's whole capacity, sinks and recent windows of paged layers, and the peak per-step
-        working set of token-level layers."""
-        full = device = 0
+        """Everything this cache holds, against a full cache of the same length (every layer's K and V in
+        the model dtype): ``device`` / ``host`` / ``disk`` dicts of bytes by part, their totals and
+        fractions of ``full_kv_bytes``, ``page_fill`` (tokens over slots of the stored pages) and
+        ``load_bytes_per_token`` (bytes moved to the device per selected token attended).
+
+        Parts: ``dense_kv`` (dense layers), ``resident`` (sinks and windows), ``device_pool`` (the device
+        tier's pages), ``working_set`` (the most tokens a token-level layer gathered in one step:
+        transient), ``kv_payload`` / ``page_padding`` / ``spare_slots`` (a backing tier's stored tokens,
+        the empty slots of its pages, its allocated but unused slots), ``index``, ``selector`` (state
+        besides the index), ``tables`` (page ids and locations), ``staging``; ``other``: what the walk of
+        every array reachable from the cache finds beyond the itemized parts (bookkeeping arrays).
+        NOTE: the index and selector state live on ``config.device`` (host on a CPU machine)."""
+        from icecache.core.memory import data_pointers, reachable_bytes
+
+        parts: dict[str, dict[str, int]] = {"device": {}, "host": {}, "disk": {}}
+
+        def add(where: str, what: str, n: int) -> None:
+            parts[where][what] = parts[where].get(what, 0) + int(n)
+
+        config = self.policy.config
+        state_where = "device" if config.device.type == "cuda" else "host"
+        full = 0
         for layer in self.layers:
-            if layer.kv is None:
+            if layer.n == 0:
                 continue
-            keys = layer.kv.keys
-            B, H, _, D = keys.shape
-            per_token = 2 * B * H * D * keys.element_size()
-            full += per_token * layer.kv.length
-            if layer.dense:
-                device += per_token * layer.kv.length
-            elif layer.paged is not None:
-                device += layer.paged.nbytes()
+            if layer.dense and layer.kv is not None:
+                B, H, _, D = layer.kv.keys.shape
+                add("device", "dense_kv", layer.kv.nbytes(used_only=False))
+            elif layer.sparse is not None:
+                B, H, D = *layer.sparse.phys.shape[:2], layer.sparse.ring[0].shape[-1]
+                held = layer.sparse.nbytes()
+                add("device", "resident", held["device"])
+                add("host", "tables", held["tables"])
+                add("device", "working_set", 2 * B * H * D * layer.sparse.ring[0].element_size()
+                    * self._working_set.get(layer.layer_idx, 0))
             else:
-                device += per_token * self._working_set.get(layer.layer_idx, 0)
-        pool = 0
+                continue
+            full += 2 * B * H * D * torch.empty((), dtype=layer.dtype).element_size() * layer.n
+            if layer.selector is not None and hasattr(layer.selector, "nbytes"):
+                for what, n in layer.selector.nbytes().items():
+                    add(state_where, "index" if what.startswith("index_") else "selector", n)
+        disk_ptrs: set[int] = set()
+        fill_tokens = fill_slots = 0
         if self.store is not None:
-            pool = self.store.device_pool.kv.numel() * self.store.device_pool.kv.element_size()
-            device += pool
-        return {"full_kv_bytes": full, "device_kv_bytes": device, "device_pool_bytes": pool,
-                "device_fraction": device / full if full else 0.0}
+            S = self.store.spec.page_size
+            for tier, occ in zip(self.store.tiers, self.store.occupancy(), strict=True):
+                where = {"file": "disk", "cuda": "device", "cpu-standin": "device"}.get(occ["memory"], "host")
+                if occ["memory"] == "file":
+                    disk_ptrs |= data_pointers(getattr(tier, "data", None))
+                if occ["role"] == "cache":
+                    add(where, "device_pool", occ["allocated_slots"] * occ["page_nbytes"])
+                    continue
+                add(where, "kv_payload", occ["tokens"] * occ["token_nbytes"])
+                add(where, "page_padding", (occ["pages"] * S - occ["tokens"]) * occ["token_nbytes"])
+                add(where, "spare_slots", (occ["allocated_slots"] - occ["pages"]) * occ["page_nbytes"])
+                fill_tokens += occ["tokens"]
+                fill_slots += occ["pages"] * S
+            add("host", "staging", self.store.staging_nbytes())
+        held = reachable_bytes(self, skip=disk_ptrs)
+        itemized = sum(v for where in ("device", "host") for k, v in parts[where].items() if k != "working_set")
+        add("host", "other", sum(held.values()) - itemized)
+        totals = {where: sum(v for k, v in p.items() if k != "working_set") for where, p in parts.items()}
+        device = totals["device"] + parts["device"].get("working_set", 0)
+        frac = (lambda n: n / full if full else 0.0)
+        moved = self.store.stats().moves["load"]["nbytes"] if self.store is not None else 0
+        return {"full_kv_bytes": full, "device_kv_bytes": device, "host_bytes": totals["host"],
+                "disk_bytes": totals["disk"], "device_pool_bytes": parts["device"].get("device_pool", 0),
+                "device_fraction": frac(device), "host_fraction": frac(totals["host"]),
+                "disk_fraction": frac(totals["disk"]), "held_fraction": frac(device + totals["host"]),
+                "page_fill": fill_tokens / fill_slots if fill_slots else 1.0,
+                "load_bytes_per_token": moved / self._attended if self._attended else 0.0,
+                "device": parts["device"], "host": parts["host"], "disk": parts["disk"]}

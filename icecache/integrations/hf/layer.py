@@ -1,5 +1,6 @@
 """One layer of the IceCache: dense (keeps every key on the device) or sparse (a selector picks what
-each decode step attends; KV beyond the device working set lives in the host tier).
+each decode step attends; the layer's KV lives once, in the tiered store's pages plus sinks and window on
+the device: :class:`~icecache.integrations.hf.sparse_kv.SparseLayerKV`).
 
 Positions are those of the K/V tensors, left padding included: row ``b`` holds real tokens from
 ``start[b]`` on, and positions before it are never attended.
@@ -7,6 +8,7 @@ Positions are those of the K/V tensors, left padding included: row ``b`` holds r
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,12 +17,19 @@ from transformers.cache_utils import CacheLayerMixin
 
 from icecache.core.errors import ConfigError
 from icecache.integrations.hf.dense import attend_with_lse
-from icecache.integrations.hf.paged import PagedLayerKV
+from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.store import GrowableKV
 from icecache.selectors.bases.token_score import TokenScoreSelector
 
 if TYPE_CHECKING:
     from icecache.integrations.hf.cache import IceCache
+
+
+def _accepts(method: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class IceCacheLayer(CacheLayerMixin):
@@ -36,11 +45,13 @@ class IceCacheLayer(CacheLayerMixin):
         config = owner.policy.config
         self.dense = owner.policy.selector == "full" or layer_idx < config.dense_layers
         self.selector: Any = None
-        self.kv: GrowableKV | None = None  # dense layers: device; sparse layers: host tier
+        self.kv: GrowableKV | None = None  # dense layers only: every key and value, on the device
+        self.sparse: SparseLayerKV | None = None  # sparse layers: pages in the store + sinks/window
+        self._prompt: tuple[Tensor, Tensor] | None = None  # sparse: the prompt's K/V until the selector is built
+        self.n = 0  # positions so far
         self.start: Tensor | None = None  # int64 [B]
         self.prefilled = False
         self.last_selection: Any = None
-        self.paged: PagedLayerKV | None = None  # page-based selectors: pages in the tiered store
         self._paged_end: int | None = None
 
     # -- CacheLayerMixin --------------------------------------------------------------------------
@@ -55,34 +66,51 @@ class IceCacheLayer(CacheLayerMixin):
         function reads the selected ones from this layer)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if self.kv is None:
-            self.kv = GrowableKV.from_tensors(key_states, value_states, device=self._store_device())
+        n = key_states.shape[2]
+        if self.dense:
+            if self.kv is None:
+                self.kv = GrowableKV.from_tensors(key_states, value_states, device=self.owner.policy.config.device)
+            else:
+                self.kv.append(key_states, value_states)
             self.keys, self.values = self.kv.view()
+            self.n = self.kv.length
+            if n > 1 and self.prefilled:
+                return self.keys.to(key_states.device), self.values.to(key_states.device)
             return key_states, value_states
-        self.kv.append(key_states, value_states)
-        if self.prefilled and self.selector is not None:
+        if not self.prefilled:
+            if self._prompt is not None:
+                raise ConfigError(f"layer {self.layer_idx}: a second prompt chunk before the first was "
+                                  "attended; IceCache prefills in one call")
+            # NOTE: held only until finish_prefill writes them into pages (no second copy stays)
+            self._prompt = (key_states, value_states)
+            self.n = n
+            return key_states, value_states
+        self.sparse.append(key_states, value_states)
+        self.n += n
+        try:
             self.selector.append(key_states)
-            if self.paged is not None:
-                self.paged.append(key_states, value_states)
-                if self._layout_may_have_changed():
-                    self.paged.sync(self.selector.layout.token_ids, self.kv)
-        if key_states.shape[2] > 1:
-            keys, values = self.kv.view()
-            return keys.to(key_states.device), values.to(key_states.device)
+            if self._layout_may_have_changed():
+                self.sparse.sync(self.selector.layout.token_ids)
+        finally:
+            self.sparse.end_chunk()
+        if n > 1:  # a multi-token continuation attends densely: a transient copy of every position
+            return self.sparse.gather_all()
         return key_states, value_states
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
 
     def get_seq_length(self) -> int:
-        return 0 if self.kv is None else self.kv.length
+        return self.n
 
     def get_max_length(self) -> int:
         return -1
 
     def reset(self) -> None:
-        self.kv = self.selector = self.start = self.last_selection = self.paged = None
+        self.kv = self.selector = self.start = self.last_selection = self.sparse = self._prompt = None
+        self.keys = self.values = None
         self._paged_end = None
+        self.n = 0
         self.prefilled = False
         self.is_initialized = False
 
@@ -99,29 +127,32 @@ class IceCacheLayer(CacheLayerMixin):
         raise NotImplementedError("IceCache does not support batch selection")
 
     # -- prefill ----------------------------------------------------------------------------------
-    def _store_device(self) -> torch.device:
-        config = self.owner.policy.config
-        return config.device if self.dense else self.owner.host_device
-
     def finish_prefill(self, start: Tensor) -> None:
-        """Build the selector from the prompt's keys (called once, after the dense prefill attention).
-        ``start``: int64 ``[B]``, first real position of each row."""
+        """Build the selector from the prompt's keys and write the prompt's pages (called once, after the
+        dense prefill attention). ``start``: int64 ``[B]``, first real position of each row."""
         if self.prefilled:
             return
         self.start = start.to(torch.int64).cpu()
         policy = self.owner.policy
-        keys, _ = self.kv.view()
+        num_tokens = self.n
         if not self.dense:
+            keys, values = self._prompt
+            device = policy.config.device
             self.selector = policy.make_selector(self.layer_idx)
-            self.selector.prefill(keys.to(policy.config.device), start=self.start.to(policy.config.device))
-            if self.owner.paged and not isinstance(self.selector, TokenScoreSelector):
-                self.paged = self.owner.make_paged(self.layer_idx, keys.shape)
-                self.paged.sync(self.selector.layout.token_ids, self.kv)
-                self.paged.init_resident(self.kv, self.start)
+            self.sparse = self.owner.make_sparse(self.layer_idx, keys.shape, keys.dtype,
+                                                 page_size=self.selector.page_size)
+            self.sparse.begin(keys, values, self.start)
+            kwargs = {"reader": self.sparse} if _accepts(self.selector.prefill, "reader") else {}
+            try:
+                self.selector.prefill(keys.to(device), start=self.start.to(device), **kwargs)
+                self.owner.reserve_pages(self.layer_idx, self.selector.layout.token_ids)
+                self.sparse.sync(self.selector.layout.token_ids)
                 self._layout_may_have_changed()
+            finally:
+                self.sparse.end_chunk()
+                self._prompt = None
         self.prefilled = True
-        policy.hook.icecache_prefill_done(layer_idx=self.layer_idx, num_tokens=int(keys.shape[2]),
-                                          policy=policy)
+        policy.hook.icecache_prefill_done(layer_idx=self.layer_idx, num_tokens=num_tokens, policy=policy)
 
     def _layout_may_have_changed(self) -> bool:
         """Whether tokens moved from the window into pages since the last call (always True for a
@@ -136,40 +167,42 @@ class IceCacheLayer(CacheLayerMixin):
 
     def load_prefill(self, keys: Tensor, values: Tensor, start: Tensor) -> None:
         """Fill the layer from a prefill snapshot (``[B, H_kv, N, D]`` each) without running the model."""
-        if self.kv is not None:
-            raise ConfigError(f"layer {self.layer_idx} already holds {self.kv.length} tokens")
-        self.lazy_initialization(keys, values)
+        if self.is_initialized:
+            raise ConfigError(f"layer {self.layer_idx} already holds {self.n} tokens")
+        self.update(keys, values)
         self.device = self.owner.policy.config.device
-        self.kv = GrowableKV.from_tensors(keys, values, device=self._store_device())
-        self.keys, self.values = self.kv.view()
         self.finish_prefill(start)
 
     # -- decode -----------------------------------------------------------------------------------
     def decode_attention(self, query: Tensor, scale: float) -> Tensor:
         """Attention of one decode position. ``query`` ``[B, H_q, 1, D]`` -> ``[B, 1, H_q, D]``."""
         B, H_q, _, D = query.shape
-        H_kv = self.kv.keys.shape[1]
-        q = query[:, :, 0, :].reshape(B, H_kv, H_q // H_kv, D)  # [B, H_kv, G, D]
         timings = self.owner.timings
         if self.dense:
             keys, values = self.kv.view()
+            H_kv = keys.shape[1]
+            q = query[:, :, 0, :].reshape(B, H_kv, H_q // H_kv, D)  # [B, H_kv, G, D]
             N = keys.shape[2]
             pos = torch.arange(N, device=keys.device)
             mask = (pos[None, :] >= self.start.to(keys.device)[:, None])[:, None, :].expand(B, H_kv, N)
             with timings.part("attention"):
                 out, _ = attend_with_lse(q, keys, values, mask, scale)
-        else:
-            with timings.part("index_query"):
-                selection = self.selector.select(query[:, :, 0, :])
-            # NOTE: the selector itself calls the icecache_selection_made observer hook.
-            self.last_selection = selection
-            if self.paged is not None and selection.page_ids.shape[-1] > 0:
-                out = self.paged.attend(query[:, :, 0, :], selection, self.kv.length, scale, timings)
-                return out[:, None]  # [B, 1, H_q, D]
-            # token-level selectors (oracle, streamingllm): gather the chosen tokens from the host tier
-            with timings.part("page_load"):
-                keys, values = self.kv.gather(selection.token_ids, device=query.device)
-            self.owner.note_device_tokens(self.layer_idx, int(selection.token_ids.shape[-1]))
-            with timings.part("attention"):
-                out, _ = attend_with_lse(q, keys, values, selection.token_ids.to(q.device) >= 0, scale)
+            return out.reshape(B, H_q, D)[:, None]
+        H_kv = self.sparse.phys.shape[1]
+        q = query[:, :, 0, :].reshape(B, H_kv, H_q // H_kv, D)  # [B, H_kv, G, D]
+        with timings.part("index_query"):
+            selection = self.selector.select(query[:, :, 0, :])
+        # NOTE: the selector itself calls the icecache_selection_made observer hook.
+        self.last_selection = selection
+        paged = self.owner.paged and not isinstance(self.selector, TokenScoreSelector)
+        if paged and selection.page_ids.shape[-1] > 0:
+            self.owner.note_attended(int(selection.ledger.selected.sum()))
+            out = self.sparse.attend(query[:, :, 0, :], selection, scale, timings)
+            return out[:, None]  # [B, 1, H_q, D]
+        # token-level selectors (oracle, streamingllm): gather the chosen tokens from their pages
+        with timings.part("page_load"):
+            keys, values = self.sparse.gather(selection.token_ids)
+        self.owner.note_device_tokens(self.layer_idx, int(selection.token_ids.shape[-1]))
+        with timings.part("attention"):
+            out, _ = attend_with_lse(q, keys, values, selection.token_ids.to(q.device) >= 0, scale)
         return out.reshape(B, H_q, D)[:, None]  # [B, 1, H_q, D]

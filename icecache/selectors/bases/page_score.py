@@ -18,6 +18,7 @@ import torch
 from attrs import define, field
 from torch import Tensor
 
+from icecache.core.keys import tensor_nbytes
 from icecache.selectors.bases.selector import SelectorBase
 from icecache.selectors.plumbing.fill import greedy_fill
 from icecache.selectors.plumbing.layout import contiguous_layout, summarize_pages
@@ -42,13 +43,14 @@ class PageScoreSelector(SelectorBase):
     def build_layout(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> Tensor:
         """Pages ``[B, H_kv, P, S]`` of the paged tokens (``token_ids >= 0``). Default: contiguous."""
         pos = self.positions
-        return contiguous_layout(pos.first_unsunk, pos.paged_end, keys.shape[1], self.config.page_size)
+        return contiguous_layout(pos.first_unsunk, pos.paged_end, keys.shape[1], self.page_size)
 
     def extend_layout(self, keys: Tensor, token_ids: Tensor) -> Tensor:
         """New layout once ``token_ids`` ``[B, H_kv, n]`` (keys ``[B, H_kv, n, D]``) joined the pages.
-        Existing pages keep their ids (new pages go at the end). Default: contiguous."""
+        Existing pages keep their ids (new pages go at the end) and their tokens (a page only gains
+        tokens, after its valid slots: storage appends). Default: contiguous."""
         pos = self.positions
-        return contiguous_layout(pos.first_unsunk, pos.paged_end, keys.shape[1], self.config.page_size)
+        return contiguous_layout(pos.first_unsunk, pos.paged_end, keys.shape[1], self.page_size)
 
     def summarize(self, keys: Tensor, pages: Tensor) -> Any:
         """Summaries of ``pages`` ``[B, H_kv, p, S]`` (an attrs instance whose tensor fields all have
@@ -57,6 +59,14 @@ class PageScoreSelector(SelectorBase):
 
     def page_lens(self) -> Tensor:
         return (self._pages >= 0).sum(-1)
+
+    def nbytes(self) -> dict[str, int]:
+        out = super().nbytes()
+        out["pages"] = tensor_nbytes(self._pages)
+        if self._summaries is not None:
+            out["summaries"] = tensor_nbytes(*(getattr(self._summaries, f.name) for f in attrs.fields(
+                type(self._summaries)) if isinstance(getattr(self._summaries, f.name), Tensor)))
+        return out
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -92,7 +102,7 @@ class PageScoreSelector(SelectorBase):
         old = self._summaries
         if old is None:
             return None
-        fresh = self.summarize(self.keys, self._pages[:, :, idx])
+        fresh = self.summarize(*self.local_page_keys(self._pages[:, :, idx]))
         updates = {}
         for f in attrs.fields(type(old)):
             cur, new = getattr(old, f.name), getattr(fresh, f.name)

@@ -1,6 +1,8 @@
 """``SelectorBase``: the plumbing every built-in selector shares.
 
-It keeps the keys and the positions (sinks, paged tokens, recent window; see
+It reads keys through a :class:`~icecache.core.keys.KeyReader` (the layer's store-backed reader inside an
+``IceCache``: no copy of its own; else a :class:`~icecache.core.keys.KeyCopy` of the keys it was given),
+keeps the positions (sinks, paged tokens, recent window; see
 :mod:`icecache.selectors.plumbing.positions`), validates inputs, computes each row's token budget
 for selected pages (``budget - sinks - window``, per KV head), assembles the :class:`Selection`
 with its exact :class:`BudgetLedger`, and calls the ``icecache_selection_made`` observer hook.
@@ -28,8 +30,8 @@ from torch import Tensor
 from icecache.core.budget import BudgetLedger
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, IceCacheError, TensorSpecError
+from icecache.core.keys import KeyCopy, KeyReader
 from icecache.selectors.plumbing.fill import compact
-from icecache.selectors.plumbing.keybuffer import KeyBuffer
 from icecache.selectors.plumbing.positions import Positions
 from icecache.selectors.types import PageLayout, Selection
 
@@ -60,7 +62,10 @@ class SelectorBase:
     flush_tokens: int | None = field(default=None, validator=_check_flush)
     scale: float | None = None
 
-    _keys: KeyBuffer | None = field(default=None, init=False, repr=False)
+    _reader: KeyReader | None = field(default=None, init=False, repr=False)
+    _own: KeyCopy | None = field(default=None, init=False, repr=False)  # standalone: the keys given
+    _shape: tuple[int, int, int] = field(default=(0, 0, 0), init=False, repr=False)  # (B, H_kv, D)
+    _dtype: torch.dtype = field(default=torch.float32, init=False, repr=False)
     _pos: Positions | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -74,12 +79,15 @@ class SelectorBase:
         _ = self.effective_flush_tokens  # validates flush_tokens against the budget
 
     # ------------------------------------------------------------------ protocol
-    def prefill(self, keys: Tensor, *, start: Tensor | None = None, queries: Tensor | None = None) -> None:
+    def prefill(self, keys: Tensor, *, start: Tensor | None = None, queries: Tensor | None = None,
+                reader: KeyReader | None = None) -> None:
         """Index the prompt. ``keys``: float ``[B, H_kv, N, D]`` post-RoPE; ``start``: int64 ``[B]``
         first real position per row (left padding); ``queries``: optional float ``[B, H_q, N, D]``
-        prompt queries (used by selectors that score with them, e.g. InfLLM; others ignore it)."""
+        prompt queries (used by selectors that score with them, e.g. InfLLM; others ignore it);
+        ``reader``: where every key of this layer (these and the appended ones) can be read back by
+        position later; without one the selector keeps its own copy."""
         self._check_keys(keys, "keys")
-        B, H, N, _ = keys.shape
+        B, H, N, D = keys.shape
         start = self._check_start(start, B, N, keys.device)
         if queries is not None and (
             queries.dim() != 4 or queries.shape[0] != B or queries.shape[2] != N or queries.shape[1] % H
@@ -88,7 +96,9 @@ class SelectorBase:
                 f"queries must be [B={B}, H_q (multiple of {H}), N={N}, D], got {tuple(queries.shape)}"
             )
         c = self.config
-        self._keys = KeyBuffer.from_keys(keys)
+        self._shape, self._dtype = (B, H, D), keys.dtype
+        self._own = KeyCopy.from_keys(keys) if reader is None else None
+        self._reader = self._own if reader is None else reader
         self._pos = Positions.after_prefill(
             start,
             N,
@@ -103,20 +113,17 @@ class SelectorBase:
         """Add keys ``[B, H_kv, n, D]`` of new positions; flush window tokens into pages when due."""
         self._require_prefill("append")
         self._check_keys(keys, "keys")
-        ref = self._keys.keys
-        if keys.shape[:2] != ref.shape[:2] or keys.shape[3] != ref.shape[3]:
-            raise TensorSpecError(
-                f"appended keys must be [B={ref.shape[0]}, H_kv={ref.shape[1]}, n, "
-                f"D={ref.shape[3]}], got {tuple(keys.shape)}"
-            )
+        B, H, D = self._shape
+        if keys.shape[:2] != (B, H) or keys.shape[3] != D:
+            raise TensorSpecError(f"appended keys must be [B={B}, H_kv={H}, n, D={D}], got {tuple(keys.shape)}")
         if keys.shape[2] == 0:
             return
-        self._keys.append(keys.to(ref.dtype))
+        if self._own is not None:
+            self._own.append(keys)
         lo, hi = self._pos.advance(keys.shape[2])
         if hi > lo:
-            B, H = ref.shape[:2]
             ids = self._pos.paged_ids(lo, hi)[:, None].expand(B, H, hi - lo)
-            self._extend(self._keys.keys[:, :, lo:hi], ids)
+            self._extend(self.keys_at(self._positions(lo, hi)), ids)
 
     def select(self, query: Tensor) -> Selection:
         """Choose what one decode position attends. ``query``: float ``[B, H_q, D]``."""
@@ -136,11 +143,27 @@ class SelectorBase:
     def layout(self) -> PageLayout:
         raise NotImplementedError
 
+    @property
+    def page_size(self) -> int:
+        """Slots per page of :attr:`layout`: ``config.page_size`` unless the selector sizes its own pages
+        (IceCache's pages are sized to its index's leaves); storage stores pages of this size."""
+        return self.config.page_size
+
     def empty_layout(self) -> PageLayout:
         """The layout before ``prefill``: no rows, no pages (``[0, 0, 0, page_size]``).
 
         NOTE: properties must not raise before prefill: ``isinstance(s, Selector)`` reads them."""
-        return PageLayout(token_ids=torch.empty(0, 0, 0, self.config.page_size, dtype=torch.int64))
+        return PageLayout(token_ids=torch.empty(0, 0, 0, self.page_size, dtype=torch.int64))
+
+    def local_page_keys(self, pages: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys of ``pages`` int64 ``[B, H_kv, p, S]`` (token positions, ``-1`` padded), read once,
+        as ``(keys [B, H_kv, p * S, D], local [B, H_kv, p, S])`` where ``local`` indexes ``keys`` the way
+        ``pages`` indexes the layer's positions: what ``summarize(keys, pages)`` wants, without the
+        whole layer's keys."""
+        B, H, p, S = pages.shape
+        keys = self.keys_at(pages.reshape(B, H, p * S))
+        local = torch.arange(p * S, device=pages.device).view(1, 1, p, S).expand(B, H, p, S)
+        return keys, torch.where(pages >= 0, local, -1)
 
     # ------------------------------------------------------------------ subclass hooks
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
@@ -155,9 +178,31 @@ class SelectorBase:
     # ------------------------------------------------------------------ helpers for subclasses
     @property
     def keys(self) -> Tensor:
-        """All keys so far, ``[B, H_kv, n, D]``."""
+        """All keys so far, ``[B, H_kv, n, D]``. NOTE: read through the reader, so inside an ``IceCache``
+        this materializes the layer's keys (a transient copy); prefer :meth:`keys_at`."""
         self._require_prefill("keys")
-        return self._keys.keys
+        if self._own is not None:
+            return self._own.all
+        return self.keys_at(self._positions(0, self._pos.n))
+
+    def keys_at(self, token_ids: Tensor) -> Tensor:
+        """Keys at positions ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros) -> ``[B, H_kv, ..., D]``."""
+        self._require_prefill("keys_at")
+        return self._reader.keys(token_ids).to(self._dtype)
+
+    @property
+    def reader(self) -> KeyReader:
+        """Where this selector reads keys (pass it on to an index's ``build(reader=...)``)."""
+        self._require_prefill("reader")
+        return self._reader
+
+    def _positions(self, lo: int, hi: int) -> Tensor:
+        B, H, _ = self._shape
+        return torch.arange(lo, hi, device=self._pos.start.device).expand(B, H, hi - lo)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes this selector holds, by part (``keys``: its own copy, standalone only). Subclasses add theirs."""
+        return {"keys": self._own.nbytes() if self._own is not None else 0}
 
     @property
     def positions(self) -> Positions:
@@ -191,9 +236,7 @@ class SelectorBase:
         ``[B, H_kv, G, R]``, ``-inf`` at padding."""
         ids = self.resident_ids()  # [B, R]
         B, H, G, D = query.shape
-        keys = self.keys
-        idx = ids.clamp(min=0)[:, None, :, None].expand(B, H, ids.shape[1], D)
-        k = keys.gather(2, idx)  # [B, H_kv, R, D]
+        k = self.keys_at(ids[:, None].expand(B, H, ids.shape[1]))  # [B, H_kv, R, D]
         logits = torch.einsum("bhgd,bhrd->bhgr", query.to(k.dtype), k) * self.attention_scale(D)
         return torch.where((ids >= 0)[:, None, None, :], logits, float("-inf"))
 
@@ -203,7 +246,7 @@ class SelectorBase:
                 f"query must be a float tensor [B, H_q, D], got "
                 f"{getattr(query, 'dtype', type(query))} {tuple(getattr(query, 'shape', ()))}"
             )
-        B, H, _, D = self._keys.keys.shape
+        B, H, D = self._shape
         if query.shape[0] != B or query.shape[2] != D or query.shape[1] % H:
             raise TensorSpecError(
                 f"query must be [B={B}, H_q (a multiple of H_kv={H}), D={D}], got {tuple(query.shape)}"

@@ -1,12 +1,15 @@
 """``TokenScoreSelector``: rank single tokens (no pages), take the best that fit the budget.
 
 A subclass writes ``token_scores(query, keys)``: ``query`` ``[B, H_kv, G, D]``, ``keys``
-``[B, H_kv, N, D]`` -> ``[B, H_kv, G, N]`` (merged by the base) or ``[B, H_kv, N]``. Only paged
+``[B, H_kv, N, D]`` (read through the selector's reader each step; ``None`` when the class sets
+``needs_keys = False``) -> ``[B, H_kv, G, N]`` (merged by the base) or ``[B, H_kv, N]``. Only paged
 tokens compete (sinks and window are attended anyway). ``page_ids`` of the selection are empty; the
 ``layout`` (pages of consecutive positions) tells storage how the tokens are kept.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from attrs import define, field
@@ -23,6 +26,8 @@ from icecache.selectors.types import PageLayout
 class TokenScoreSelector(SelectorBase):
     """Base of token-level selectors. ``merge``: GQA merge (``mass``, ``max`` or ``mean``)."""
 
+    #: False: ``token_scores`` gets ``keys=None`` (a score of positions only: no keys are read)
+    needs_keys: ClassVar[bool] = True
     merge: str = field(default="mass", converter=check_merge)
 
     def token_scores(self, query: Tensor, keys: Tensor) -> Tensor:
@@ -35,7 +40,7 @@ class TokenScoreSelector(SelectorBase):
         pos = self.positions
         return PageLayout(
             token_ids=contiguous_layout(
-                pos.first_unsunk, pos.paged_end, self.keys.shape[1], self.config.page_size
+                pos.first_unsunk, pos.paged_end, self._shape[1], self.page_size
             )
         )
 
@@ -46,7 +51,7 @@ class TokenScoreSelector(SelectorBase):
         pass
 
     def _choose(self, query: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        keys = self.keys
+        keys = self.keys if self.needs_keys else None
         paged = self.positions.paged_mask()[:, None]  # [B, 1, N]
         scores = self.token_scores(query, keys)
         if scores.dim() == 4:

@@ -1,2 +1,2 @@
-"""Vectorized helpers shared by the selector base classes: positions, key buffer, budget fill, GQA
+"""Vectorized helpers shared by the selector base classes: positions, budget fill, GQA
 merge, page layouts and a small k-means."""

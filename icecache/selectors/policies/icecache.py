@@ -12,7 +12,6 @@ from torch import Tensor
 
 from icecache.selectors.bases.selector import SelectorBase
 from icecache.selectors.plumbing.fill import greedy_fill
-from icecache.selectors.plumbing.layout import gather_page_keys
 from icecache.selectors.plumbing.merge import merge_heads
 from icecache.selectors.types import PageLayout
 
@@ -84,17 +83,34 @@ class IceCacheSelector(SelectorBase):
         return True
 
     @property
+    def page_size(self) -> int:
+        """The index's page size (its leaves sized to their pages), else ``config.page_size``."""
+        return getattr(self.page_index, "page_size", self.config.page_size)
+
+    @property
     def layout(self) -> PageLayout:
         if self._pos is None:
             return self.empty_layout()
         if not self._built:
-            B, H = self.keys.shape[:2]
+            B, H, _ = self._shape
             return PageLayout(
                 token_ids=torch.full(
-                    (B, H, 0, self.config.page_size), -1, dtype=torch.int64, device=self.keys.device
+                    (B, H, 0, self.page_size), -1, dtype=torch.int64, device=self._pos.start.device
                 )
             )
         return self.page_index.layout
+
+    def nbytes(self) -> dict[str, int]:
+        out = super().nbytes()
+        index_bytes = getattr(self.page_index, "nbytes", None)
+        if self.is_index_owner and callable(index_bytes):
+            out.update({f"index_{k}": v for k, v in index_bytes().items()})
+        return out
+
+    @property
+    def is_index_owner(self) -> bool:
+        """Whether this selector's index is its own (a reuse follower shares its leader's)."""
+        return self.page_index is not None
 
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
         self._built, self._build_kwargs = False, {}
@@ -102,6 +118,9 @@ class IceCacheSelector(SelectorBase):
             B, H, N, D = keys.shape
             recent = queries[:, :, -self.prompt_queries :].to(keys.dtype)  # [B, H_q, Q, D]
             self._build_kwargs["queries"] = recent.reshape(B, H, -1, D)  # [B, H_kv, G * Q, D]
+        if self._own is None and _accepts(self.page_index.build, "reader"):
+            # NOTE: the index reads keys back through the layer's reader instead of keeping a copy
+            self._build_kwargs["reader"] = self.reader
         self._extend(keys, token_ids)
 
     def _extend(self, keys: Tensor, token_ids: Tensor) -> None:
@@ -133,7 +152,7 @@ class IceCacheSelector(SelectorBase):
         S = pages.shape[-1]
         toks = pages.gather(2, cand.clamp(min=0)[..., None].expand(B, H, K, S))
         toks = torch.where((cand >= 0)[..., None], toks, -1)  # [B, H_kv, K, S]
-        k, valid = gather_page_keys(self.keys, toks)  # [B, H_kv, K, S, D]
+        k, valid = self.keys_at(toks), toks >= 0  # [B, H_kv, K, S, D]
         logits = torch.einsum("bhgd,bhksd->bhgks", query.to(k.dtype), k) * scale
         logmass = torch.logsumexp(logits.masked_fill(~valid[:, :, None], float("-inf")), -1)  # [B,H,G,K]
         merged = merge_heads(

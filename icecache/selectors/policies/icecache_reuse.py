@@ -77,6 +77,14 @@ class IceCacheReuseSelector(IceCacheSelector):
             return super().layout
         return self._leader().layout
 
+    @property
+    def page_size(self) -> int:
+        if self.is_leader:
+            return super().page_size
+        # NOTE: a property must not raise before prefill (isinstance reads it): no leader yet -> config
+        leader = self.shared.leaders.get(self.leader_layer)
+        return self.config.page_size if leader is None else leader.page_size
+
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
         if self.is_leader:
             super()._build(keys, token_ids, queries)

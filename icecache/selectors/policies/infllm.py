@@ -10,16 +10,18 @@ from attrs.validators import ge
 from torch import Tensor
 
 from icecache.core.errors import ConfigError
+from icecache.core.keys import tensor_nbytes
 from icecache.selectors.bases.page_score import PageScoreSelector
 from icecache.selectors.plumbing.layout import gather_page_keys
 
 
 @frozen(kw_only=True)
 class BlockSummaries:
-    """Per page (pages of one block share their block's entries):
+    """Per block of ``block_size // page_size`` pages (NOTE: per block, not per page: a copy per page
+    held 8x the bytes, 12% of the KV at 16-slot pages):
 
-    * ``rep_keys``: float ``[B, H_kv, P, r, D]``, the block's representative keys;
-    * ``rep_valid``: bool ``[B, H_kv, P, r]``.
+    * ``rep_keys``: float ``[B, H_kv, nb, r, D]``, the block's representative keys;
+    * ``rep_valid``: bool ``[B, H_kv, nb, r]``.
     """
 
     rep_keys: Tensor
@@ -72,15 +74,37 @@ class InfLLMSelector(PageScoreSelector):
             )
         super()._extend(keys, token_ids)
 
+    def nbytes(self) -> dict[str, int]:
+        out = super().nbytes()
+        out["representativeness"] = tensor_nbytes(self._rep)
+        return out
+
     def summarize(self, keys: Tensor, pages: Tensor) -> BlockSummaries:
-        # NOTE: representatives depend on the whole block, so summaries are always rebuilt from the full
-        # layout (once per flush, O(tokens)); ``pages`` may be a subset during updates.
-        return self._block_summaries(keys, self._pages)
+        return self._block_summaries(keys, pages, self._rep_of(pages))
 
     def _update_summaries(self, idx: Tensor, num_pages: int) -> BlockSummaries:
-        return self._block_summaries(self.keys, self._pages)
+        # NOTE: representatives depend on the whole block: the blocks holding a changed page are rebuilt
+        # from their keys (read back once), the others kept.
+        if idx.numel() == 0:
+            return self._summaries
+        per = self.block_size // self.page_size
+        first = int(idx.min()) // per  # changed blocks are the last ones (pages only append)
+        pages = self._pages[:, :, first * per:]
+        fresh = self._block_summaries(*self.local_page_keys(pages), self._rep_of(pages))
+        old = self._summaries
+        return BlockSummaries(rep_keys=torch.cat([old.rep_keys[:, :, :first], fresh.rep_keys], 2),
+                              rep_valid=torch.cat([old.rep_valid[:, :, :first], fresh.rep_valid], 2))
 
-    def _block_summaries(self, keys: Tensor, pages: Tensor) -> BlockSummaries:
+    def _rep_of(self, pages: Tensor) -> Tensor:
+        """Representativeness of each slot of ``pages`` ``[B, H_kv, p, S]`` (NaN: none yet), ``[B, H_kv, p * S]``."""
+        B, H, p, S = pages.shape
+        rep = self._rep.gather(2, pages.clamp(min=0).reshape(B, H, p * S))
+        return torch.where(pages.reshape(B, H, p * S) >= 0, rep, float("nan"))
+
+    def _block_summaries(self, keys: Tensor, pages: Tensor, rep_all: Tensor) -> BlockSummaries:
+        """Summaries of the blocks of ``pages`` ``[B, H_kv, P, S]`` (``P`` from a block boundary), whose
+        positions index ``keys`` ``[B, H_kv, N, D]``; ``rep_all`` ``[B, H_kv, P * S]`` each slot's
+        representativeness."""
         B, H, P, S = pages.shape
         D = keys.shape[-1]
         per = self.block_size // S
@@ -95,20 +119,20 @@ class InfLLMSelector(PageScoreSelector):
         padded[:, :, :P] = pages
         blocks = padded.view(B, H, nb, per * S)  # one block = ``per`` pages
         k, valid = gather_page_keys(keys, blocks)  # [B, H_kv, nb, T, D]
-        tok = blocks.clamp(min=0)
-        rep = self._rep.gather(2, tok.view(B, H, -1)).view(B, H, nb, -1)  # [B, H_kv, nb, T]
+        rep = torch.full((B, H, nb * per * S), float("nan"), device=pages.device)
+        rep[:, :, :P * S] = rep_all
+        rep = rep.view(B, H, nb, -1)  # [B, H_kv, nb, T]
         mean = k.sum(3) / valid.sum(3, keepdim=True).clamp(min=1)  # [B, H_kv, nb, D]
         typical = torch.einsum("bhntd,bhnd->bhnt", k.float(), mean.float())
         rep = torch.where(torch.isnan(rep), typical, rep)
         rep = torch.where(valid, rep, float("-inf"))
         top = rep.topk(r, dim=-1)
         rep_keys = k.gather(3, top.indices[..., None].expand(B, H, nb, r, D))  # [B, H_kv, nb, r, D]
-        rep_valid = torch.isfinite(top.values)
-        rep_keys = rep_keys.repeat_interleave(per, dim=2)[:, :, :P]  # [B, H_kv, P, r, D]
-        rep_valid = rep_valid.repeat_interleave(per, dim=2)[:, :, :P]
-        return BlockSummaries(rep_keys=rep_keys, rep_valid=rep_valid)
+        return BlockSummaries(rep_keys=rep_keys, rep_valid=torch.isfinite(top.values))
 
     def score(self, query: Tensor, summaries: BlockSummaries) -> Tensor:  # [B, H_kv, G, P]
-        dots = torch.einsum("bhgd,bhprd->bhgpr", query.to(summaries.rep_keys.dtype), summaries.rep_keys)
-        valid = summaries.rep_valid[:, :, None]  # [B, H_kv, 1, P, r]
-        return (dots * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+        dots = torch.einsum("bhgd,bhnrd->bhgnr", query.to(summaries.rep_keys.dtype), summaries.rep_keys)
+        valid = summaries.rep_valid[:, :, None]  # [B, H_kv, 1, nb, r]
+        per_block = (dots * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # [B, H_kv, G, nb]
+        P = self._pages.shape[2]
+        return per_block.repeat_interleave(self.block_size // self.page_size, dim=-1)[..., :P]

@@ -21,7 +21,9 @@ class StreamingLLMSelector(TokenScoreSelector):
     """
 
     name: ClassVar[str] = "streamingllm"
+    needs_keys: ClassVar[bool] = False
 
-    def token_scores(self, query: Tensor, keys: Tensor) -> Tensor:  # [B, H_kv, N]
-        B, H, N, _ = keys.shape
-        return torch.arange(N, device=keys.device, dtype=torch.float32).expand(B, H, N)
+    def token_scores(self, query: Tensor, keys: None) -> Tensor:  # [B, H_kv, N]
+        B, H = query.shape[:2]
+        N = self.num_tokens
+        return torch.arange(N, device=query.device, dtype=torch.float32).expand(B, H, N)

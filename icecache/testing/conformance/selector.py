@@ -17,7 +17,8 @@ query that favours one cluster) and checks, after every ``select``:
 ``sinks-recent``   the first ``sink_tokens`` real positions are attended, and the newest position is
                    when ``window_tokens >= 1``;
 ``attends-all``    a row whose real context fits in the budget attends all of it;
-``pages``          the layout has ``page_size`` slots, valid slots first, each real position in at
+``pages``          the layout has the selector's ``page_size`` slots (``config.page_size`` unless the
+                   selector sizes its own pages, never more), valid slots first, each real position in at
                    most one page, no padding position; selected page ids are valid, distinct, and
                    every token of a selected page is attended;
 ``deterministic``  a second selector built from the same config (same seed) given the same inputs
@@ -156,8 +157,10 @@ def _counts(value: Tensor, B: int, H: int) -> Tensor:
 
 
 def check_selection(sel: Any, *, config: CacheConfig, shape: GQAShape, context: int, start: Tensor,
-                    layout_ids: Tensor | None, props: frozenset[str], where: str) -> None:
-    """Check one ``select`` result against every property in ``props`` (see the module docstring)."""
+                    layout_ids: Tensor | None, props: frozenset[str], where: str,
+                    page_size: int | None = None) -> None:
+    """Check one ``select`` result against every property in ``props`` (see the module docstring).
+    ``page_size``: the selector's (default ``config.page_size``)."""
     B, H = shape.batch, shape.num_kv_heads
     # NOTE: shapes are always checked: every other property relies on them
     if not isinstance(sel, Selection):
@@ -243,18 +246,21 @@ def check_selection(sel: Any, *, config: CacheConfig, shape: GQAShape, context: 
             _fail("attends-all", where, f"row [b={b}, h={h}] has {int(n_real[b])} real positions, within the "
                                         f"budget of {config.budget}, but does not attend position {i}")
     if "pages" in props and layout_ids is not None:
-        _check_pages(sel, layout_ids, mask, config=config, context=context, start=start, where=where)
+        _check_pages(sel, layout_ids, mask, config=config, context=context, start=start, where=where,
+                     page_size=config.page_size if page_size is None else page_size)
 
 
 def _check_pages(sel: Any, ids: Tensor, mask: Tensor, *, config: CacheConfig, context: int, start: Tensor,
-                 where: str) -> None:
+                 where: str, page_size: int) -> None:
     B, H = mask.shape[:2]
     if ids.dtype != torch.int64 or ids.dim() != 4 or tuple(ids.shape[:2]) != (B, H):
         _fail("pages", where, f"layout.token_ids must be int64 [B={B}, H_kv={H}, P, S], got {ids.dtype} "
                               f"{tuple(ids.shape)}")
     P, S = ids.shape[2], ids.shape[3]
-    if P and S != config.page_size:
-        _fail("pages", where, f"layout pages have {S} slots, config.page_size is {config.page_size}")
+    slots = page_size
+    if P and (S != slots or slots > config.page_size):
+        _fail("pages", where, f"layout pages have {S} slots, the selector's page_size is {slots} (at most "
+                              f"config.page_size = {config.page_size})")
     v = ids >= 0
     if bool((v[..., 1:] & ~v[..., :-1]).any()):
         b, h, p, _ = torch.nonzero(v[..., 1:] & ~v[..., :-1])[0].tolist()
@@ -331,7 +337,8 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
         layout = guarded(CONTRACT, f"{name}.layout", lambda s=sels[0]: s.layout) if "pages" in props else None
         layout_ids = None if layout is None else layout.token_ids.cpu()
         check_selection(results[0], config=case.config, shape=case.shape, context=context, start=start,
-                        layout_ids=layout_ids, props=props, where=where)
+                        layout_ids=layout_ids, props=props, where=where,
+                        page_size=getattr(sels[0], "page_size", case.config.page_size))
         if copies == 2:
             _same(results[0], results[1], context, where)
 

@@ -1,0 +1,278 @@
+"""The one home of a sparse layer's KV: pages in the tiered store, sinks and recent window on the device.
+
+Every paged token's key and value live once, in a page of the shared
+:class:`~icecache.storage.store.TieredStore` (host tier, spilling to disk; the device tier caches the
+pages attention reads). The first ``sink_tokens`` real positions of each row and the ``keep_recent``
+newest positions stay on the device (the window is attended every step and moves into pages a flush
+at a time). Nothing else holds the layer's keys: the selector and its index read them through this
+object, a :class:`~icecache.core.keys.KeyReader` (``keys(token_ids)``).
+
+A decode step of a page-based selector loads the selected pages (one bulk copy for the missing ones),
+runs the kernels' sparse paged attention over them, attends sinks + window densely and merges the two;
+a token-level selector's tokens are gathered (:meth:`SparseLayerKV.gather`) and attended densely.
+
+Positions follow the selector convention (:mod:`icecache.selectors.plumbing.positions`): sinks are the
+first ``ledger.sink`` real positions of a row, the window its last ``ledger.window`` positions.
+Pages only gain tokens (the layout contract), so a page is written once and appended to, never moved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from icecache.core.errors import BudgetError, ConfigError
+from icecache.core.keys import tensor_nbytes
+from icecache.index.hierarchy.state import grow
+from icecache.integrations.hf.dense import attend_with_lse
+
+
+class SparseLayerKV:
+    """K/V of one sparse layer ``[B, H_kv, n, D]`` without a contiguous copy; see the module docstring.
+
+    Tables (CPU): ``phys`` int64 ``[B, H_kv, P]`` store page id of each logical page (``-1``: none yet);
+    ``written_len`` int32 / ``written_sum`` int64 ``[B, H_kv, P]``: tokens written into each page and the
+    sum of their positions (a changed prefix is a broken layout contract); ``loc`` int32 ``[B, H_kv, Ncap]``:
+    ``page * S + slot`` of each paged position (``-1``: not in a page).
+    """
+
+    def __init__(self, store: Any, kernels: Any, layer_idx: int, *, sink_tokens: int, keep_recent: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.store, self.kernels, self.layer_idx = store, kernels, layer_idx
+        self.sink_tokens, self.keep_recent, self.device = sink_tokens, keep_recent, device
+        self.dtype = dtype  # the model's KV dtype (pages may be stored in another)
+        self.S = store.spec.page_size
+        self.phys: Tensor | None = None
+        self.written_len: Tensor | None = None
+        self.written_sum: Tensor | None = None
+        self.loc: Tensor | None = None
+        self.start: Tensor | None = None  # int64 [B] (CPU)
+        self.sinks: tuple[Tensor, Tensor] | None = None  # [B, H_kv, sink, D] each
+        self.ring: tuple[Tensor, Tensor] | None = None  # [B, H_kv, keep_recent, D]: recent positions
+        self.n = 0  # positions so far
+        self._chunk: tuple[Tensor, Tensor, int] | None = None  # K/V being added by the current update
+
+    # -- KeyReader -------------------------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        return self.n
+
+    def keys(self, token_ids: Tensor) -> Tensor:
+        """Keys at positions ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros) -> ``[B, H_kv, ..., D]``."""
+        B, H = token_ids.shape[:2]
+        tail = token_ids.shape[2:]
+        k = self._fetch(token_ids.reshape(B, H, -1), values=False)
+        return k.view(B, H, *tail, k.shape[-1])
+
+    def gather(self, token_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values at ``token_ids`` int64 ``[B, H_kv, T]`` (``-1``: zeros), ``[B, H_kv, T, D]`` each."""
+        return self._fetch(token_ids, values=True)
+
+    def gather_all(self) -> tuple[Tensor, Tensor]:
+        """Every position's K/V ``[B, H_kv, n, D]``: a transient copy, for a multi-token update's dense attention."""
+        B, H = self.phys.shape[:2]
+        return self.gather(torch.arange(self.n).expand(B, H, self.n))
+
+    def _fetch(self, token_ids: Tensor, *, values: bool) -> Any:
+        """K (and V) ``[B, H_kv, T, D]`` of positions from wherever they live: the chunk being added, a
+        page in the store, the window ring or the sinks (``-1`` and padding: zeros)."""
+        B, H, T = token_ids.shape
+        pos = token_ids.to("cpu", torch.int64)
+        D = self.ring[0].shape[-1]
+        out = [torch.zeros(B, H, T, D, dtype=self.dtype, device=self.device) for _ in range(1 + values)]
+        known = (pos >= 0) & (pos < self.n)
+        if self._chunk is not None:
+            ck, cv, first = self._chunk
+            hit = known & (pos >= first)
+            b, h, t = torch.nonzero(hit, as_tuple=True)
+            if b.numel():
+                src = pos[b, h, t] - first
+                out[0][b, h, t] = ck[b, h, src.to(ck.device)].to(self.device, self.dtype)
+                if values:
+                    out[1][b, h, t] = cv[b, h, src.to(cv.device)].to(self.device, self.dtype)
+                known = known & ~hit
+        inside = known & (pos < self.loc.shape[2])  # NOTE: the table covers paged positions only
+        loc = torch.where(inside, self.loc.gather(2, pos.clamp(0, self.loc.shape[2] - 1)), -1).long()
+        b, h, t = torch.nonzero(loc >= 0, as_tuple=True)
+        if b.numel():
+            l = loc[b, h, t]
+            rec = self.store.read_tokens(l // self.S, l % self.S, values=values).to(self.device, self.dtype)
+            if values:
+                out[0][b, h, t], out[1][b, h, t] = rec[:, 0], rec[:, 1]
+            else:
+                out[0][b, h, t] = rec
+        rest = known & (loc < 0)
+        first_unsunk = self.start[:, None, None] + self.sink_tokens
+        in_sink = rest & (pos >= self.start[:, None, None]) & (pos < first_unsunk)
+        in_ring = rest & ~in_sink & (pos >= self.n - self.keep_recent)
+        for mask, (sk, sv), slot in ((in_sink, self.sinks, pos - self.start[:, None, None]),
+                                     (in_ring, self.ring, pos % self.keep_recent)):
+            b, h, t = torch.nonzero(mask, as_tuple=True)
+            if b.numel():
+                s = slot[b, h, t].to(self.device)
+                out[0][b, h, t] = sk[b, h, s]
+                if values:
+                    out[1][b, h, t] = sv[b, h, s]
+        lost = rest & ~in_sink & ~in_ring & (pos >= first_unsunk)
+        assert not bool(lost.any()), "a paged position is neither in the store nor in the window ring"
+        return (out[0], out[1]) if values else out[0]
+
+    # -- prefill and appends -----------------------------------------------------------------------------
+    def begin(self, keys: Tensor, values: Tensor, start: Tensor) -> None:
+        """The prompt's K/V ``[B, H_kv, N, D]`` (held only until :meth:`end_chunk`): sinks and the ring."""
+        B, H, N, D = keys.shape
+        self.start = start.to("cpu", torch.int64)
+        self.phys = torch.full((B, H, 0), -1, dtype=torch.int64)
+        self.written_len = torch.zeros(B, H, 0, dtype=torch.int32)
+        self.written_sum = torch.zeros(B, H, 0, dtype=torch.int64)
+        self.loc = torch.full((B, H, N), -1, dtype=torch.int32)
+        pos = (self.start[:, None] + torch.arange(self.sink_tokens)).clamp(max=max(N - 1, 0))  # [B, sink]
+        idx = pos.to(keys.device)[:, None, :, None].expand(B, H, self.sink_tokens, D)
+        self.sinks = (keys.gather(2, idx).to(self.device), values.gather(2, idx).to(self.device))
+        shape = (B, H, self.keep_recent, D)
+        self.ring = (torch.zeros(shape, dtype=keys.dtype, device=self.device),
+                     torch.zeros(shape, dtype=keys.dtype, device=self.device))
+        self.n = 0
+        self.append(keys, values)
+
+    def append(self, keys: Tensor, values: Tensor) -> None:
+        """New positions ``[B, H_kv, n, D]``: readable at once (as the current chunk, until
+        :meth:`end_chunk`) and kept in the ring of recent positions."""
+        n = keys.shape[2]
+        self._chunk = (keys, values, self.n)
+        skip = max(0, n - self.keep_recent)
+        slots = (torch.arange(self.n + skip, self.n + n) % self.keep_recent).to(self.device)
+        self.ring[0].index_copy_(2, slots, keys[:, :, skip:].to(self.device))
+        self.ring[1].index_copy_(2, slots, values[:, :, skip:].to(self.device))
+        self.n += n
+
+    def end_chunk(self) -> None:
+        """Forget the current chunk (its paged tokens are in the store now, the rest in the ring)."""
+        self._chunk = None
+
+    def sync(self, layout: Tensor) -> int:
+        """Write the tokens that joined pages of ``layout`` int64 ``[B, H_kv, P, S]`` since the last call
+        (new pages get store ids; a page that gained tokens is rewritten with them appended). Returns the
+        number of pages written. A page whose earlier tokens changed breaks the layout contract:
+        :class:`ConfigError`."""
+        B, H, P, S = layout.shape
+        if S != self.S:
+            raise ConfigError(f"layer {self.layer_idx}: the selector's pages have {S} slots, the store's {self.S}")
+        layout = layout.cpu()
+        P0 = self.phys.shape[2]
+        if P > P0:  # NOTE: page ids are stable; new pages are appended
+            self.phys = torch.cat([self.phys, torch.full((B, H, P - P0), -1, dtype=torch.int64)], dim=2)
+            self.written_len = torch.cat([self.written_len, torch.zeros(B, H, P - P0, dtype=torch.int32)], 2)
+            self.written_sum = torch.cat([self.written_sum, torch.zeros(B, H, P - P0, dtype=torch.int64)], 2)
+        valid = layout >= 0
+        lens = valid.sum(-1).to(torch.int32)  # [B, H_kv, P]
+        changed = lens != self.written_len
+        if not bool(changed.any()):
+            return 0
+        b, h, p = torch.nonzero(changed, as_tuple=True)
+        tokens = layout[b, h, p]  # [n, S]
+        old = self.written_len[b, h, p].long()  # [n]
+        slot = torch.arange(S)
+        prefix = torch.where(slot[None] < old[:, None], tokens, 0).sum(-1)
+        if bool((prefix != self.written_sum[b, h, p]).any() | (lens[b, h, p] < old).any()):
+            i = int(torch.nonzero((prefix != self.written_sum[b, h, p]) | (lens[b, h, p] < old))[0])
+            raise ConfigError(f"layer {self.layer_idx}: page {int(p[i])} of row [b={int(b[i])}, h={int(h[i])}] "
+                              "lost or reordered tokens; a selector's pages may only gain tokens")
+        fresh = self.phys[b, h, p] < 0
+        n_fresh = int(fresh.sum())
+        if n_fresh:
+            self.phys[b[fresh], h[fresh], p[fresh]] = self.store.allocate(n_fresh, seq=b[fresh],
+                                                                          layer=self.layer_idx, head=h[fresh])
+        ids = self.phys[b, h, p]
+        sd = self.store.spec.dtype
+        k = torch.zeros(ids.numel(), S, self.ring[0].shape[-1], dtype=sd)
+        v = torch.zeros_like(k)
+        if bool((~fresh).any()):  # pages that gain tokens: their earlier slots as stored
+            k[~fresh], v[~fresh], _ = self.store.read_pages(ids[~fresh])
+        new = (slot[None] >= old[:, None]) & (tokens >= 0)  # [n, S] slots to fill
+        i, s = torch.nonzero(new, as_tuple=True)
+        nk, nv = self._fetch_rows((b * H + h)[i], tokens[i, s], values=True)
+        k[i, s], v[i, s] = nk.cpu().to(sd), nv.cpu().to(sd)
+        self.store.write_pages(ids, k, v, lens[b, h, p])
+        self._note_locations(b[i], h[i], tokens[i, s], ids[i] * S + s)
+        self.written_len[b, h, p] = lens[b, h, p]
+        self.written_sum[b, h, p] = torch.where(valid[b, h, p], tokens, 0).sum(-1)
+        return int(b.numel())
+
+    def _fetch_rows(self, rows: Tensor, positions: Tensor, *, values: bool) -> Any:
+        """K (and V) ``[M, D]`` of ``positions[m]`` in row ``rows[m]`` (``b * H_kv + h``), in one fetch."""
+        B, H = self.phys.shape[:2]
+        M = rows.numel()
+        counts = torch.bincount(rows, minlength=B * H)
+        T = int(counts.max()) if M else 0
+        order = torch.argsort(rows, stable=True)
+        rank = torch.empty(M, dtype=torch.int64)
+        rank[order] = torch.arange(M) - (counts.cumsum(0) - counts)[rows[order]]
+        grid = torch.full((B * H, T), -1, dtype=torch.int64)
+        grid[rows, rank] = positions
+        got = self._fetch(grid.view(B, H, T), values=values)
+
+        def pick(x: Tensor) -> Tensor:
+            return x.reshape(B * H, T, -1)[rows.to(x.device), rank.to(x.device)]
+
+        return (pick(got[0]), pick(got[1])) if values else pick(got)
+
+    def _note_locations(self, b: Tensor, h: Tensor, positions: Tensor, where: Tensor) -> None:
+        top = int(positions.max()) + 1 if positions.numel() else 0
+        if top > self.loc.shape[2]:
+            self.loc = grow(self.loc, 2, top, -1)
+        if where.numel() and int(where.max()) >= 2**31:
+            raise ConfigError(f"layer {self.layer_idx}: page ids beyond {2**31 // self.S} do not fit the int32 "
+                              "location table")
+        self.loc[b, h, positions] = where.to(torch.int32)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held: ``device`` (sinks and the ring) and ``tables`` (host: page ids, lengths, locations)."""
+        return {"device": tensor_nbytes(*(self.sinks or ()), *(self.ring or ())),
+                "tables": tensor_nbytes(self.phys, self.written_len, self.written_sum, self.loc)}
+
+    # -- attention ----------------------------------------------------------------------------------
+    def attend(self, query: Tensor, selection: Any, scale: float, timings: Any) -> Tensor:
+        """``query`` ``[B, H_q, D]`` over the selected pages + sinks + window -> ``[B, H_q, D]``."""
+        B, H_q, D = query.shape
+        H = self.phys.shape[1]
+        ledger = selection.ledger
+        if bool((ledger.extra > 0).any()):
+            extra = int(ledger.extra.max())
+            raise BudgetError(f"layer {self.layer_idx}: the paged path cannot place {extra} extra tokens "
+                              "outside pages, sinks and window")
+        page_ids = selection.page_ids.cpu()  # [B, H_kv, K] logical, -1 padded
+        phys = torch.where(page_ids >= 0, self.phys.gather(2, page_ids.clamp_min(0)), -1)  # [B, H_kv, K]
+        pinned = torch.unique(phys[phys >= 0])
+        with timings.part("page_load"):
+            table = self.store.page_table(phys.reshape(B * H, -1), pin=True)
+        try:
+            with timings.part("attention"):
+                pool = self.store.device_pool
+                q = query.to(pool.k.dtype)
+                o_pages, lse_pages = self.kernels.paged_decode_attention(q, pool.k, pool.v, table, scale=scale)
+                o_res, lse_res = self.resident(query.reshape(B, H, H_q // H, D), ledger, scale)
+                out, _ = self.kernels.merge_attention_states(o_pages.to(query.dtype), lse_pages,
+                                                             o_res.reshape(B, H_q, D), lse_res.reshape(B, H_q))
+        finally:
+            if pinned.numel():
+                self.store.release(pinned)
+        return out
+
+    def resident(self, q: Tensor, ledger: Any, scale: float) -> tuple[Tensor, Tensor]:
+        """Dense attention over sinks + window: ``q`` ``[B, H_kv, G, D]`` -> (out, lse)."""
+        n = self.n
+        sink_n = ledger.sink.to(self.device)  # [B, H_kv]
+        window_n = ledger.window.to(self.device)
+        sk, sv = self.sinks
+        rk, rv = self.ring
+        keys = torch.cat([sk, rk], dim=2)  # [B, H_kv, sink + keep, D]
+        values = torch.cat([sv, rv], dim=2)
+        slot = torch.arange(self.sink_tokens, device=self.device)
+        ring = torch.arange(self.keep_recent, device=self.device)
+        pos = (n - 1) - torch.remainder(n - 1 - ring, self.keep_recent)  # position held by each ring slot
+        sink_mask = slot[None, None, :] < sink_n[..., None]  # [B, H_kv, sink]
+        window_mask = (pos >= 0)[None, None, :] & (pos[None, None, :] >= (n - window_n)[..., None])
+        return attend_with_lse(q, keys, values, torch.cat([sink_mask, window_mask], dim=2), scale)
