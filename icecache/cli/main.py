@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "transfer": "icecache.bench.transfer",
     "selectors": "icecache.bench.selectors",
     "decode": "icecache.bench.decode",
+    "memory": "icecache.bench.memory",
     "index": "icecache.index.bench",
 }
 

@@ -58,3 +58,4 @@ def reachable_bytes(*roots: Any, skip: Iterable[int] = ()) -> dict[str, int]:
 def data_pointers(*tensors: torch.Tensor | None) -> set[int]:
     """Storage data pointers of ``tensors`` (for :func:`reachable_bytes`'s ``skip``)."""
     return {t.untyped_storage().data_ptr() for t in tensors if t is not None}
+

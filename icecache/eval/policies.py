@@ -9,7 +9,7 @@ from attrs import field, frozen
 from icecache.core.config import CacheConfig, TierConfig
 from icecache.core.errors import BudgetError, ConfigError
 from icecache.core.plugins import build_registry, get_plugin_manager
-from icecache.core.policy import CachePolicy, compose_policy
+from icecache.core.policy import DEFAULT_TIERS, CachePolicy, compose_policy
 from icecache.core.registry import Registry
 
 
@@ -99,12 +99,18 @@ def parse_policies(spec: str, budget: int | None = None, *, registry: Registry |
     return out
 
 
+def tier_stack(tiers: TierConfig | None) -> tuple[str, ...]:
+    """The tiers a run composes: device and host, and disk when a disk directory is given."""
+    return (*DEFAULT_TIERS, "disk") if tiers is not None and tiers.disk_dir is not None else DEFAULT_TIERS
+
+
 def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", sink_tokens: int | None = None,
                  window_tokens: int | None = None, tiers: TierConfig | None = None,
-                 options: dict[str, dict[str, Any]] | None = None) -> CachePolicy:
-    """The :class:`CachePolicy` of ``spec`` for a model (geometry read from its config). Budget errors
-    (e.g. below ``sink + window``) raise :class:`ConfigError` naming the values."""
-    overrides: dict[str, Any] = {"device": device}
+                 options: dict[str, dict[str, Any]] | None = None, page_dtype: Any = None) -> CachePolicy:
+    """The :class:`CachePolicy` of ``spec`` for a model (geometry read from its config); with a disk
+    directory in ``tiers`` the stack is device, host, disk. Budget errors (e.g. below ``sink + window``)
+    raise :class:`ConfigError` naming the values."""
+    overrides: dict[str, Any] = {"device": device, "page_dtype": page_dtype}
     if sink_tokens is not None:
         overrides["sink_tokens"] = sink_tokens
     if window_tokens is not None:
@@ -118,4 +124,34 @@ def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", si
     options = dict(options or {})
     if spec.options:
         options["selector"] = {**options.get("selector", {}), **spec.options}
-    return compose_policy(selector=spec.selector, config=config, options=options)
+    return compose_policy(selector=spec.selector, config=config, options=options, tiers=tier_stack(tiers))
+
+
+def check_capacities(policy: CachePolicy, *, batch: int, context: int, num_layers: int) -> None:
+    """Refuse tier capacities that cannot hold one step of ``batch`` prompts of ``context`` tokens, before
+    any work: a device tier below one layer's selected pages, or (without a disk tier) a host tier below
+    the prompt's pages. :class:`ConfigError` names the value and what would fit."""
+    config, tiers = policy.config, policy.config.tiers
+    if policy.selector == "full":
+        return
+    geo = config.geometry
+    rows = batch * (geo.num_kv_heads if geo is not None else 1)
+    S = policy.make_selector(config.dense_layers).page_size
+    if tiers.device_pages is not None:
+        need = rows * -(-config.selected_budget // S)
+        if tiers.device_pages < need:
+            raise ConfigError(f"--device-pages {tiers.device_pages} cannot hold one layer's selection for "
+                              f"{spec_label(policy)}: {rows} rows x {config.selected_budget} selected tokens in "
+                              f"pages of {S} need at least {need}")
+    if tiers.host_pages is not None and tiers.disk_dir is None:
+        sparse = max(0, num_layers - config.dense_layers)
+        paged = max(0, context - config.sink_tokens - config.window_tokens)
+        need = sparse * rows * -(-paged // S)
+        if tiers.host_pages < need:
+            raise ConfigError(f"--host-pages {tiers.host_pages} cannot hold the prompt's pages for "
+                              f"{spec_label(policy)}: {sparse} sparse layers x {rows} rows x {paged} tokens "
+                              f"in pages of {S} need at least {need}; raise it or add --disk-dir")
+
+
+def spec_label(policy: CachePolicy) -> str:
+    return f"{policy.selector}@{policy.config.budget}"

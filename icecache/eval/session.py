@@ -13,7 +13,7 @@ from attrs import frozen
 
 from icecache.core.config import TierConfig
 from icecache.core.errors import ConfigError
-from icecache.eval.policies import PolicySpec, build_policy, parse_policies
+from icecache.eval.policies import PolicySpec, build_policy, check_capacities, parse_policies
 
 #: answer tokens reserved beyond the context when checking it against the model's positions
 ANSWER_RESERVE = 64
@@ -33,7 +33,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recent-window tokens per KV head (default min(60, budget/4 - sink))")
     parser.add_argument("--device-pages", type=int, default=None, help="device-tier capacity in pages")
     parser.add_argument("--host-pages", type=int, default=None, help="host-tier capacity in pages")
-    parser.add_argument("--disk-dir", default=None, help="directory of the disk tier (enables it)")
+    parser.add_argument("--disk-dir", default=None,
+                        help="directory of the disk tier (enables it: pages beyond --host-pages spill there)")
+    parser.add_argument("--page-dtype", default=None,
+                        help="dtype pages are stored in (default: the model's KV dtype), e.g. bfloat16")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: decode runs small ops, where more threads "
                              "mostly add synchronization, and shared machines oversubscribe)")
@@ -91,9 +94,13 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
                 f"--context {context} is longer than the model allows: it has {positions} positions and "
                 f"{ANSWER_RESERVE} are kept for the answer (at most {positions - ANSWER_RESERVE})")
     tiers = TierConfig(device_pages=args.device_pages, host_pages=args.host_pages, disk_dir=args.disk_dir)
-    kwargs = {"sink_tokens": args.sink, "window_tokens": args.window, "tiers": tiers}
+    kwargs = {"sink_tokens": args.sink, "window_tokens": args.window, "tiers": tiers,
+              "page_dtype": getattr(args, "page_dtype", None)}
     for spec in specs:  # NOTE: builds each CacheConfig now, so a budget below sink + window fails early
         policy = build_policy(spec, model_config, device=device, **kwargs)
+        if context is not None:
+            check_capacities(policy, batch=args.batch_size, context=context,
+                             num_layers=model_config.num_hidden_layers)
         if spec.options:  # and one selector, so options that do not fit fail before any work
             try:
                 policy.make_selector(policy.config.dense_layers)

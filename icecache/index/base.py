@@ -29,13 +29,16 @@ class PageSummaries:
     * ``key_min`` / ``key_max``: float ``[B, H_kv, P, D]``, element-wise bounds (Quest's cuboid).
     * ``radius``: float ``[B, H_kv, P]``, ``max_i |k_i - centroid|`` (ArkVale's sphere).
     * ``lens``: int64 ``[B, H_kv, P]``, valid tokens per page (0 for padding pages).
+
+    A selector keeps only the fields its score reads (``PageScoreSelector.summary_fields``); the others
+    are ``None``.
     """
 
-    centroids: Tensor
-    key_min: Tensor
-    key_max: Tensor
-    radius: Tensor
     lens: Tensor
+    centroids: Tensor | None = None
+    key_min: Tensor | None = None
+    key_max: Tensor | None = None
+    radius: Tensor | None = None
 
 
 @frozen(kw_only=True)

@@ -113,6 +113,10 @@ class PagePool:
         if np_any(bad):
             self.check(torch.from_numpy(ids), written=written)  # raises, naming the id
 
+    def nbytes(self) -> int:
+        """Bytes of the id maps (allocation, lengths, owners, free list)."""
+        return sum(a.nbytes for a in (self._allocated, self._lens, self._owner, self._free))
+
     def set_lens(self, page_ids: Tensor, lens: Tensor) -> None:
         """Record valid-slot counts (int ``[n]``) of allocated pages."""
         self._lens[page_ids.numpy()] = lens.numpy()

@@ -220,6 +220,11 @@ class SlotTier:
         if pin:
             self._pins[slots] += 1
 
+    def bookkeeping_nbytes(self) -> int:
+        """Bytes of the slot and page maps (host memory, whatever the tier's medium)."""
+        return sum(a.nbytes for a in (self._page_of, self._state, self._pins, self._stamp, self._new,
+                                      self._slot_of))
+
     def reserve(self, pages: int) -> None:
         """Allocate memory for ``pages`` more pages now (up to ``capacity``), so the writes that follow
         take exactly what they need instead of growing step by step."""

@@ -350,6 +350,10 @@ class TieredStore:
                         "token_nbytes": token_nbytes})
         return out
 
+    def bookkeeping_nbytes(self) -> int:
+        """Bytes of the page-id pool's and the tiers' maps (a tier without them counts 0)."""
+        return self.pool.nbytes() + sum(getattr(t, "bookkeeping_nbytes", lambda: 0)() for t in self.tiers)
+
     def staging_nbytes(self) -> int:
         """Bytes of the staging buffers kept between loads."""
         return self._stager.nbytes()

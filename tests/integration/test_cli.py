@@ -42,6 +42,11 @@ BAD = [
     (["run", "--policies", "full,nope"], "unknown selector 'nope'"),
     (["run", "--context", "100000"], "--context 100000 is longer than the model allows"),
     (["run", "--budget", "-1"], "budget must be positive, got -1"),
+    (["eval", "--policy", "icecache", "--device-pages", "3"],
+     "--device-pages 3 cannot hold one layer's selection for icecache@256: 12 rows x 192 selected tokens"),
+    (["eval", "--policy", "quest", "--host-pages", "10"],
+     "--host-pages 10 cannot hold the prompt's pages for quest@256: 28 sparse layers x 12 rows"),
+    (["eval", "--policy", "icecache", "--page-dtype", "float8"], "dtype must be one of"),
 ]
 
 
@@ -129,3 +134,28 @@ def test_run_writes_results_and_plot(tmp_path, capsys):
     assert (out / "summary.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "rel_full" in printed and "icecache@128" in printed
+
+
+@pytest.mark.model
+def test_a_host_cap_with_a_disk_tier_holds_and_decodes_the_same_tokens(tmp_path, tasks_file):
+    """``--host-pages`` at a quarter of the KV's pages plus ``--disk-dir``: the host tier never holds more
+    than the cap, the rest lives in a real page file, and every answer is token-identical."""
+    base = ["eval", "--tasks-file", str(tasks_file), "--policy", "icecache@64,quest@64", "--no-progress",
+            "--batch-size", "2"]
+    assert main([*base, "--json", str(tmp_path / "free.json")]) == 0
+    free = json.loads((tmp_path / "free.json").read_text())["samples_detail"]
+    host = {t["name"]: t for t in free[0]["memory"]["tiers"]}["host"]
+    cap = host["pages"] // 4
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    assert main([*base, "--json", str(tmp_path / "cap.json"), "--host-pages", str(cap), "--disk-dir", str(disk)]) == 0
+    capped = json.loads((tmp_path / "cap.json").read_text())["samples_detail"]
+    assert [r["output"] for r in capped] == [r["output"] for r in free]
+    for r in capped:
+        tiers = {t["name"]: t for t in r["memory"]["tiers"]}
+        assert tiers["host"]["allocated_slots"] <= cap and tiers["disk"]["pages"] > 0
+        m = r["memory"]
+        assert m["host"]["kv_payload"] + m["host"]["page_padding"] + m["host"]["spare_slots"] <= (
+            cap * tiers["host"]["page_nbytes"])
+        assert m["disk"]["kv_payload"] > 0 and m["disk_bytes"] >= m["disk"]["kv_payload"]
+    assert not any(disk.iterdir())  # the page file is removed when the cache closes

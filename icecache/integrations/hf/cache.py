@@ -114,12 +114,17 @@ class IceCache(Cache):
     @classmethod
     def for_model(cls, model: Any, selector: str = "icecache", budget: int = 256, *,
                   options: dict[str, dict[str, Any]] | None = None, timing: bool = True,
-                  **config: Any) -> IceCache:
+                  tier_names: tuple[str, ...] | None = None, **config: Any) -> IceCache:
         """A cache for ``model`` (its geometry read from ``model.config``), composing ``selector`` at
-        ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields."""
+        ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields (e.g.
+        ``tiers=TierConfig(host_pages=..., disk_dir=...)``); ``tier_names`` is the stack of tiers by name
+        (default device and host, and disk when ``tiers`` names a disk directory)."""
+        from icecache.eval.policies import tier_stack
+
         config.setdefault("device", model.device)
         cfg = CacheConfig.from_model_config(model.config, budget=budget, **config)
-        policy = compose_policy(selector=selector, config=cfg, options=options)
+        policy = compose_policy(selector=selector, config=cfg, options=options,
+                                tiers=tier_names if tier_names is not None else tier_stack(cfg.tiers))
         return cls(policy, model.config.num_hidden_layers, timing=timing)
 
     @classmethod
@@ -153,14 +158,16 @@ class IceCache(Cache):
         """Everything this cache holds, against a full cache of the same length (every layer's K and V in
         the model dtype): ``device`` / ``host`` / ``disk`` dicts of bytes by part, their totals and
         fractions of ``full_kv_bytes``, ``page_fill`` (tokens over slots of the stored pages) and
-        ``load_bytes_per_token`` (bytes moved to the device per selected token attended).
+        ``load_bytes_per_token`` (bytes moved to the device per selected token attended) and ``tiers``
+        (:meth:`~icecache.storage.store.TieredStore.occupancy`: pages, tokens and slots per tier).
 
         Parts: ``dense_kv`` (dense layers), ``resident`` (sinks and windows), ``device_pool`` (the device
         tier's pages), ``working_set`` (the most tokens a token-level layer gathered in one step:
         transient), ``kv_payload`` / ``page_padding`` / ``spare_slots`` (a backing tier's stored tokens,
         the empty slots of its pages, its allocated but unused slots), ``index``, ``selector`` (state
-        besides the index), ``tables`` (page ids and locations), ``staging``; ``other``: what the walk of
-        every array reachable from the cache finds beyond the itemized parts (bookkeeping arrays).
+        besides the index), ``selection`` (the last step's, kept for observers), ``tables`` (page ids and
+        locations), ``staging``, ``bookkeeping`` (the store's page-id and slot maps); ``other``: what the
+        walk of every array reachable from the cache finds beyond the itemized parts.
         NOTE: the index and selector state live on ``config.device`` (host on a CPU machine)."""
         from icecache.core.memory import data_pointers, reachable_bytes
 
@@ -188,14 +195,17 @@ class IceCache(Cache):
             else:
                 continue
             full += 2 * B * H * D * torch.empty((), dtype=layer.dtype).element_size() * layer.n
+            if layer.last_selection is not None:
+                add(state_where, "selection", sum(reachable_bytes(layer.last_selection).values()))
             if layer.selector is not None and hasattr(layer.selector, "nbytes"):
                 for what, n in layer.selector.nbytes().items():
                     add(state_where, "index" if what.startswith("index_") else "selector", n)
         disk_ptrs: set[int] = set()
         fill_tokens = fill_slots = 0
+        occupancy = self.store.occupancy() if self.store is not None else []
         if self.store is not None:
             S = self.store.spec.page_size
-            for tier, occ in zip(self.store.tiers, self.store.occupancy(), strict=True):
+            for tier, occ in zip(self.store.tiers, occupancy, strict=True):
                 where = {"file": "disk", "cuda": "device", "cpu-standin": "device"}.get(occ["memory"], "host")
                 if occ["memory"] == "file":
                     disk_ptrs |= data_pointers(getattr(tier, "data", None))
@@ -208,6 +218,7 @@ class IceCache(Cache):
                 fill_tokens += occ["tokens"]
                 fill_slots += occ["pages"] * S
             add("host", "staging", self.store.staging_nbytes())
+            add("host", "bookkeeping", self.store.bookkeeping_nbytes())
         held = reachable_bytes(self, skip=disk_ptrs)
         itemized = sum(v for where in ("device", "host") for k, v in parts[where].items() if k != "working_set")
         add("host", "other", sum(held.values()) - itemized)
@@ -221,4 +232,4 @@ class IceCache(Cache):
                 "disk_fraction": frac(totals["disk"]), "held_fraction": frac(device + totals["host"]),
                 "page_fill": fill_tokens / fill_slots if fill_slots else 1.0,
                 "load_bytes_per_token": moved / self._attended if self._attended else 0.0,
-                "device": parts["device"], "host": parts["host"], "disk": parts["disk"]}
+                "device": parts["device"], "host": parts["host"], "disk": parts["disk"], "tiers": occupancy}

@@ -1,6 +1,6 @@
 """A growable contiguous K/V buffer for one dense layer: ``[B, H_kv, capacity, D]`` with amortized appends.
 
-NOTE: it grows by a 32nd (at least 64 positions), not by doubling: a dense layer's KV is most of what a
+NOTE: it grows by a 64th (at least 64 positions), not by doubling: a dense layer's KV is most of what a
 dense cache holds, and doubling left up to half of it unused.
 """
 
@@ -36,10 +36,10 @@ class GrowableKV:
         return self.keys.shape[2]
 
     def append(self, keys: Tensor, values: Tensor) -> None:
-        """Append ``[B, H_kv, n, D]``; grows the buffer by a 32nd when full (amortized O(1) per token)."""
+        """Append ``[B, H_kv, n, D]``; grows the buffer by a 64th when full (amortized O(1) per token)."""
         n = keys.shape[2]
         if self.length + n > self.capacity:
-            new_cap = max(self.capacity + max(64, self.capacity // 32), self.length + n)
+            new_cap = max(self.capacity + max(64, self.capacity // 64), self.length + n)
             for name in ("keys", "values"):
                 old = getattr(self, name)
                 grown = torch.empty(*old.shape[:2], new_cap, old.shape[3], dtype=old.dtype, device=old.device)

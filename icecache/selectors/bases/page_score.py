@@ -11,7 +11,7 @@ or ``[B, H_kv, P]`` (already one ranking per KV head). Pages without tokens are 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -30,6 +30,9 @@ from icecache.selectors.types import PageLayout
 class PageScoreSelector(SelectorBase):
     """Base of page-ranking selectors. ``merge``: GQA merge, one of ``mass``, ``max``, ``mean``."""
 
+    #: the :class:`~icecache.index.base.PageSummaries` fields ``score`` reads (None: all); the others are
+    #: not computed or kept (NOTE: Quest's min/max alone are 2/3 of the summaries' bytes)
+    summary_fields: ClassVar[tuple[str, ...] | None] = None
     merge: str = field(default="mass", converter=check_merge)
 
     _pages: Tensor | None = field(default=None, init=False, repr=False)
@@ -55,7 +58,7 @@ class PageScoreSelector(SelectorBase):
     def summarize(self, keys: Tensor, pages: Tensor) -> Any:
         """Summaries of ``pages`` ``[B, H_kv, p, S]`` (an attrs instance whose tensor fields all have
         the page axis at dim 2, or None)."""
-        return summarize_pages(keys, pages)
+        return summarize_pages(keys, pages, self.summary_fields)
 
     def page_lens(self) -> Tensor:
         return (self._pages >= 0).sum(-1)
@@ -106,6 +109,8 @@ class PageScoreSelector(SelectorBase):
         updates = {}
         for f in attrs.fields(type(old)):
             cur, new = getattr(old, f.name), getattr(fresh, f.name)
+            if cur is None:
+                continue
             if cur.shape[2] < num_pages:
                 pad = cur.new_zeros(*cur.shape[:2], num_pages - cur.shape[2], *cur.shape[3:])
                 cur = torch.cat([cur, pad], dim=2)

@@ -11,12 +11,15 @@ from torch import Tensor
 
 
 def spherical_kmeans(
-    points: Tensor, mask: Tensor, num_clusters: int, *, iters: int = 10, seed: int = 0
+    points: Tensor, mask: Tensor, num_clusters: int, *, iters: int = 10, seed: int = 0,
+    capacity: int | None = None,
 ) -> Tensor:
     """Cluster ``points`` float ``[R, N, D]`` where ``mask`` bool ``[R, N]`` is True.
 
     Returns int64 ``[R, N]`` cluster ids in ``[0, num_clusters)``, ``-1`` where masked. Centroids
     start at distinct valid points chosen at random (seeded); empty clusters keep their centroid.
+    ``capacity``: the final assignment holds at most that many points per cluster (most similar first;
+    ``num_clusters * capacity`` must cover the points).
     """
     R, N, D = points.shape
     C = max(1, min(num_clusters, N))
@@ -32,5 +35,9 @@ def spherical_kmeans(
         )
         norms = sums.norm(dim=-1, keepdim=True)
         centroids = torch.where(norms > 0, sums / norms.clamp(min=1e-12), centroids)
-    assign = torch.einsum("rnd,rcd->rnc", x, centroids).argmax(-1)
-    return torch.where(mask, assign, -1)
+    sim = torch.einsum("rnd,rcd->rnc", x, centroids)
+    if capacity is not None:
+        from icecache.index.clustering.kmeans import capacity_assign
+
+        return capacity_assign(-sim, capacity, mask)
+    return torch.where(mask, sim.argmax(-1), -1)

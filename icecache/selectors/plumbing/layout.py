@@ -65,20 +65,30 @@ def gather_page_keys(keys: Tensor, pages: Tensor) -> tuple[Tensor, Tensor]:
     return k * valid[..., None], valid
 
 
-def summarize_pages(keys: Tensor, pages: Tensor) -> PageSummaries:
-    """Centroid, element-wise min/max, radius and length of each page (zeros for empty pages)."""
+SUMMARY_FIELDS = ("centroids", "key_min", "key_max", "radius")
+
+
+def summarize_pages(keys: Tensor, pages: Tensor, fields: tuple[str, ...] | None = None) -> PageSummaries:
+    """Centroid, element-wise min/max, radius and length of each page (zeros for empty pages); only
+    ``fields`` of them (default all; ``lens`` always)."""
+    fields = SUMMARY_FIELDS if fields is None else fields
     k, valid = gather_page_keys(keys, pages)
     lens = valid.sum(-1)  # [B, H_kv, P]
     v = valid[..., None]
-    centroids = k.sum(3) / lens.clamp(min=1)[..., None]
-    big = torch.finfo(k.dtype).max
-    key_min = torch.where(v, k, big).amin(3)
-    key_max = torch.where(v, k, -big).amax(3)
     empty = (lens == 0)[..., None]
-    key_min = torch.where(empty, 0.0, key_min)
-    key_max = torch.where(empty, 0.0, key_max)
-    radius = torch.where(valid, (k - centroids[:, :, :, None]).norm(dim=-1), 0.0).amax(-1)
-    return PageSummaries(centroids=centroids, key_min=key_min, key_max=key_max, radius=radius, lens=lens)
+    out: dict[str, Tensor] = {}
+    if "centroids" in fields or "radius" in fields:
+        centroids = k.sum(3) / lens.clamp(min=1)[..., None]
+        if "centroids" in fields:
+            out["centroids"] = centroids
+        if "radius" in fields:
+            out["radius"] = torch.where(valid, (k - centroids[:, :, :, None]).norm(dim=-1), 0.0).amax(-1)
+    big = torch.finfo(k.dtype).max
+    if "key_min" in fields:
+        out["key_min"] = torch.where(empty, 0.0, torch.where(v, k, big).amin(3))
+    if "key_max" in fields:
+        out["key_max"] = torch.where(empty, 0.0, torch.where(v, k, -big).amax(3))
+    return PageSummaries(lens=lens, **out)
 
 
 def token_to_page(pages: Tensor, num_tokens: int) -> Tensor:

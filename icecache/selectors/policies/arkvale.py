@@ -22,6 +22,7 @@ class ArkValeSelector(PageScoreSelector):
     """
 
     name: ClassVar[str] = "arkvale"
+    summary_fields: ClassVar[tuple[str, ...]] = ("centroids", "radius")
 
     def score(self, query: Tensor, summaries: PageSummaries) -> Tensor:  # [B, H_kv, G, P]
         q = query.to(summaries.centroids.dtype)

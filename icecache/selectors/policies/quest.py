@@ -22,6 +22,7 @@ class QuestSelector(PageScoreSelector):
     """
 
     name: ClassVar[str] = "quest"
+    summary_fields: ClassVar[tuple[str, ...]] = ("key_min", "key_max")
 
     def score(self, query: Tensor, summaries: PageSummaries) -> Tensor:  # [B, H_kv, G, P]
         q = query[:, :, :, None, :].to(summaries.key_min.dtype)  # [B, H_kv, G, 1, D]

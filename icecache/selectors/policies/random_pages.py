@@ -17,6 +17,7 @@ class RandomSelector(PageScoreSelector):
     the layer), until the budget is full."""
 
     name: ClassVar[str] = "random"
+    summary_fields: ClassVar[tuple[str, ...]] = ()  # scores no summary
     _gen: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def score(self, query: Tensor, summaries: Any) -> Tensor:  # [B, H_kv, P]

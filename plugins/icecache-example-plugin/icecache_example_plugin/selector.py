@@ -22,6 +22,7 @@ class RecencyQuestSelector(PageScoreSelector):
     """
 
     name: ClassVar[str] = "recency-quest"
+    summary_fields: ClassVar[tuple[str, ...]] = ("key_min", "key_max")  # what score reads (less memory)
     recency_bonus: float = field(default=0.5)
 
     def __attrs_post_init__(self) -> None:

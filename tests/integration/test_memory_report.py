@@ -1,0 +1,89 @@
+"""One copy of the KV: a sparse layer's keys and values live once, in the store's pages (plus sinks and
+window on the device); ``memory_report()`` itemizes everything the cache holds, checked against a walk
+of every array reachable from it. No model needed (random keys through the real cache and store)."""
+
+import pytest
+import torch
+
+from icecache.core.config import CacheConfig, ModelGeometry, TierConfig
+from icecache.core.memory import reachable_bytes
+from icecache.core.policy import compose_policy
+from icecache.integrations.hf import IceCache
+
+D, H, G, N, LAYERS = 16, 2, 2, 300, 3
+
+
+def _cache(selector, tiers=TierConfig(), names=("device", "host"), steps=3, seed=0):
+    geometry = ModelGeometry(num_layers=LAYERS, num_q_heads=H * G, num_kv_heads=H, head_dim=D)
+    config = CacheConfig(budget=64, window_tokens=8, dense_layers=1, geometry=geometry, tiers=tiers)
+    cache = IceCache(compose_policy(selector=selector, config=config, tiers=names), LAYERS)
+    gen = torch.Generator().manual_seed(seed)
+    keys, values = torch.randn(2, LAYERS, 2, H, N, D, generator=gen)
+    start = torch.tensor([0, 17])
+    for layer in cache.layers:
+        layer.load_prefill(keys[layer.layer_idx], values[layer.layer_idx], start)
+    for _ in range(steps):
+        k, v = torch.randn(2, 2, H, 1, D, generator=gen)
+        q = torch.randn(2, H * G, 1, D, generator=gen)
+        for layer in cache.layers:
+            layer.update(k, v)
+            layer.decode_attention(q, D**-0.5)
+    return cache
+
+
+SELECTORS = ["icecache", "icecache-reuse", "quest", "arkvale", "clusterkv", "infllm", "oracle", "streamingllm"]
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_the_kv_lives_once_and_the_report_counts_everything(selector):
+    cache = _cache(selector)
+    report = cache.memory_report()
+    token = 2 * D * 4  # fp32 K and V of one position of one KV head
+    full = token * 2 * H * (N + 3) * LAYERS
+    assert report["full_kv_bytes"] == full
+    paged = 0
+    for layer in cache.layers[1:]:
+        layout = layer.selector.layout.token_ids
+        paged += int((layout >= 0).sum())
+        # nobody keeps a second copy: no key copy in the selector, none in the index
+        assert layer.selector.nbytes()["keys"] == 0
+        state = getattr(getattr(layer.selector, "page_index", None), "_state", None)
+        assert state is None or state.keys is None
+    host = report["host"]
+    assert host["kv_payload"] == paged * token  # every paged token once, and nothing else
+    # the walk of every reachable array finds (almost) nothing beyond the itemized parts
+    assert 0 <= host["other"] <= 0.01 * full, host
+    assert host["bookkeeping"] > 0 and host["tables"] > 0
+    total = sum(reachable_bytes(cache).values())
+    assert report["device_kv_bytes"] - report["device"].get("working_set", 0) + report["host_bytes"] == total
+    assert report["page_fill"] > 0.9  # pages are (nearly) full: no half-empty pages
+    cache.close()
+
+
+def test_a_disk_tier_is_counted_as_disk_and_the_host_cap_holds(tmp_path):
+    capped = _cache("icecache", TierConfig(host_pages=20, disk_dir=tmp_path), ("device", "host", "disk"))
+    free = _cache("icecache")
+    report = capped.memory_report()
+    tiers = {t["name"]: t for t in report["tiers"]}
+    assert tiers["host"]["allocated_slots"] <= 20 and tiers["disk"]["pages"] > 0
+    assert report["disk"]["kv_payload"] > 0
+    assert report["disk"]["kv_payload"] + report["host"]["kv_payload"] == free.memory_report()["host"]["kv_payload"]
+    # the same selections from the same keys: the tiers change where pages live, not what is attended
+    for a, b in zip(capped.layers[1:], free.layers[1:], strict=True):
+        assert torch.equal(a.last_selection.token_ids, b.last_selection.token_ids)
+    capped.close()
+    free.close()
+
+
+def test_page_dtype_stores_pages_in_half_the_bytes():
+    geometry = ModelGeometry(num_layers=2, num_q_heads=H * G, num_kv_heads=H, head_dim=D)
+    reports = []
+    for page_dtype in (None, "bfloat16"):
+        config = CacheConfig(budget=64, window_tokens=8, dense_layers=1, geometry=geometry, page_dtype=page_dtype)
+        cache = IceCache(compose_policy(selector="quest", config=config), 2)
+        keys = torch.randn(2, 1, H, N, D, generator=torch.Generator().manual_seed(0))
+        for layer in cache.layers:
+            layer.load_prefill(keys[0], keys[1], torch.zeros(1, dtype=torch.int64))
+        reports.append(cache.memory_report())
+        assert cache.store.spec.dtype == (torch.float32 if page_dtype is None else torch.bfloat16)
+    assert reports[1]["host"]["kv_payload"] * 2 == reports[0]["host"]["kv_payload"]
