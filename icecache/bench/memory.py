@@ -25,7 +25,8 @@ DEFAULT_POLICIES = "full,icecache,icecache-reuse,quest,clusterkv,infllm,streamin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--plot", default=None, help="plot path (default: the JSON path with .png)")
-    parser.add_argument("--model", default=None, help="local llama-family checkpoint (default: embedded SmolLM2)")
+    parser.add_argument("--model", default=None,
+                        help="local llama-family checkpoint (default: embedded SmolLM2)")
     parser.add_argument("--contexts", default="4096,8192", help="prompt lengths (default 4096,8192)")
     parser.add_argument("--policies", default=DEFAULT_POLICIES, help=f"policies (default {DEFAULT_POLICIES})")
     parser.add_argument("--budget", type=int, default=256, help="budget of every sparse policy (default 256)")
@@ -43,8 +44,9 @@ def row_of(label: str, context: int, before: dict[str, Any], after: dict[str, An
     token = next((t["token_nbytes"] for t in after["tiers"]), 1)
     index = sum(v for where in ("device", "host") for k, v in after[where].items() if k == "index")
     return {"case": case, "policy": label, "context": context, "held_prefill": before["held_fraction"],
-            "held": after["held_fraction"], "device": after["device_fraction"], "host": after["host_fraction"],
-            "disk": after["disk_fraction"], "page_fill": after["page_fill"], "index": index / full if full else 0.0,
+            "held": after["held_fraction"], "device": after["device_fraction"],
+            "host": after["host_fraction"], "disk": after["disk_fraction"], "page_fill": after["page_fill"],
+            "index": index / full if full else 0.0,
             "moved_per_token": after["load_bytes_per_token"] / token, "build_s": build_s,
             "full_kv_mib": full / 2**20, "breakdown": {k: after[k] for k in ("device", "host", "disk")}}
 
@@ -122,8 +124,8 @@ def synthetic_rows(args: argparse.Namespace, specs: list[Any]) -> list[dict[str,
     return rows
 
 
-COLUMNS = ("case", "policy", "context", "held_prefill", "held", "device", "host", "disk", "page_fill", "index",
-           "moved_per_token", "build_s")
+COLUMNS = ("case", "policy", "context", "held_prefill", "held", "device", "host", "disk", "page_fill",
+           "index", "moved_per_token", "build_s")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -139,15 +141,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     rows = model_rows(args, specs) + (synthetic_rows(args, synth) if args.synthetic else [])
-    fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items() if k in COLUMNS} for r in rows]
+    fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items() if k in COLUMNS}
+           for r in rows]
     print("held = device + host bytes over full KV (fp32 K and V of every layer); moved_per_token = bytes "
           "loaded to the device per selected token attended, in tokens' worth")
     print(format_table(fmt, COLUMNS))
     targets = _targets(rows)
     for line in targets:
         print(line)
-    write_json(args.json, {"bench": "memory", "machine": machine_info(), "settings": vars(args) | {"_main": None},
-                           "rows": rows, "targets": targets})
+    settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    write_json(args.json, {"bench": "memory", "machine": machine_info(), "settings": settings, "rows": rows,
+                           "targets": targets})
     if args.json:
         plot = save_plot(rows, args.plot or str(args.json).rsplit(".", 1)[0] + ".png")
         print(f"wrote {args.json}" + (f" and {plot}" if plot else ""))
@@ -164,8 +168,8 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
         name = r["policy"].split("@")[0]
         if name == "icecache":
             ok = r["held"] <= 1.25 and r["device"] <= 0.10
-            out.append(f"target {r['policy']} at 8k: held {r['held']:.3f} <= 1.25, device {r['device']:.3f} <= "
-                       f"0.10: {'met' if ok else 'NOT met'}")
+            out.append(f"target {r['policy']} at 8k: held {r['held']:.3f} <= 1.25, device "
+                       f"{r['device']:.3f} <= 0.10: {'met' if ok else 'NOT met'}")
         elif name in ("quest", "clusterkv", "infllm", "streamingllm", "oracle"):
             out.append(f"target {r['policy']} at 8k: held {r['held']:.3f} <= 1.15: "
                        f"{'met' if r['held'] <= 1.15 else 'NOT met'}")

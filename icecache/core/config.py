@@ -104,7 +104,8 @@ class CacheConfig:
     dtype: torch.dtype = field(default=torch.float32, converter=to_dtype)
     # NOTE: ``dtype`` is the page dtype of a store built directly from this config; an ``IceCache`` stores
     # pages in ``page_dtype``, or in the model's KV dtype when it is None.
-    page_dtype: torch.dtype | None = field(default=None, converter=lambda v: None if v is None else to_dtype(v))
+    page_dtype: torch.dtype | None = field(default=None,
+                                           converter=lambda v: None if v is None else to_dtype(v))
     device: torch.device = field(default="cpu", converter=to_device)
     tiers: TierConfig = field(factory=TierConfig, validator=instance_of(TierConfig))
     geometry: ModelGeometry | None = field(default=None, validator=optional(instance_of(ModelGeometry)))

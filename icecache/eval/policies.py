@@ -141,8 +141,8 @@ def check_capacities(policy: CachePolicy, *, batch: int, context: int, num_layer
         need = rows * -(-config.selected_budget // S)
         if tiers.device_pages < need:
             raise ConfigError(f"--device-pages {tiers.device_pages} cannot hold one layer's selection for "
-                              f"{spec_label(policy)}: {rows} rows x {config.selected_budget} selected tokens in "
-                              f"pages of {S} need at least {need}")
+                              f"{spec_label(policy)}: {rows} rows x {config.selected_budget} selected tokens "
+                              f"in pages of {S} need at least {need}")
     if tiers.host_pages is not None and tiers.disk_dir is None:
         sparse = max(0, num_layers - config.dense_layers)
         paged = max(0, context - config.sink_tokens - config.window_tokens)

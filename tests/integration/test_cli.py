@@ -148,7 +148,8 @@ def test_a_host_cap_with_a_disk_tier_holds_and_decodes_the_same_tokens(tmp_path,
     cap = host["pages"] // 4
     disk = tmp_path / "disk"
     disk.mkdir()
-    assert main([*base, "--json", str(tmp_path / "cap.json"), "--host-pages", str(cap), "--disk-dir", str(disk)]) == 0
+    capped_run = ["--json", str(tmp_path / "cap.json"), "--host-pages", str(cap), "--disk-dir", str(disk)]
+    assert main([*base, *capped_run]) == 0
     capped = json.loads((tmp_path / "cap.json").read_text())["samples_detail"]
     assert [r["output"] for r in capped] == [r["output"] for r in free]
     for r in capped:

@@ -204,7 +204,8 @@ class HierarchyIndex:
             raise ConfigError(f"page_slots={self.page_slots} must lie in [leaf_tokens={self.leaf_tokens}, "
                               f"page_size={self.config.page_size}]")
         if self.insert_leaf_tokens > self.page_slots:
-            raise ConfigError(f"insert_leaf_tokens={self.insert_leaf_tokens} exceeds page_slots={self.page_slots}")
+            raise ConfigError(f"insert_leaf_tokens={self.insert_leaf_tokens} exceeds "
+                              f"page_slots={self.page_slots}")
 
     @property
     def page_size(self) -> int:
@@ -352,7 +353,8 @@ class HierarchyIndex:
         if st.page_smean is not None and sk is not None:
             st.page_smean[gu, pu] = (torch.zeros(U, D, device=k.device).index_add_(0, inv, sk) / cnt).to(sd)
             extra = (st.m2[g] - (sk * sk).sum(-1)).clamp_min(0).sqrt()
-            st.page_extra[gu, pu] = (torch.zeros(U, device=k.device).index_add_(0, inv, extra) / cnt[:, 0]).to(sd)
+            extra_sum = torch.zeros(U, device=k.device).index_add_(0, inv, extra)
+            st.page_extra[gu, pu] = (extra_sum / cnt[:, 0]).to(sd)
 
     def summarize_pages(self, changed: Tensor) -> None:
         """Recompute the summaries of pages ``changed`` bool ``[G, P]`` from their keys (read back)."""
@@ -394,7 +396,8 @@ class HierarchyIndex:
         G, P = B * H, st.num_pages
         cand = torch.arange(P, device=st.pages.device).expand(G, P)
         k, valid = self.page_keys(cand)  # [G, P, S, D]
-        return summarize_layout(k.view(B, H, *k.shape[1:]), valid.view(B, H, *valid.shape[1:]), st.pages.device)
+        return summarize_layout(k.view(B, H, *k.shape[1:]), valid.view(B, H, *valid.shape[1:]),
+                                st.pages.device)
 
     @property
     def num_tokens(self) -> Tensor:
@@ -410,7 +413,7 @@ class HierarchyIndex:
         return st.page_cell[:, :st.num_pages].reshape(B, H, st.num_pages).long()
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes this index holds, by part (see :meth:`IndexState.nbytes`), cached derived tensors included."""
+        """Bytes this index holds, by part (:meth:`IndexState.nbytes`), cached derived tensors included."""
         if self._state is None:
             return {}
         out = self._state.nbytes()

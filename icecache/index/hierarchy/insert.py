@@ -152,7 +152,7 @@ def _new_leaves(ix: HierarchyIndex, fresh: Tensor, s0: int, changed: Tensor, x: 
     st.page_len.index_put_((g, page), torch.ones_like(page, dtype=torch.int32), accumulate=True)
     changed[g, page] = True
     # cell: the nearest cell centroid (clustering space) of each new leaf, by its members' mean
-    cells, Ds = st.num_cells, space.shape[-1]
+    Ds = space.shape[-1]
     csum = st.cell_ssum if st.cell_ssum is not None else st.cell_sum
     cell_c = csum / st.cell_count.clamp_min(1)[..., None]  # [G, cells, D]
     leaf_sum = torch.zeros(G, C, Ds, device=g.device).index_put_((g, leaf), space[g, j], accumulate=True)

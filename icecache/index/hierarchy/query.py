@@ -111,7 +111,8 @@ def _cell_stats(ix: HierarchyIndex) -> tuple[Tensor, Tensor, Tensor, Tensor, Ten
         mean, var, count = st.cell_stats()
         empty = (count == 0)[..., None]
         ix._cache.update(cell_mean=mean, cell_var=var, cell_count=count,
-                         cell_min=st.cell_min.masked_fill(empty, 0.0), cell_max=st.cell_max.masked_fill(empty, 0.0))
+                         cell_min=st.cell_min.masked_fill(empty, 0.0),
+                         cell_max=st.cell_max.masked_fill(empty, 0.0))
     c = ix._cache
     return c["cell_mean"], c["cell_var"], c["cell_count"], c["cell_min"], c["cell_max"]
 

@@ -140,9 +140,10 @@ class IndexState:
             self.cell_ssum.view(G * C, D).index_add_(0, key, sk)
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes held, by part: ``pages`` (slot maps), ``summaries`` (pages), ``cells``, ``keys`` (own copy)."""
+        """Bytes held, by part: ``pages`` (slot maps), ``summaries``, ``cells``, ``keys`` (own copy)."""
         return {
-            "pages": tensor_nbytes(self.slot_token, self.pages, self.page_len, self.page_cell, self.group_pages),
+            "pages": tensor_nbytes(self.slot_token, self.pages, self.page_len, self.page_cell,
+                                   self.group_pages),
             "summaries": tensor_nbytes(*(getattr(self, f) for f in self.PAGE_FIELDS)),
             "cells": tensor_nbytes(self.cell_sum, self.cell_sqsum, self.cell_min, self.cell_max,
                                    self.cell_count, self.cell_ssum, self.m2, self.whiten),

@@ -220,7 +220,8 @@ class IceCache(Cache):
             add("host", "staging", self.store.staging_nbytes())
             add("host", "bookkeeping", self.store.bookkeeping_nbytes())
         held = reachable_bytes(self, skip=disk_ptrs)
-        itemized = sum(v for where in ("device", "host") for k, v in parts[where].items() if k != "working_set")
+        itemized = sum(v for where in ("device", "host") for k, v in parts[where].items()
+                       if k != "working_set")
         add("host", "other", sum(held.values()) - itemized)
         totals = {where: sum(v for k, v in p.items() if k != "working_set") for where, p in parts.items()}
         device = totals["device"] + parts["device"].get("working_set", 0)

@@ -47,7 +47,7 @@ class IceCacheLayer(CacheLayerMixin):
         self.selector: Any = None
         self.kv: GrowableKV | None = None  # dense layers only: every key and value, on the device
         self.sparse: SparseLayerKV | None = None  # sparse layers: pages in the store + sinks/window
-        self._prompt: tuple[Tensor, Tensor] | None = None  # sparse: the prompt's K/V until the selector is built
+        self._prompt: tuple[Tensor, Tensor] | None = None  # sparse: the prompt's K/V until its pages exist
         self.n = 0  # positions so far
         self.start: Tensor | None = None  # int64 [B]
         self.prefilled = False
@@ -69,7 +69,8 @@ class IceCacheLayer(CacheLayerMixin):
         n = key_states.shape[2]
         if self.dense:
             if self.kv is None:
-                self.kv = GrowableKV.from_tensors(key_states, value_states, device=self.owner.policy.config.device)
+                device = self.owner.policy.config.device
+                self.kv = GrowableKV.from_tensors(key_states, value_states, device=device)
             else:
                 self.kv.append(key_states, value_states)
             self.keys, self.values = self.kv.view()

@@ -60,18 +60,18 @@ class SparseLayerKV:
         return self.n
 
     def keys(self, token_ids: Tensor) -> Tensor:
-        """Keys at positions ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros) -> ``[B, H_kv, ..., D]``."""
+        """Keys at positions ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros), ``[B, H_kv, ..., D]``."""
         B, H = token_ids.shape[:2]
         tail = token_ids.shape[2:]
         k = self._fetch(token_ids.reshape(B, H, -1), values=False)
         return k.view(B, H, *tail, k.shape[-1])
 
     def gather(self, token_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values at ``token_ids`` int64 ``[B, H_kv, T]`` (``-1``: zeros), ``[B, H_kv, T, D]`` each."""
+        """Keys and values at ``token_ids`` int64 ``[B, H_kv, T]`` (``-1``: zeros), ``[B, H_kv, T, D]``."""
         return self._fetch(token_ids, values=True)
 
     def gather_all(self) -> tuple[Tensor, Tensor]:
-        """Every position's K/V ``[B, H_kv, n, D]``: a transient copy, for a multi-token update's dense attention."""
+        """Every position's K/V ``[B, H_kv, n, D]``: a transient copy (a multi-token update's attention)."""
         B, H = self.phys.shape[:2]
         return self.gather(torch.arange(self.n).expand(B, H, self.n))
 
@@ -97,8 +97,8 @@ class SparseLayerKV:
         loc = torch.where(inside, self.loc.gather(2, pos.clamp(0, self.loc.shape[2] - 1)), -1).long()
         b, h, t = torch.nonzero(loc >= 0, as_tuple=True)
         if b.numel():
-            l = loc[b, h, t]
-            rec = self.store.read_tokens(l // self.S, l % self.S, values=values).to(self.device, self.dtype)
+            at = loc[b, h, t]
+            rec = self.store.read_tokens(at // self.S, at % self.S, values=values).to(self.device, self.dtype)
             if values:
                 out[0][b, h, t], out[1][b, h, t] = rec[:, 0], rec[:, 1]
             else:
@@ -159,7 +159,8 @@ class SparseLayerKV:
         :class:`ConfigError`."""
         B, H, P, S = layout.shape
         if S != self.S:
-            raise ConfigError(f"layer {self.layer_idx}: the selector's pages have {S} slots, the store's {self.S}")
+            raise ConfigError(f"layer {self.layer_idx}: the selector's pages have {S} slots, the store's "
+                              f"{self.S}")
         layout = layout.cpu()
         P0 = self.phys.shape[2]
         if P > P0:  # NOTE: page ids are stable; new pages are appended
@@ -178,8 +179,9 @@ class SparseLayerKV:
         prefix = torch.where(slot[None] < old[:, None], tokens, 0).sum(-1)
         if bool((prefix != self.written_sum[b, h, p]).any() | (lens[b, h, p] < old).any()):
             i = int(torch.nonzero((prefix != self.written_sum[b, h, p]) | (lens[b, h, p] < old))[0])
-            raise ConfigError(f"layer {self.layer_idx}: page {int(p[i])} of row [b={int(b[i])}, h={int(h[i])}] "
-                              "lost or reordered tokens; a selector's pages may only gain tokens")
+            raise ConfigError(f"layer {self.layer_idx}: page {int(p[i])} of row [b={int(b[i])}, "
+                              f"h={int(h[i])}] lost or reordered tokens; a selector's pages may only gain "
+                              "tokens")
         fresh = self.phys[b, h, p] < 0
         n_fresh = int(fresh.sum())
         if n_fresh:
@@ -224,8 +226,8 @@ class SparseLayerKV:
         if top > self.loc.shape[2]:
             self.loc = grow(self.loc, 2, top, -1)
         if where.numel() and int(where.max()) >= 2**31:
-            raise ConfigError(f"layer {self.layer_idx}: page ids beyond {2**31 // self.S} do not fit the int32 "
-                              "location table")
+            raise ConfigError(f"layer {self.layer_idx}: page ids beyond {2**31 // self.S} do not fit the "
+                              "int32 location table")
         self.loc[b, h, positions] = where.to(torch.int32)
 
     def nbytes(self) -> dict[str, int]:
@@ -252,10 +254,12 @@ class SparseLayerKV:
             with timings.part("attention"):
                 pool = self.store.device_pool
                 q = query.to(pool.k.dtype)
-                o_pages, lse_pages = self.kernels.paged_decode_attention(q, pool.k, pool.v, table, scale=scale)
+                o_pages, lse_pages = self.kernels.paged_decode_attention(q, pool.k, pool.v, table,
+                                                                         scale=scale)
                 o_res, lse_res = self.resident(query.reshape(B, H, H_q // H, D), ledger, scale)
                 out, _ = self.kernels.merge_attention_states(o_pages.to(query.dtype), lse_pages,
-                                                             o_res.reshape(B, H_q, D), lse_res.reshape(B, H_q))
+                                                             o_res.reshape(B, H_q, D),
+                                                             lse_res.reshape(B, H_q))
         finally:
             if pinned.numel():
                 self.store.release(pinned)

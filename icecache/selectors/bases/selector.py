@@ -115,7 +115,8 @@ class SelectorBase:
         self._check_keys(keys, "keys")
         B, H, D = self._shape
         if keys.shape[:2] != (B, H) or keys.shape[3] != D:
-            raise TensorSpecError(f"appended keys must be [B={B}, H_kv={H}, n, D={D}], got {tuple(keys.shape)}")
+            raise TensorSpecError(f"appended keys must be [B={B}, H_kv={H}, n, D={D}], got "
+                                  f"{tuple(keys.shape)}")
         if keys.shape[2] == 0:
             return
         if self._own is not None:
@@ -186,7 +187,7 @@ class SelectorBase:
         return self.keys_at(self._positions(0, self._pos.n))
 
     def keys_at(self, token_ids: Tensor) -> Tensor:
-        """Keys at positions ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros) -> ``[B, H_kv, ..., D]``."""
+        """Keys at positions ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros), ``[B, H_kv, ..., D]``."""
         self._require_prefill("keys_at")
         return self._reader.keys(token_ids).to(self._dtype)
 
@@ -201,7 +202,7 @@ class SelectorBase:
         return torch.arange(lo, hi, device=self._pos.start.device).expand(B, H, hi - lo)
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes this selector holds, by part (``keys``: its own copy, standalone only). Subclasses add theirs."""
+        """Bytes this selector holds by part (``keys``: its own copy, standalone only; subclasses add)."""
         return {"keys": self._own.nbytes() if self._own is not None else 0}
 
     @property

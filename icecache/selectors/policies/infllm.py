@@ -96,7 +96,7 @@ class InfLLMSelector(PageScoreSelector):
                               rep_valid=torch.cat([old.rep_valid[:, :, :first], fresh.rep_valid], 2))
 
     def _rep_of(self, pages: Tensor) -> Tensor:
-        """Representativeness of each slot of ``pages`` ``[B, H_kv, p, S]`` (NaN: none yet), ``[B, H_kv, p * S]``."""
+        """Representativeness of each slot of ``pages`` ``[B, H_kv, p, S]`` (NaN: none): ``[B, H_kv, p*S]``"""
         B, H, p, S = pages.shape
         rep = self._rep.gather(2, pages.clamp(min=0).reshape(B, H, p * S))
         return torch.where(pages.reshape(B, H, p * S) >= 0, rep, float("nan"))
