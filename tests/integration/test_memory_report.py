@@ -13,11 +13,12 @@ from icecache.integrations.hf import IceCache
 D, H, G, N, LAYERS = 16, 2, 2, 300, 3
 
 
-def _cache(selector, tiers=None, names=("device", "host"), steps=3, seed=0):
+def _cache(selector, tiers=None, names=("device", "host"), steps=3, seed=0, options=None):
     tiers = tiers or TierConfig()
     geometry = ModelGeometry(num_layers=LAYERS, num_q_heads=H * G, num_kv_heads=H, head_dim=D)
     config = CacheConfig(budget=64, window_tokens=8, dense_layers=1, geometry=geometry, tiers=tiers)
-    cache = IceCache(compose_policy(selector=selector, config=config, tiers=names), LAYERS)
+    cache = IceCache(compose_policy(selector=selector, config=config, tiers=names,
+                                    options={"selector": options or {}}), LAYERS)
     gen = torch.Generator().manual_seed(seed)
     keys, values = torch.randn(2, LAYERS, 2, H, N, D, generator=gen)
     start = torch.tensor([0, 17])
@@ -32,13 +33,14 @@ def _cache(selector, tiers=None, names=("device", "host"), steps=3, seed=0):
     return cache
 
 
-SELECTORS = ["icecache", "icecache-reuse", "quest", "arkvale", "clusterkv", "infllm", "oracle",
+SELECTORS = ["icecache", "icecache-reuse", "quest", "arkvale", "clusterkv:balanced", "infllm", "oracle",
              "streamingllm"]
 
 
 @pytest.mark.parametrize("selector", SELECTORS)
 def test_the_kv_lives_once_and_the_report_counts_everything(selector):
-    cache = _cache(selector)
+    name, _, variant = selector.partition(":")
+    cache = _cache(name, options={"balanced": True} if variant else None)
     report = cache.memory_report()
     token = 2 * D * 4  # fp32 K and V of one position of one KV head
     full = token * 2 * H * (N + 3) * LAYERS
@@ -60,6 +62,14 @@ def test_the_kv_lives_once_and_the_report_counts_everything(selector):
     assert report["device_kv_bytes"] - report["device"].get("working_set", 0) + report["host_bytes"] == total
     assert report["page_fill"] > 0.9  # pages are (nearly) full: no half-empty pages
     cache.close()
+
+
+def test_free_clusterkv_clusters_leave_pages_part_empty_and_the_report_says_so():
+    free, balanced = _cache("clusterkv"), _cache("clusterkv", options={"balanced": True})
+    f, b = free.memory_report(), balanced.memory_report()
+    assert f["page_fill"] < 0.9 < b["page_fill"]
+    assert f["host"]["page_padding"] > b["host"]["page_padding"]
+    assert f["host"]["kv_payload"] == b["host"]["kv_payload"]  # the same tokens, in emptier pages
 
 
 def test_a_disk_tier_is_counted_as_disk_and_the_host_cap_holds(tmp_path):
