@@ -1,0 +1,67 @@
+"""A sparse layer's one copy of its KV (``SparseLayerKV``): whatever the tiers (a device pool too small for
+two steps, a host tier spilling to a real disk file), every position reads back exactly the key and value
+it was given, at every step, through the reader the selector and index use. No model needed."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from icecache.core.config import CacheConfig, ModelGeometry, TierConfig
+from icecache.core.errors import ConfigError
+from icecache.core.policy import compose_policy
+from icecache.integrations.hf import IceCache
+
+D = 8
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(selector=st.sampled_from(["icecache", "quest", "oracle", "clusterkv"]), batch=st.integers(1, 2),
+       heads=st.integers(1, 2), n=st.integers(20, 120), steps=st.integers(0, 30), spill=st.booleans(),
+       seed=st.integers(0, 2**16), data=st.data())
+def test_every_position_reads_back_what_was_written(tmp_path_factory, selector, batch, heads, n, steps, spill,
+                                                    seed, data):
+    geometry = ModelGeometry(num_layers=2, num_q_heads=heads * 2, num_kv_heads=heads, head_dim=D)
+    tiers = (TierConfig(device_pages=batch * heads * 40, host_pages=3, disk_dir=tmp_path_factory.mktemp("d"))
+             if spill else TierConfig())
+    names = ("device", "host", "disk") if spill else ("device", "host")
+    config = CacheConfig(page_size=8, budget=48, window_tokens=8, dense_layers=1, geometry=geometry,
+                         tiers=tiers)
+    cache = IceCache(compose_policy(selector=selector, config=config, tiers=names), 2)
+    gen = torch.Generator().manual_seed(seed)
+    keys, values = torch.randn(2, batch, heads, n, D, generator=gen)
+    start = torch.tensor(data.draw(st.lists(st.integers(0, n // 2), min_size=batch, max_size=batch)))
+    for layer in cache.layers:
+        layer.load_prefill(keys, values, start)
+    layer = cache.layers[1]
+    for step in range(steps + 1):
+        total = keys.shape[2]
+        pos = torch.arange(total).expand(batch, heads, total)
+        real = pos >= start[:, None, None]
+        got_k, got_v = layer.sparse.gather(torch.where(real, pos, -1))
+        assert torch.equal(got_k[real], keys[real]) and torch.equal(got_v[real], values[real]), step
+        assert torch.equal(layer.sparse.keys(pos)[real], keys[real])
+        assert bool((got_k[~real] == 0).all())  # padding reads as zeros
+        k, v = torch.randn(2, batch, heads, 1, D, generator=gen)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        for each in cache.layers:
+            each.update(k, v)
+            each.decode_attention(torch.randn(batch, heads * 2, 1, D, generator=gen), D**-0.5)
+    if spill and int((layer.sparse.phys >= 0).sum()) > 3:  # more pages than the host tier holds
+        assert cache.store.stats().moves["spill"]["pages"] > 0
+    cache.close()
+
+
+def test_a_layout_that_moves_tokens_is_refused():
+    geometry = ModelGeometry(num_layers=2, num_q_heads=2, num_kv_heads=1, head_dim=D)
+    config = CacheConfig(page_size=8, budget=48, window_tokens=8, dense_layers=1, geometry=geometry)
+    cache = IceCache(compose_policy(selector="quest", config=config), 2)
+    keys = torch.randn(1, 1, 64, D)
+    for layer in cache.layers:
+        layer.load_prefill(keys, keys, torch.zeros(1, dtype=torch.int64))
+    layout = cache.layers[1].selector.layout.token_ids.clone()
+    layout[0, 0, 0, :2] = layout[0, 0, 0, :2].flip(0)  # page 0's first two tokens swap slots
+    layout[0, 0, 0, -1] = -1  # and it loses its last one
+    with pytest.raises(ConfigError, match="page 0 of row \\[b=0, h=0\\] lost or reordered tokens"):
+        cache.layers[1].sparse.sync(layout)
