@@ -35,6 +35,13 @@ class EvictLosesPageStore(TieredStore):
                 tier.free(held)
 
 
+class FirstSlotStore(TieredStore):
+    """``read_tokens`` answers every slot with the page's first one."""
+
+    def read_tokens(self, page_ids, slots, *, values=False):
+        return super().read_tokens(page_ids, slots * 0, values=values)
+
+
 def factory(cls):
     def make(config):
         return cls.build(config, STACK)
@@ -48,4 +55,5 @@ BROKEN_STORES = {
     NoWritethroughStore: {"round-trip"},
     PinlessStore: {"in-flight"},
     EvictLosesPageStore: {"placement", "round-trip", "no-error"},
+    FirstSlotStore: {"tokens"},
 }

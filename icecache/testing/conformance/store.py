@@ -12,6 +12,8 @@ plugin's tier in it. Random sequences of ``allocate``, ``write_pages``, ``load``
 ``placement``   each written page lives in exactly one backing tier, every tier within its capacity;
 ``in-flight``   a pinned page stays in its device slot until released; evicting or freeing it raises
                 :class:`~icecache.core.errors.PageError`;
+``tokens``      ``read_tokens`` of any (written page, slot) pairs returns that slot's key (and value) as last
+                written, never a stale or another page's (what a layer's key reader relies on);
 ``bad-ids``     reading or loading a freed or never-written page raises ``PageError``;
 ``atomic``      a write or load that raises :class:`~icecache.core.errors.StorageError` (no room)
                 changes nothing.
@@ -36,7 +38,7 @@ from icecache.testing.conformance._runner import ContractViolation, guarded, run
 from icecache.testing.strategies.tiers import bits, random_records
 
 CONTRACT = "store"
-STORE_PROPERTIES: tuple[str, ...] = ("round-trip", "placement", "in-flight", "bad-ids", "atomic")
+STORE_PROPERTIES: tuple[str, ...] = ("round-trip", "placement", "in-flight", "tokens", "bad-ids", "atomic")
 StoreFactory = Callable[[CacheConfig], Any]
 
 
@@ -200,6 +202,21 @@ class StoreContract(RuleBasedStateMachine):
                    torch.tensor(lens))
         for k, i in enumerate(ids):
             self.model[i] = (bits(rec[k]), lens[k])
+
+    @precondition(lambda self: bool(self.model))
+    @rule(data=st.data(), values=st.booleans())
+    def read_tokens(self, data: Any, values: bool) -> None:
+        """Single slots of written pages (repeats allowed), as a layer's key reader asks for them."""
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=8), label="pages")
+        slots = data.draw(st.lists(st.integers(0, self.page_size - 1), min_size=len(ids), max_size=len(ids)),
+                          label="slots")
+        got = self._call(f"read_tokens({ids}, {slots})", self.store.read_tokens, _t(ids),
+                         torch.tensor(slots), values=values)
+        for n, (i, s) in enumerate(zip(ids, slots, strict=True)):
+            record = self.model[i][0].view(2, self.page_size, -1)  # bytes [2, S, D * itemsize]
+            want = record[:, s] if values else record[0, s]
+            if not torch.equal(bits(got[n]).reshape(want.shape), want):
+                _fail("tokens", f"read_tokens gave slot {s} of page {i} other bytes than written")
 
     @precondition(lambda self: bool(self.pinned))
     @rule(data=st.data())
