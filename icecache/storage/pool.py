@@ -15,7 +15,7 @@ from torch import Tensor
 
 from icecache.core.errors import PageError, StorageError
 from icecache.core.validators import optional_positive
-from icecache.storage.layout import as_page_ids, np_any, np_max
+from icecache.storage.layout import as_page_ids, np_any, np_max, np_min
 
 
 @define(eq=False, on_setattr=setters.NO_OP)
@@ -99,6 +99,14 @@ class PagePool:
             if np_any(empty):
                 raise PageError(f"page id {int(a[empty][0])} has no data (never written)")
         return ids
+
+    def check_written(self, ids: np.ndarray) -> None:
+        """:meth:`check` (``written=True``) for numpy ids in any order, repeats allowed (single-slot reads)."""
+        if ids.size == 0:
+            return
+        if int(np_min(ids)) < 0 or int(np_max(ids)) >= self._high or np_any(~self._allocated[ids]) or \
+                np_any(self._lens[ids] == 0):
+            self.check(torch.from_numpy(np.unique(ids)), written=True)  # raises, naming the id
 
     def check_ascending(self, ids: np.ndarray, *, written: bool = False) -> None:
         """:meth:`check` for distinct ascending numpy ids (the store's loads), without re-sorting."""

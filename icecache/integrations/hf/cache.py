@@ -162,8 +162,8 @@ class IceCache(Cache):
         (:meth:`~icecache.storage.store.TieredStore.occupancy`: pages, tokens and slots per tier).
 
         Parts: ``dense_kv`` (dense layers), ``resident`` (sinks and windows), ``device_pool`` (the device
-        tier's pages), ``working_set`` (the most tokens a token-level layer gathered in one step:
-        transient), ``kv_payload`` / ``page_padding`` / ``spare_slots`` (a backing tier's stored tokens,
+        tier's pages), ``working_set`` (the most K/V a token-level layer gathered in one step:
+        transient, one layer at a time), ``kv_payload`` / ``page_padding`` / ``spare_slots`` (a backing tier's stored tokens,
         the empty slots of its pages, its allocated but unused slots), ``index``, ``selector`` (state
         besides the index), ``selection`` (the last step's, kept for observers), ``tables`` (page ids and
         locations), ``staging``, ``bookkeeping`` (the store's page-id and slot maps); ``other``: what the
@@ -190,8 +190,10 @@ class IceCache(Cache):
                 held = layer.sparse.nbytes()
                 add("device", "resident", held["device"])
                 add("host", "tables", held["tables"])
-                add("device", "working_set", 2 * B * H * D * layer.sparse.ring[0].element_size()
-                    * self._working_set.get(layer.layer_idx, 0))
+                # NOTE: a token-level layer's gathered K/V are transient and one layer's exist at a time
+                gathered = 2 * B * H * D * layer.sparse.ring[0].element_size() * self._working_set.get(
+                    layer.layer_idx, 0)
+                parts["device"]["working_set"] = max(parts["device"].get("working_set", 0), gathered)
             else:
                 continue
             full += 2 * B * H * D * torch.empty((), dtype=layer.dtype).element_size() * layer.n

@@ -77,47 +77,57 @@ class SparseLayerKV:
 
     def _fetch(self, token_ids: Tensor, *, values: bool) -> Any:
         """K (and V) ``[B, H_kv, T, D]`` of positions from wherever they live: the chunk being added, a
-        page in the store, the window ring or the sinks (``-1`` and padding: zeros)."""
+        page in the store, the window ring or the sinks (``-1`` and padding: zeros). Flat row gathers
+        (``index_select`` / ``index_copy_``) over ``r = b * H_kv + h``."""
         B, H, T = token_ids.shape
-        pos = token_ids.to("cpu", torch.int64)
-        D = self.ring[0].shape[-1]
-        out = [torch.zeros(B, H, T, D, dtype=self.dtype, device=self.device) for _ in range(1 + values)]
+        R, D = B * H, self.ring[0].shape[-1]
+        pos = token_ids.to("cpu", torch.int64).reshape(R * T)
+        row = torch.arange(R * T) // T
+        outs = [torch.zeros(R * T, D, dtype=self.dtype, device=self.device) for _ in range(1 + values)]
+
+        def put(idx: Tensor, sources: tuple[Tensor, ...], rows: Tensor) -> None:
+            dst = idx.to(self.device)
+            for out, src in zip(outs, sources, strict=False):
+                flat = src.reshape(-1, D)
+                out.index_copy_(0, dst, flat.index_select(0, rows.to(flat.device)).to(self.device, self.dtype))
+
         known = (pos >= 0) & (pos < self.n)
         if self._chunk is not None:
             ck, cv, first = self._chunk
-            hit = known & (pos >= first)
-            b, h, t = torch.nonzero(hit, as_tuple=True)
-            if b.numel():
-                src = pos[b, h, t] - first
-                out[0][b, h, t] = ck[b, h, src.to(ck.device)].to(self.device, self.dtype)
-                if values:
-                    out[1][b, h, t] = cv[b, h, src.to(cv.device)].to(self.device, self.dtype)
-                known = known & ~hit
-        inside = known & (pos < self.loc.shape[2])  # NOTE: the table covers paged positions only
-        loc = torch.where(inside, self.loc.gather(2, pos.clamp(0, self.loc.shape[2] - 1)), -1).long()
-        b, h, t = torch.nonzero(loc >= 0, as_tuple=True)
-        if b.numel():
-            at = loc[b, h, t]
-            rec = self.store.read_tokens(at // self.S, at % self.S, values=values).to(self.device, self.dtype)
+            n_chunk = ck.shape[2]
+            idx = (known & (pos >= first)).nonzero()[:, 0]
+            if idx.numel():
+                put(idx, (ck, cv), row[idx] * n_chunk + pos[idx] - first)
+                known[idx] = False
+        cap = self.loc.shape[2]
+        inside = known & (pos < cap)  # NOTE: the table covers paged positions only
+        loc = torch.full((R * T,), -1, dtype=torch.int64)
+        at_idx = inside.nonzero()[:, 0]
+        loc[at_idx] = self.loc.view(-1).index_select(0, row[at_idx] * cap + pos[at_idx]).long()
+        idx = (loc >= 0).nonzero()[:, 0]
+        if idx.numel():
+            at = loc[idx]
+            rec = self.store.read_tokens(at // self.S, at % self.S, values=values)
+            dst = idx.to(self.device)
             if values:
-                out[0][b, h, t], out[1][b, h, t] = rec[:, 0], rec[:, 1]
+                outs[0].index_copy_(0, dst, rec[:, 0].to(self.device, self.dtype))
+                outs[1].index_copy_(0, dst, rec[:, 1].to(self.device, self.dtype))
             else:
-                out[0][b, h, t] = rec
+                outs[0].index_copy_(0, dst, rec.to(self.device, self.dtype))
         rest = known & (loc < 0)
-        first_unsunk = self.start[:, None, None] + self.sink_tokens
-        in_sink = rest & (pos >= self.start[:, None, None]) & (pos < first_unsunk)
+        start = self.start.repeat_interleave(H)[row]  # [R*T] first real position of each entry's row
+        in_sink = rest & (pos >= start) & (pos < start + self.sink_tokens)
         in_ring = rest & ~in_sink & (pos >= self.n - self.keep_recent)
-        for mask, (sk, sv), slot in ((in_sink, self.sinks, pos - self.start[:, None, None]),
-                                     (in_ring, self.ring, pos % self.keep_recent)):
-            b, h, t = torch.nonzero(mask, as_tuple=True)
-            if b.numel():
-                s = slot[b, h, t].to(self.device)
-                out[0][b, h, t] = sk[b, h, s]
-                if values:
-                    out[1][b, h, t] = sv[b, h, s]
-        lost = rest & ~in_sink & ~in_ring & (pos >= first_unsunk)
+        idx = in_sink.nonzero()[:, 0]
+        if idx.numel():
+            put(idx, self.sinks, row[idx] * self.sink_tokens + pos[idx] - start[idx])
+        idx = in_ring.nonzero()[:, 0]
+        if idx.numel():
+            put(idx, self.ring, row[idx] * self.keep_recent + pos[idx] % self.keep_recent)
+        lost = rest & ~in_sink & ~in_ring & (pos >= start + self.sink_tokens)
         assert not bool(lost.any()), "a paged position is neither in the store nor in the window ring"
-        return (out[0], out[1]) if values else out[0]
+        shaped = [o.view(B, H, T, D) for o in outs]
+        return (shaped[0], shaped[1]) if values else shaped[0]
 
     # -- prefill and appends -----------------------------------------------------------------------------
     def begin(self, keys: Tensor, values: Tensor, start: Tensor) -> None:
