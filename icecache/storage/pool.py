@@ -101,7 +101,7 @@ class PagePool:
         return ids
 
     def check_written(self, ids: np.ndarray) -> None:
-        """:meth:`check` (``written=True``) for numpy ids in any order, repeats allowed (single-slot reads)."""
+        """:meth:`check` (``written=True``) for numpy ids in any order, repeats allowed (slot reads)."""
         if ids.size == 0:
             return
         if int(np_min(ids)) < 0 or int(np_max(ids)) >= self._high or np_any(~self._allocated[ids]) or \

@@ -89,7 +89,8 @@ class SparseLayerKV:
             dst = idx.to(self.device)
             for out, src in zip(outs, sources, strict=False):
                 flat = src.reshape(-1, D)
-                out.index_copy_(0, dst, flat.index_select(0, rows.to(flat.device)).to(self.device, self.dtype))
+                got = flat.index_select(0, rows.to(flat.device))
+                out.index_copy_(0, dst, got.to(self.device, self.dtype))
 
         known = (pos >= 0) & (pos < self.n)
         if self._chunk is not None:
