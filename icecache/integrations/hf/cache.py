@@ -164,10 +164,11 @@ class IceCache(Cache):
         Parts: ``dense_kv`` (dense layers), ``resident`` (sinks and windows), ``device_pool`` (the device
         tier's pages), ``working_set`` (the most K/V a token-level layer gathered in one step:
         transient, one layer at a time), ``kv_payload`` / ``page_padding`` / ``spare_slots`` (a backing
-        tier's stored tokens, the empty slots of its pages, its allocated but unused slots), ``index``, ``selector`` (state
-        besides the index), ``selection`` (the last step's, kept for observers), ``tables`` (page ids and
-        locations), ``staging``, ``bookkeeping`` (the store's page-id and slot maps); ``other``: what the
-        walk of every array reachable from the cache finds beyond the itemized parts.
+        tier's stored tokens, the empty slots of its pages, its allocated but unused slots), ``index``,
+        ``selector`` (state besides the index), ``selection`` (the last step's, kept for observers),
+        ``tables`` (page ids and locations), ``staging``, ``bookkeeping`` (the store's page-id and slot
+        maps); ``other``: what the walk of every array reachable from the cache finds beyond the
+        itemized parts.
         NOTE: the index and selector state live on ``config.device`` (host on a CPU machine)."""
         from icecache.core.memory import data_pointers, reachable_bytes
 
