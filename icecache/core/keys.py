@@ -106,5 +106,11 @@ class KeyCopy:
 
 
 def tensor_nbytes(*tensors: Tensor | None) -> int:
-    """Bytes held by ``tensors`` (``None`` skipped; views counted at their own size)."""
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    """Bytes held by ``tensors``: each distinct storage once, whole (``None`` skipped; a view or an
+    expanded tensor counts what it keeps alive, not its element count)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is not None:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())

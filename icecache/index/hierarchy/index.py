@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import attrs
 import torch
 from attrs import define, field
 from attrs.validators import in_, instance_of
@@ -416,6 +417,9 @@ class HierarchyIndex:
         """Bytes this index holds, by part (:meth:`IndexState.nbytes`), cached derived tensors included."""
         if self._state is None:
             return {}
-        out = self._state.nbytes()
-        out["cache"] = tensor_nbytes(*self._cache.values())
+        st = self._state
+        out = st.nbytes()
+        held = [v for f in attrs.fields(IndexState) if isinstance(v := getattr(st, f.name), Tensor)]
+        # NOTE: cached tensors may be the state's own (cell counts): count only what they add
+        out["cache"] = tensor_nbytes(*held, *self._cache.values()) - tensor_nbytes(*held)
         return out
