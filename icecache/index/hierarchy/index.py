@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import attrs
 import torch
 from attrs import define, field
 from attrs.validators import in_, instance_of
@@ -37,7 +36,7 @@ from torch import Tensor
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, TensorSpecError
-from icecache.core.keys import KeyReader, gather_positions, tensor_nbytes
+from icecache.core.keys import KeyReader, gather_positions
 from icecache.core.validators import positive
 from icecache.index.base import PageHits, PageSummaries
 from icecache.index.hierarchy.build import build_layout
@@ -174,7 +173,6 @@ class HierarchyIndex:
     _state: IndexState | None = field(default=None, init=False, repr=False)
     _shape: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
     _reader: KeyReader | None = field(default=None, init=False, repr=False)
-    _cache: dict[str, Tensor] = field(factory=dict, init=False, repr=False)  # derived; cleared on change
     _inserted: int = field(default=0, init=False, repr=False)  # slots added since the build
 
     @leaf_tokens.default
@@ -302,7 +300,6 @@ class HierarchyIndex:
         self.set_page_stats(g, p, x[g, j], space[g, j] if assign else None)
         sk = space[g, j] if whiten is not None else None
         self._state.add_to_cells(g, page_cell[g, p], x[g, j], sk)
-        self._cache.clear()
 
     @staticmethod
     def _head_keys(B: int, H: int, device: torch.device) -> Tensor:
@@ -414,12 +411,5 @@ class HierarchyIndex:
         return st.page_cell[:, :st.num_pages].reshape(B, H, st.num_pages).long()
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes this index holds, by part (:meth:`IndexState.nbytes`), cached derived tensors included."""
-        if self._state is None:
-            return {}
-        st = self._state
-        out = st.nbytes()
-        held = [v for f in attrs.fields(IndexState) if isinstance(v := getattr(st, f.name), Tensor)]
-        # NOTE: cached tensors may be the state's own (cell counts): count only what they add
-        out["cache"] = tensor_nbytes(*held, *self._cache.values()) - tensor_nbytes(*held)
-        return out
+        """Bytes this index holds, by part (:meth:`IndexState.nbytes`)."""
+        return {} if self._state is None else self._state.nbytes()

@@ -37,7 +37,6 @@ def insert(ix: HierarchyIndex, keys: Tensor, token_ids: Tensor) -> Tensor:
     G, dev = B * H, keys.device
     tok = normalize_token_ids(token_ids, B, H, n, dev)
     valid = tok >= 0
-    ix._cache.clear()
     x = keys.reshape(G, n, D).float()  # [G, n, D]
     s0 = st.num_slots
     st.reserve_slots(s0 + n)
