@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from icecache.core.errors import IceCacheError
 
@@ -43,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     from icecache.bench.report import write_json
     from icecache.core.errors import ConfigError
+    from icecache.eval.files import check_output_dir
     from icecache.eval.report import run_table, save_plot, task_table
     from icecache.eval.runner import evaluate
     from icecache.eval.session import load, prepare, progress_bar
@@ -53,9 +53,7 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--samples must be positive, got {args.samples}")
     task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
     prepared = prepare(args, args.policies, args.budget, args.context)
-    out = Path(args.out or f"out/run-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    out = check_output_dir(args.out or f"out/run-{time.strftime('%Y%m%d-%H%M%S')}", "--out")
     t0 = time.perf_counter()
     name = args.model or "embedded SmolLM2-135M-Instruct"
     print(f"loading model ({name}) on {prepared.device}", file=sys.stderr)
