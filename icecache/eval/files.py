@@ -81,6 +81,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _mode_for(path))  # NOTE: mkstemp makes 0600; keep what a plain write would give
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -90,6 +91,15 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 class OutputLock:
@@ -104,8 +114,10 @@ class OutputLock:
         self.path = self.target.with_name(self.target.name + ".lock")
         self.flag = flag
         self._fd = -1
+        self._made: list[Path] = []  # directories made for the lock, removed on release when empty
 
     def acquire(self) -> OutputLock:
+        self._made = [p for p in (self.path.parent, *self.path.parent.parents) if not os.path.lexists(p)]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -137,6 +149,11 @@ class OutputLock:
             os.unlink(self.path)
         os.close(self._fd)  # closing drops the flock
         self._fd = -1
+        for directory in self._made:  # deepest first; one holding results is not empty and stays
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> OutputLock:
         return self.acquire()
