@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,8 @@ import torch
 
 from icecache.bench.report import format_table, median_time, write_json
 from icecache.core.config import CacheConfig, TierConfig, to_dtype
-from icecache.storage.device import DeviceTier, default_device
+from icecache.core.errors import ConfigError
+from icecache.storage.device import DeviceTier
 from icecache.storage.disk import DiskTier
 from icecache.storage.host import HostTier, can_pin
 from icecache.storage.layout import PageSpec
@@ -202,7 +204,7 @@ def bench_page_sizes(spec: PageSpec, device: torch.device, args: argparse.Namesp
                      ) -> dict[str, float]:
     """``bulk_vs_memcpy`` when the same bytes come in fewer, larger pages (the pool keeps its bytes):
     how much of the gap is per-page cost (scattered rows, bookkeeping) rather than bytes."""
-    tokens = [int(x) for x in args.sweep_page_tokens.split(",") if x.strip()]
+    tokens = _sweep(args.sweep_page_tokens)
     return {str(t): _bulk_vs_memcpy_at(t, spec, device, args, gen) for t in tokens}
 
 
@@ -287,13 +289,66 @@ def _time_without_hints(disk: DiskTier, slots: torch.Tensor, out: torch.Tensor, 
         disk.read_hints = True
 
 
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = default_device() if args.device == "auto" else torch.device(args.device)
-    spec = PageSpec(page_size=args.page_size, head_dim=args.head_dim, dtype=to_dtype(args.dtype))
+def check_args(args: argparse.Namespace) -> tuple[torch.device, PageSpec]:
+    """Every option checked before any memory is allocated; :class:`ConfigError` names the flag."""
+    from icecache.eval.checks import check_disk_dir, resolve_device
+
+    for flag in ("pages", "host_pages", "disk_pages", "head_dim", "run_length", "repeats"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be positive, got {args.threads}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {args.seed}")
+    if args.host_pages < args.pages:
+        raise ConfigError(f"--host-pages {args.host_pages} must hold at least --pages {args.pages} (the "
+                          "pages of one load are drawn from the host tier)")
+    for tokens in [args.page_size, *_sweep(args.sweep_page_tokens)]:
+        if tokens < 1 or tokens & (tokens - 1):
+            raise ConfigError(f"page sizes must be powers of two (--page-size, --sweep-page-tokens), got "
+                              f"{tokens}")
+    device = resolve_device(args.device)
+    try:
+        dtype = to_dtype(args.dtype)
+    except ConfigError:
+        raise ConfigError(f"--dtype {args.dtype!r} is not supported; use fp16, bf16 or fp32") from None
+    spec = PageSpec(page_size=args.page_size, head_dim=args.head_dim, dtype=dtype)
     # NOTE: built through the config types the store uses, so a bad size fails like it would there.
     CacheConfig(page_size=args.page_size, dtype=spec.dtype, tiers=TierConfig(device_pages=2 * args.pages))
+    check_disk_dir(args.disk_dir)
+    _check_room(args, spec)
+    return device, spec
+
+
+def _sweep(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep-page-tokens must be comma-separated integers, got {text!r}") from None
+
+
+def _check_room(args: argparse.Namespace, spec: PageSpec) -> None:
+    """The host pools fit in memory and the disk file on its file system (else an allocator traceback
+    or ENOSPC halfway through)."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    host = (args.host_pages + 4 * args.pages) * spec.page_nbytes  # host tier, staging, device stand-in
+    if host > memory // 2:
+        raise ConfigError(f"--host-pages {args.host_pages} x {spec.page_nbytes} B pages need "
+                          f"{host / 2**30:.1f} GiB, more than half of this machine's "
+                          f"{memory / 2**30:.1f} GiB")
+    disk = max(args.disk_pages, 4 * args.pages) * spec.page_nbytes
+    free = shutil.disk_usage(args.disk_dir or tempfile.gettempdir()).free
+    if disk > free:
+        raise ConfigError(f"--disk-pages {args.disk_pages} x {spec.page_nbytes} B pages need "
+                          f"{disk / 2**30:.2f} GiB; {args.disk_dir or tempfile.gettempdir()!r} has "
+                          f"{free / 2**30:.2f} GiB free")
+
+
+def main(args: argparse.Namespace) -> int:
+    device, spec = check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     times, info = bench_host_to_device(spec, device, args, gen)
     with tempfile.TemporaryDirectory(prefix="icecache-bench-", dir=args.disk_dir) as directory:
