@@ -88,6 +88,12 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "full_kv_bytes": (_count, "a non-negative integer"),
     "device_fraction": (lambda v: _number(v) and v >= 0, "a non-negative number"),
 }
+#: fields written by newer versions, absent from older files
+OPTIONAL_FIELDS: dict[str, tuple[Any, str]] = {
+    "host_bytes": (_count, "a non-negative integer"),
+    "disk_bytes": (_count, "a non-negative integer"),
+    "memory": (lambda v: isinstance(v, dict), "an object"),
+}
 
 
 def check_result(d: Any, where: str) -> None:
@@ -97,11 +103,11 @@ def check_result(d: Any, where: str) -> None:
     missing = [k for k in FIELDS if k not in d]
     if missing:
         raise ConfigError(f"{where} is malformed: it lacks field(s) {missing}")
-    unknown = sorted(set(d) - set(FIELDS))
+    unknown = sorted(set(d) - set(FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise ConfigError(f"{where} is malformed: unknown field(s) {unknown}")
-    for key, (ok, what) in FIELDS.items():
-        if not ok(d[key]):
+    for key, (ok, what) in (*FIELDS.items(), *OPTIONAL_FIELDS.items()):
+        if key in d and not ok(d[key]):
             raise ConfigError(f"{where} is malformed: field {key!r} must be {what}, got {d[key]!r}")
 
 

@@ -17,9 +17,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEVICE_TYPES = ("cpu", "cuda")
 
 
-def check_dtype(name: str | None) -> None:
+def check_dtype(name: str | None, flag: str = "--dtype") -> None:
     if name is not None and name not in DTYPES:
-        raise ConfigError(f"--dtype {name!r} is not supported; use one of {', '.join(DTYPES)}")
+        raise ConfigError(f"{flag} {name!r} is not supported; use one of {', '.join(DTYPES)}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -37,7 +37,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk-dir", default=None,
                         help="directory of the disk tier (enables it: pages beyond --host-pages spill there)")
     parser.add_argument("--page-dtype", default=None,
-                        help="dtype pages are stored in (default: the model's KV dtype), e.g. bfloat16")
+                        help="float32, float16 or bfloat16: the dtype pages are stored in (default: the "
+                             "model's KV dtype)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: decode runs small ops, where more threads "
                              "mostly add synchronization, and shared machines oversubscribe)")
@@ -66,6 +67,7 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
     specs = parse_policies(policies, budget, options=options)
     check_counts(args)
     check_dtype(args.dtype)
+    check_dtype(getattr(args, "page_dtype", None), "--page-dtype")
     device = resolve_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     check_disk_dir(args.disk_dir)
@@ -85,15 +87,15 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
               "page_dtype": getattr(args, "page_dtype", None)}
     for spec in specs:  # NOTE: builds each CacheConfig now, so a budget below sink + window fails early
         policy = build_policy(spec, model_config, device=device, **kwargs)
-        if context is not None:
-            check_capacities(policy, batch=args.batch_size, context=context,
-                             num_layers=model_config.num_hidden_layers)
         if spec.options:  # and one selector, so options that do not fit fail before any work
             try:
                 policy.make_selector(policy.config.dense_layers)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"--policy-options for {spec.name!r} do not fit the {spec.selector!r} "
                                   f"selector: {exc}") from None
+        if context is not None:  # NOTE: after the options check: it builds a selector too
+            check_capacities(policy, batch=args.batch_size, context=context,
+                             num_layers=model_config.num_hidden_layers)
     return Prepared(checkpoint=checkpoint, model_config=model_config, device=device, dtype=dtype, specs=specs,
                     policy_kwargs=kwargs, threads=args.threads)
 

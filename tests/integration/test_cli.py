@@ -46,7 +46,7 @@ BAD = [
      "--device-pages 3 cannot hold one layer's selection for icecache@256: 12 rows x 192 selected tokens"),
     (["eval", "--policy", "quest", "--host-pages", "10"],
      "--host-pages 10 cannot hold the prompt's pages for quest@256: 28 sparse layers x 12 rows"),
-    (["eval", "--policy", "icecache", "--page-dtype", "float8"], "dtype must be one of"),
+    (["eval", "--policy", "icecache", "--page-dtype", "float8"], "--page-dtype 'float8' is not supported"),
 ]
 
 
