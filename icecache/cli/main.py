@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 #: subcommand -> module with ``add_arguments(parser)`` and ``main(args) -> int``
@@ -64,7 +65,7 @@ def check_outputs(args: argparse.Namespace) -> None:
 
     for name in OUTPUT_FILES:
         value = getattr(args, name, None)
-        if value is not None:
+        if isinstance(value, (str, os.PathLike)):  # NOTE: `icecache plugins --json` is a switch
             check_output_file(value, f"--{name}")
     if getattr(args, "out", None) is not None:
         check_output_dir(args.out, "--out")

@@ -97,3 +97,9 @@ def test_run_default_output_folder_is_checked(tmp_path, a_file, monkeypatch, cap
     (tmp_path / "out").write_text("a file where the default folder goes")
     assert main(["run", "--samples", "1"]) == 2
     assert "--out 'out/run-" in capsys.readouterr().err
+
+
+def test_a_json_switch_is_not_an_output_path(capsys):
+    """`icecache plugins --json` prints JSON: the output check must leave a boolean flag alone."""
+    assert main(["plugins", "--json"]) == 0
+    assert '"components"' in capsys.readouterr().out
