@@ -8,7 +8,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,12 +60,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_json(path: str | os.PathLike[str] | None, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plus machine info) atomically: a temp file renamed into place."""
+    """Write ``payload`` (plus machine info) atomically: a uniquely named temp file renamed into place."""
+    from icecache.eval.files import write_atomic
+
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine_info(), **payload}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"machine": machine_info(), **payload}, indent=2, default=str))

@@ -11,15 +11,16 @@ Ratios are measured in one run (medians over repeats):
   protocol's bookkeeping) over the default fused path.
 * ``disk_clustered_vs_sequential``: ``DiskTier.read`` of pages in contiguous runs (``--run-length``)
   over one sequential ``preadv`` of as many bytes; ``disk_clustered_vs_scattered``: against as many
-  scattered single pages. Cold reads (the headline): before each repeat the file is fsynced, unmapped,
-  dropped from the page cache (``POSIX_FADV_DONTNEED``) and mapped again. ``*_warm``: page cache hits.
-  Disk reads include checksum verification.
+  scattered single pages. Cold reads (the headline): before each repeat the file is fsynced and
+  dropped from the page cache (``POSIX_FADV_DONTNEED``). ``*_warm``: page cache hits. Disk reads
+  include checksum verification; ``checksum_*`` times each checksum alone over ``--pages`` records.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,8 @@ import torch
 
 from icecache.bench.report import format_table, median_time, write_json
 from icecache.core.config import CacheConfig, TierConfig, to_dtype
-from icecache.storage.device import DeviceTier, default_device
+from icecache.core.errors import ConfigError
+from icecache.storage.device import DeviceTier
 from icecache.storage.disk import DiskTier
 from icecache.storage.host import HostTier, can_pin
 from icecache.storage.layout import PageSpec
@@ -202,7 +204,7 @@ def bench_page_sizes(spec: PageSpec, device: torch.device, args: argparse.Namesp
                      ) -> dict[str, float]:
     """``bulk_vs_memcpy`` when the same bytes come in fewer, larger pages (the pool keeps its bytes):
     how much of the gap is per-page cost (scattered rows, bookkeeping) rather than bytes."""
-    tokens = [int(x) for x in args.sweep_page_tokens.split(",") if x.strip()]
+    tokens = _sweep(args.sweep_page_tokens)
     return {str(t): _bulk_vs_memcpy_at(t, spec, device, args, gen) for t in tokens}
 
 
@@ -279,6 +281,20 @@ def bench_disk(spec: PageSpec, args: argparse.Namespace, gen: torch.Generator, d
     return t, {"disk_directory": directory, "disk_file_pages": n, "runs": runs, "run_length": run}
 
 
+def bench_checksums(spec: PageSpec, args: argparse.Namespace, gen: torch.Generator) -> dict[str, float]:
+    """Milliseconds of each disk checksum over ``--pages`` records (the default, ``pos64``, runs on
+    every disk read and write)."""
+    import numpy as np
+
+    from icecache.storage.checksum import CHECKSUMS, page_keys
+
+    records = torch.randn(args.pages, 2, spec.page_size, spec.head_dim, generator=gen).to(spec.dtype)
+    ids = np.arange(args.pages, dtype=np.int64)
+    keys = page_keys(ids, ids)
+    return {f"checksum_{name}": _median_ms(lambda fn=fn: fn(records, keys), repeats=args.repeats, cuda=False)
+            for name, fn in CHECKSUMS.items()}
+
+
 def _time_without_hints(disk: DiskTier, slots: torch.Tensor, out: torch.Tensor, repeats: int) -> float:
     disk.read_hints = False
     try:
@@ -287,18 +303,72 @@ def _time_without_hints(disk: DiskTier, slots: torch.Tensor, out: torch.Tensor, 
         disk.read_hints = True
 
 
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = default_device() if args.device == "auto" else torch.device(args.device)
-    spec = PageSpec(page_size=args.page_size, head_dim=args.head_dim, dtype=to_dtype(args.dtype))
+def check_args(args: argparse.Namespace) -> tuple[torch.device, PageSpec]:
+    """Every option checked before any memory is allocated; :class:`ConfigError` names the flag."""
+    from icecache.eval.checks import check_disk_dir, resolve_device
+
+    for flag in ("pages", "host_pages", "disk_pages", "head_dim", "run_length", "repeats"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be positive, got {args.threads}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {args.seed}")
+    if args.host_pages < args.pages:
+        raise ConfigError(f"--host-pages {args.host_pages} must hold at least --pages {args.pages} (the "
+                          "pages of one load are drawn from the host tier)")
+    for tokens in [args.page_size, *_sweep(args.sweep_page_tokens)]:
+        if tokens < 1 or tokens & (tokens - 1):
+            raise ConfigError(f"page sizes must be powers of two (--page-size, --sweep-page-tokens), got "
+                              f"{tokens}")
+    device = resolve_device(args.device)
+    try:
+        dtype = to_dtype(args.dtype)
+    except ConfigError:
+        raise ConfigError(f"--dtype {args.dtype!r} is not supported; use fp16, bf16 or fp32") from None
+    spec = PageSpec(page_size=args.page_size, head_dim=args.head_dim, dtype=dtype)
     # NOTE: built through the config types the store uses, so a bad size fails like it would there.
     CacheConfig(page_size=args.page_size, dtype=spec.dtype, tiers=TierConfig(device_pages=2 * args.pages))
+    check_disk_dir(args.disk_dir)
+    _check_room(args, spec)
+    return device, spec
+
+
+def _sweep(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep-page-tokens must be comma-separated integers, got {text!r}") from None
+
+
+def _check_room(args: argparse.Namespace, spec: PageSpec) -> None:
+    """The host pools fit in memory and the disk file on its file system (else an allocator traceback
+    or ENOSPC halfway through)."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    host = (args.host_pages + 4 * args.pages) * spec.page_nbytes  # host tier, staging, device stand-in
+    if host > memory // 2:
+        raise ConfigError(f"--host-pages {args.host_pages} x {spec.page_nbytes} B pages need "
+                          f"{host / 2**30:.1f} GiB, more than half of this machine's "
+                          f"{memory / 2**30:.1f} GiB")
+    disk = max(args.disk_pages, 4 * args.pages) * spec.page_nbytes
+    free = shutil.disk_usage(args.disk_dir or tempfile.gettempdir()).free
+    if disk > free:
+        raise ConfigError(f"--disk-pages {args.disk_pages} x {spec.page_nbytes} B pages need "
+                          f"{disk / 2**30:.2f} GiB; {args.disk_dir or tempfile.gettempdir()!r} has "
+                          f"{free / 2**30:.2f} GiB free")
+
+
+def main(args: argparse.Namespace) -> int:
+    device, spec = check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     times, info = bench_host_to_device(spec, device, args, gen)
     with tempfile.TemporaryDirectory(prefix="icecache-bench-", dir=args.disk_dir) as directory:
         disk_times, disk_info = bench_disk(spec, args, gen, directory)
     times.update(disk_times)
+    times.update(bench_checksums(spec, args, gen))
     by_page = bench_page_sizes(spec, device, args, gen)
     nbytes = args.pages * spec.page_nbytes
     disk_bytes = (args.pages // max(1, min(args.run_length, args.pages))) \
@@ -324,7 +394,7 @@ def main(args: argparse.Namespace) -> int:
     for name, ms in times.items():
         if name in ("bulk_load", "bulk_load_fragmented"):
             continue  # aliases of the default transfer's rows
-        size = disk_bytes if name.startswith("disk") else nbytes
+        size = disk_bytes if name.startswith("disk") else nbytes  # checksums: over --pages records
         size = spec.page_nbytes if name == "load_1_page" else size
         size = 0 if name.startswith("load_resident") else size
         rows.append({"measure": name, "median_ms": ms, "GB/s": size / ms / 1e6})
@@ -349,8 +419,8 @@ def main(args: argparse.Namespace) -> int:
                    "page_size": spec.page_size, "head_dim": spec.head_dim, "dtype": str(spec.dtype),
                    "page_nbytes": spec.page_nbytes, "run_length": args.run_length, "repeats": args.repeats,
                    "threads": torch.get_num_threads()},
-        "disk_reads": "cold = fsync, unmap, POSIX_FADV_DONTNEED, remap before each repeat; warm = page "
-                      "cache hits; DiskTier.read includes checksum verification",
+        "disk_reads": "cold = fsync and POSIX_FADV_DONTNEED before each repeat; warm = page cache hits; "
+                      "DiskTier.read is one preadv per contiguous run and includes checksum verification",
         **ratios,
         "bulk_vs_memcpy_by_page_tokens": by_page,
         "targets": TARGETS,

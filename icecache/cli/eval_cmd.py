@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from icecache.core.errors import IceCacheError
 
@@ -27,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSONL file, one {id, context, question, answers} per line "
                              "(see docs/running.md)")
     parser.add_argument("--samples", type=int, default=5, help="samples per generated task (default 5)")
-    parser.add_argument("--json", default=None, help="write results here (written once, at the end)")
+    parser.add_argument("--json", default=None,
+                        help="write results here; rewritten after every finished batch (see docs/running.md)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --json: decode only what it lacks")
     add_model_arguments(parser)
 
 
@@ -40,16 +45,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from icecache.bench.report import write_json
     from icecache.core.errors import ConfigError
     from icecache.eval.report import run_table, task_table
-    from icecache.eval.runner import evaluate
-    from icecache.eval.session import load, prepare, progress_bar
+    from icecache.eval.results_file import ResultsFile, settings_of
+    from icecache.eval.session import load, prepare
     from icecache.eval.summary import policy_rows, task_rows
-    from icecache.tasks import DEFAULT_SUITE, generate_suite, load_tasks_file, parse_task_names
+    from icecache.tasks import DEFAULT_SUITE, load_tasks_file, parse_task_names
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be positive, got {args.samples}")
+    if args.resume and args.json is None:
+        raise ConfigError("--resume needs --json PATH: the results file to continue")
     from_file = args.tasks_file is not None
     if from_file:
         file_samples = load_tasks_file(args.tasks_file)
@@ -58,28 +64,57 @@ def _main(args: argparse.Namespace) -> int:
         task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
     prepared = prepare(args, args.policy, args.budget, None if from_file else args.context,
                        options=args.policy_options)
-    model, tokenizer = load(prepared)
-    if from_file:
-        samples = file_samples
-    else:
-        samples = generate_suite(task_names, n=args.samples, context=args.context, tokenizer=tokenizer,
-                                 seed=args.seed)
-    bar, update = progress_bar(len(samples) * len(prepared.specs), not args.no_progress, "eval")
-    with bar:
-        results = evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
-                           policy_kwargs=prepared.policy_kwargs, progress=update)
     context = None if from_file else args.context
-    rows = task_rows(results, context)
-    overview = policy_rows(results, context)
-    print(task_table(rows))
-    print()
-    print(run_table(overview))
-    write_json(args.json, {
-        "command": "eval", "model": str(prepared.checkpoint), "context": context,
-        "tasks_file": args.tasks_file, "policies": [s.label for s in prepared.specs],
-        "budget": args.budget, "samples": args.samples, "seed": args.seed, "batch_size": args.batch_size,
-        "results": rows, "overview": overview, "samples_detail": [r.to_dict() for r in results],
-    })
+
+    def payload(results: list[Any]) -> dict[str, Any]:
+        return {"model": str(prepared.checkpoint), "context": context, "tasks_file": args.tasks_file,
+                "policies": [s.label for s in prepared.specs], "budget": args.budget,
+                "samples": args.samples, "seed": args.seed, "batch_size": args.batch_size,
+                "results": task_rows(results, context), "overview": policy_rows(results, context),
+                "samples_detail": [r.to_dict() for r in results]}
+
+    settings = settings_of(args, prepared, tasks=task_names or None, context=context,
+                           samples=None if from_file else args.samples, tasks_file=args.tasks_file,
+                           policy_options=args.policy_options)
+    out = ResultsFile(None if args.json is None else Path(args.json), "eval", settings, payload,
+                      [s.label for s in prepared.specs])
+    out.open(resume=args.resume)
+    try:
+        if args.resume:
+            print(f"resuming {args.json}: {len(out.results)} results kept"
+                  + (" (complete: nothing to decode)" if out.was_complete else ""), file=sys.stderr)
+        if not out.was_complete:
+            _decode(args, prepared, task_names, file_samples if from_file else None, out, load)
+        results = out.ordered()
+        print(task_table(task_rows(results, context)))
+        print()
+        print(run_table(policy_rows(results, context)))
+        out.write(complete=True)
+    finally:
+        out.close()
     if args.json:
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _decode(args: argparse.Namespace, prepared: Any, task_names: list[str], file_samples: list[Any] | None,
+            out: Any, load: Any) -> None:
+    """Load the model, build the samples and decode what ``out`` lacks, writing as results arrive."""
+    from icecache.eval.runner import evaluate
+    from icecache.eval.session import progress_bar
+    from icecache.tasks import generate_suite
+
+    model, tokenizer = load(prepared)
+    samples = file_samples or generate_suite(task_names, n=args.samples, context=args.context,
+                                             tokenizer=tokenizer, seed=args.seed)
+    bar, update = progress_bar(len(samples) * len(prepared.specs), not args.no_progress, "eval")
+    try:
+        with bar:
+            evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
+                     policy_kwargs=prepared.policy_kwargs, progress=update, done=out.done,
+                     on_results=out.add)
+    except KeyboardInterrupt:
+        if out.path is not None:
+            print(f"\n{len(out.results)} results kept in {out.path}; add --resume to continue",
+                  file=sys.stderr)
+        raise

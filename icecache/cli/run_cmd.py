@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
 from icecache.core.errors import IceCacheError
 
@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: the run suite)")
     parser.add_argument("--samples", type=int, default=3, help="samples per task (default 3)")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out: decode only what results.json lacks")
     add_model_arguments(parser)
 
 
@@ -41,9 +43,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from icecache.bench.report import write_json
     from icecache.core.errors import ConfigError
+    from icecache.eval.files import check_output_dir
     from icecache.eval.report import run_table, save_plot, task_table
+    from icecache.eval.results_file import ResultsFile, settings_of
     from icecache.eval.runner import evaluate
     from icecache.eval.session import load, prepare, progress_bar
     from icecache.eval.summary import policy_rows, task_rows
@@ -51,46 +54,59 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be positive, got {args.samples}")
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
     task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
     prepared = prepare(args, args.policies, args.budget, args.context)
-    out = Path(args.out or f"out/run-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    out = check_output_dir(args.out or f"out/run-{time.strftime('%Y%m%d-%H%M%S')}", "--out")
     t0 = time.perf_counter()
-    name = args.model or "embedded SmolLM2-135M-Instruct"
-    print(f"loading model ({name}) on {prepared.device}", file=sys.stderr)
-    model, tokenizer = load(prepared)
-    samples = generate_suite(task_names, n=args.samples, context=args.context, tokenizer=tokenizer,
-                             seed=args.seed)
-    print(f"{len(samples)} samples ({', '.join(task_names)}) at {args.context} tokens, policies "
-          f"{', '.join(s.label for s in prepared.specs)}", file=sys.stderr)
-    bar, update = progress_bar(len(samples) * len(prepared.specs), not args.no_progress, "run")
-    with bar:
-        results = evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
-                           policy_kwargs=prepared.policy_kwargs, progress=update)
-    rows = task_rows(results, args.context)
-    overview = policy_rows(results, args.context)
-    elapsed = time.perf_counter() - t0
-    print(task_table(rows))
-    print()
-    print(f"per-policy summary (ms per decode step of a batch of up to {args.batch_size}; "
-          f"device_kv = KV bytes resident on the device tier vs a full cache; host = host memory held; "
-          f"held = device + host vs full KV)")
-    print(run_table(overview))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", {
-        "command": "run", "model": str(prepared.checkpoint), "device": str(prepared.device),
-        "dtype": prepared.dtype, "context": args.context, "tasks": task_names, "samples": args.samples,
-        "seed": args.seed, "batch_size": args.batch_size, "policies": [s.label for s in prepared.specs],
-        "elapsed_s": elapsed, "results": rows, "overview": overview,
-        "samples_detail": [r.to_dict() for r in results],
-    })
-    written = [out / "results.json"]
-    if not args.no_plot:
-        plot = save_plot(overview, out / "summary.png")
-        if plot is None:
-            print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-        else:
-            written.append(plot)
-    print(f"\nwrote {', '.join(map(str, written))} in {elapsed:.0f} s")
+    labels = [s.label for s in prepared.specs]
+
+    def payload(results: list[Any]) -> dict[str, Any]:
+        return {"model": str(prepared.checkpoint), "device": str(prepared.device), "dtype": prepared.dtype,
+                "context": args.context, "tasks": task_names, "samples": args.samples, "seed": args.seed,
+                "batch_size": args.batch_size, "policies": labels, "elapsed_s": time.perf_counter() - t0,
+                "results": task_rows(results, args.context), "overview": policy_rows(results, args.context),
+                "samples_detail": [r.to_dict() for r in results]}
+
+    settings = settings_of(args, prepared, tasks=task_names, context=args.context, samples=args.samples)
+    results_file = ResultsFile(out / "results.json", "run", settings, payload, labels)
+    results_file.open(resume=args.resume)
+    try:
+        if not results_file.was_complete:
+            name = args.model or "embedded SmolLM2-135M-Instruct"
+            print(f"loading model ({name}) on {prepared.device}", file=sys.stderr)
+            model, tokenizer = load(prepared)
+            samples = generate_suite(task_names, n=args.samples, context=args.context, tokenizer=tokenizer,
+                                     seed=args.seed)
+            print(f"{len(samples)} samples ({', '.join(task_names)}) at {args.context} tokens, policies "
+                  f"{', '.join(labels)}", file=sys.stderr)
+            bar, update = progress_bar(len(samples) * len(labels), not args.no_progress, "run")
+            with bar:
+                evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
+                         policy_kwargs=prepared.policy_kwargs, progress=update, done=results_file.done,
+                         on_results=results_file.add)
+        results = results_file.ordered()
+        overview = policy_rows(results, args.context)
+        print(task_table(task_rows(results, args.context)))
+        print()
+        print(f"per-policy summary (ms per decode step of a batch of up to {args.batch_size}; "
+              f"device_kv = KV bytes resident on the device tier vs a full cache; host = host memory held; "
+              f"held = device + host vs full KV)")
+        print(run_table(overview))
+        results_file.write(complete=True)
+        written = [out / "results.json"]
+        if not args.no_plot:
+            plot = save_plot(overview, out / "summary.png")
+            if plot is None:
+                print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+            else:
+                written.append(plot)
+    except KeyboardInterrupt:
+        print(f"\n{len(results_file.results)} results kept in {out / 'results.json'}; add --resume to "
+              "continue", file=sys.stderr)
+        raise
+    finally:
+        results_file.close()
+    print(f"\nwrote {', '.join(map(str, written))} in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -75,13 +75,20 @@ class ModelGeometry:
         )
 
 
+def _disk_dir(value: Any) -> Path | None:
+    # NOTE: Path("") is "." and would put page files in the working directory.
+    if value is not None and not str(value).strip():
+        raise ConfigError("disk_dir is empty; give a directory, or None for no disk tier")
+    return None if value is None else Path(value)
+
+
 @frozen(kw_only=True)
 class TierConfig:
     """Capacities of the storage tiers, in pages. ``None`` means unbounded."""
 
     device_pages: int | None = field(default=None, validator=optional_positive)
     host_pages: int | None = field(default=None, validator=optional_positive)
-    disk_dir: Path | None = field(default=None, converter=lambda p: None if p is None else Path(p))
+    disk_dir: Path | None = field(default=None, converter=_disk_dir)
     disk_pages: int | None = field(default=None, validator=optional_positive)
     eviction: str = field(default="lru", validator=instance_of(str))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -86,9 +86,15 @@ def batches(samples: Sequence[TaskSample], batch_size: int) -> list[list[int]]:
 def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: Sequence[PolicySpec], *,
              batch_size: int = 4, policy_kwargs: dict[str, Any] | None = None,
              progress: Callable[[int, str], None] | None = None, temperature: float = 0.0,
-             seed: int = 0) -> list[SampleResult]:
+             seed: int = 0, done: Collection[tuple[str, str]] = (),
+             on_results: Callable[[list[SampleResult]], None] | None = None) -> list[SampleResult]:
     """Every sample under every policy. ``progress(n_done, description)`` is called as work finishes
-    (units: sample x policy). All prompts are checked against the model's positions before any work."""
+    (units: sample x policy). All prompts are checked against the model's positions before any work.
+
+    ``done``: ``(sample id, policy label)`` pairs finished by an earlier run; a batch is decoded under
+    a policy unless all its samples are done there, and prefilled only when some policy is left.
+    ``on_results(chunk)`` receives each batch's results under one policy as soon as they exist (the
+    caller writes them out, so an interrupted run keeps them). Returns the new results."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     if not samples:
@@ -99,12 +105,20 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
     check_prompts(samples, prompts, getattr(model.config, "max_position_embeddings", None))
     eos = eos_ids(tokenizer)
     results: list[SampleResult] = []
+    done = set(done)
     for batch_no, idx in enumerate(batches(samples, batch_size)):
         batch = [samples[i] for i in idx]
+        todo = [(spec, policy) for spec, policy in zip(specs, policies, strict=True)
+                if not all((s.id, spec.label) in done for s in batch)]
+        if progress is not None and len(todo) < len(specs):
+            progress(len(batch) * (len(specs) - len(todo)), f"{batch[0].task} done before")
+        if not todo:
+            continue
         if progress is not None:
             progress(0, f"prefill {batch[0].task} x{len(batch)}")
         snapshot = prefill_snapshot(model, [prompts[i] for i in idx])
-        for spec, policy in zip(specs, policies, strict=True):
+        for spec, policy in todo:
+            chunk: list[SampleResult] = []
             t0 = time.perf_counter()
             cache = IceCache.from_snapshot(snapshot, policy)
             build_s = time.perf_counter() - t0
@@ -114,7 +128,7 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
             step_s = cache.timings.mean(skip=1)
             memory = cache.memory_report()
             for i, sample, text, out in zip(idx, batch, texts, outs, strict=True):
-                results.append(SampleResult(
+                chunk.append(SampleResult(
                     sample_id=sample.id, task=sample.task, policy=spec.label, selector=spec.selector,
                     budget=spec.budget, prompt_tokens=len(prompts[i]),
                     correct=is_correct(text, sample.answers), score=match_fraction(text, sample.answers),
@@ -126,6 +140,9 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
                 ))
             cache.close()
             del cache
+            results += chunk
+            if on_results is not None:
+                on_results(chunk)
             if progress is not None:
                 progress(len(batch), f"{batch[0].task} {spec.label}")
         del snapshot

@@ -13,6 +13,7 @@ from attrs import frozen
 
 from icecache.core.config import TierConfig
 from icecache.core.errors import ConfigError
+from icecache.eval.checks import check_counts, check_disk_dir, check_dtype, check_tokens, resolve_device
 from icecache.eval.policies import PolicySpec, build_policy, check_capacities, parse_policies
 
 #: answer tokens reserved beyond the context when checking it against the model's positions
@@ -25,7 +26,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default=None,
-                        help="model dtype (default float32 on CPU, bfloat16 on CUDA)")
+                        help="float32, float16 or bfloat16 (default float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--batch-size", type=int, default=4, help="samples decoded together (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="task generation seed (default 0)")
     parser.add_argument("--sink", type=int, default=None, help="sink tokens per KV head (default 4)")
@@ -36,23 +37,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk-dir", default=None,
                         help="directory of the disk tier (enables it: pages beyond --host-pages spill there)")
     parser.add_argument("--page-dtype", default=None,
-                        help="dtype pages are stored in (default: the model's KV dtype), e.g. bfloat16")
+                        help="float32, float16 or bfloat16: the dtype pages are stored in (default: the "
+                             "model's KV dtype)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: decode runs small ops, where more threads "
                              "mostly add synchronization, and shared machines oversubscribe)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r} asked for but CUDA is not available")
-    return device
 
 
 @frozen(kw_only=True)
@@ -72,20 +62,19 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
             options: dict[str, dict[str, Any]] | None = None) -> Prepared:
     """Validate policies (and their ``options``), budget, model path and context against the model
     (weights not loaded)."""
-    from transformers import AutoConfig
-
-    from icecache.integrations.hf.loader import resolve_checkpoint
+    from icecache.integrations.hf.loader import read_model_config, resolve_checkpoint
 
     specs = parse_policies(policies, budget, options=options)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be positive, got {args.threads}")
+    check_counts(args)
+    check_dtype(args.dtype)
+    check_dtype(getattr(args, "page_dtype", None), "--page-dtype")
     device = resolve_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    check_disk_dir(args.disk_dir)
     checkpoint = resolve_checkpoint(args.model)
-    model_config = AutoConfig.from_pretrained(checkpoint)
+    model_config = read_model_config(checkpoint)
     positions = getattr(model_config, "max_position_embeddings", None)
+    check_tokens(specs, args, positions)
     if context is not None:
         if context <= 0:
             raise ConfigError(f"--context must be a positive number of tokens, got {context}")
@@ -98,15 +87,15 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
               "page_dtype": getattr(args, "page_dtype", None)}
     for spec in specs:  # NOTE: builds each CacheConfig now, so a budget below sink + window fails early
         policy = build_policy(spec, model_config, device=device, **kwargs)
-        if context is not None:
-            check_capacities(policy, batch=args.batch_size, context=context,
-                             num_layers=model_config.num_hidden_layers)
         if spec.options:  # and one selector, so options that do not fit fail before any work
             try:
                 policy.make_selector(policy.config.dense_layers)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"--policy-options for {spec.name!r} do not fit the {spec.selector!r} "
                                   f"selector: {exc}") from None
+        if context is not None:  # NOTE: after the options check: it builds a selector too
+            check_capacities(policy, batch=args.batch_size, context=context,
+                             num_layers=model_config.num_hidden_layers)
     return Prepared(checkpoint=checkpoint, model_config=model_config, device=device, dtype=dtype, specs=specs,
                     policy_kwargs=kwargs, threads=args.threads)
 

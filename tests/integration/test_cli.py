@@ -46,7 +46,7 @@ BAD = [
      "--device-pages 3 cannot hold one layer's selection for icecache@256: 12 rows x 192 selected tokens"),
     (["eval", "--policy", "quest", "--host-pages", "10"],
      "--host-pages 10 cannot hold the prompt's pages for quest@256: 28 sparse layers x 12 rows"),
-    (["eval", "--policy", "icecache", "--page-dtype", "float8"], "dtype must be one of"),
+    (["eval", "--policy", "icecache", "--page-dtype", "float8"], "--page-dtype 'float8' is not supported"),
 ]
 
 
@@ -72,7 +72,7 @@ def test_a_model_that_is_not_llama_family_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(("content", "message"), [
     ("", "holds no samples"),
     (_row(0) + "\n" + _row(1)[:-3] + "\n", "tasks.jsonl:2: not valid JSON"),
-    (_row(0, answers=[]) + "\n", "tasks.jsonl:1: answers must be a non-empty list"),
+    (_row(0, answers=[]) + "\n", "tasks.jsonl:1: field 'answers' must be a non-empty list"),
 ])
 def test_bad_tasks_file_names_the_line(tmp_path, capsys, content, message):
     path = tmp_path / "tasks.jsonl"

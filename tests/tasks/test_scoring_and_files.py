@@ -56,12 +56,12 @@ def test_tasks_file_round_trip(tmp_path):
     ([_row(), _row(id="b"), "[1, 2]"], r"tasks.jsonl:3: expected a JSON object"),
     ([json.dumps({"id": "a", "context": "x"})],
      r"tasks.jsonl:1: missing field\(s\) \['question', 'answers'\]"),
-    ([_row(answers=[])], r"tasks.jsonl:1: answers must be a non-empty list"),
-    ([_row(answers="1234")], r"tasks.jsonl:1: answers must be a list of strings"),
+    ([_row(answers=[])], r"tasks.jsonl:1: field 'answers' must be a non-empty list of non-empty strings"),
+    ([_row(answers="1234")], r"tasks.jsonl:1: field 'answers' must be a non-empty list .*got '1234'"),
     ([_row(context="  ")], r"tasks.jsonl:1: field 'context' is empty"),
     ([_row(), _row()], r"tasks.jsonl:2: duplicate id 'a' \(first on line 1\)"),
     ([_row(extra=1)], r"tasks.jsonl:1: unknown field\(s\) \['extra'\]"),
-    ([_row(max_new_tokens=0)], r"tasks.jsonl:1: max_new_tokens must be a positive integer"),
+    ([_row(max_new_tokens=0)], r"tasks.jsonl:1: field 'max_new_tokens' must be an integer in \[1, 4096\]"),
     ([_row(question=3)], r"tasks.jsonl:1: field 'question' must be a string"),
 ])
 def test_malformed_tasks_file_names_the_line(tmp_path, lines, message):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -86,25 +87,121 @@ def resolve_checkpoint(model: str | os.PathLike[str] | None = None) -> Path:
             return path
         if path.suffix != ".gguf":
             raise ConfigError(f"model path {str(model)!r} is neither a checkpoint directory nor a .gguf file")
+        check_gguf_header(path)
         gguf = path
     target = cache_dir() / "models" / f"{gguf.stem}-{_fingerprint(gguf)}"
     if not (target / "config.json").is_file():
-        _convert_gguf(gguf, target)
+        try:
+            _convert_gguf(gguf, target)
+        except Exception as exc:  # noqa: BLE001 - a corrupt file fails in many ways inside the reader
+            raise ConfigError(f"cannot read the GGUF model {str(gguf)!r} (corrupt or unsupported): "
+                              f"{type(exc).__name__}: {exc}") from None
     return target
 
 
-def _check_llama_family(path: Path) -> None:
-    import json
+def check_gguf_header(path: Path) -> None:
+    """The file starts like a GGUF file (magic, a known version); the full parse happens once, when it
+    is converted (parsing takes seconds)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ConfigError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from None
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise ConfigError(f"model file {str(path)!r} is not a GGUF file (no GGUF magic at its start)")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in (2, 3):
+        raise ConfigError(f"model file {str(path)!r} has GGUF version {version}; supported: 2, 3")
 
+
+def read_config_json(path: Path) -> dict[str, Any]:
+    """``path/config.json`` as a dict, or :class:`ConfigError` naming the file and what is wrong."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ConfigError(f"model directory {str(path)!r} has no config.json")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{str(config_file)!r} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{str(config_file)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                          f"{exc.msg})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(config_file)!r}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{str(config_file)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_llama_family(path: Path) -> None:
+    model_type = read_config_json(path).get("model_type")
     if model_type not in LLAMA_FAMILY:
         raise ConfigError(
             f"model {str(path)!r} has model_type {model_type!r}; supported llama-family types: "
             f"{sorted(LLAMA_FAMILY)}"
         )
+    check_weights(path)
+
+
+def check_weights(path: Path) -> None:
+    """The directory holds weights transformers can read: ``*.safetensors`` files whose headers are
+    intact (sizes and offsets within the file), or ``pytorch_model*.bin``; an index's shards exist."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{str(index)!r} is malformed ({type(exc).__name__}: {exc})") from None
+        files = [path / name for name in sorted(shards)]
+        missing = [str(f.name) for f in files if not f.is_file()]
+        if missing:
+            raise ConfigError(f"{str(index)!r} names weight files that are missing: {missing}")
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        if any(path.glob("pytorch_model*.bin")):
+            return
+        raise ConfigError(f"model directory {str(path)!r} has a config.json but no weights "
+                          "(*.safetensors or pytorch_model*.bin)")
+    for f in files:
+        _check_safetensors(f)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Header length, header JSON and every tensor's byte range against the file's size."""
+    size = path.stat().st_size
+    bad = f"weight file {str(path)!r} is corrupt or truncated"
+    try:
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise ConfigError(f"{bad}: header of {n} bytes in a file of {size}")
+            header = json.loads(fh.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"{bad}: its header is not JSON") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read weight file {str(path)!r}: {exc.strerror or exc}") from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{bad}: its header is not a JSON object")
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data):
+            raise ConfigError(f"{bad}: tensor {name!r} has data_offsets {offsets} outside its {data} data "
+                              "bytes")
+
+
+def read_model_config(checkpoint: Path) -> Any:
+    """The transformers config of a checked checkpoint directory; its errors become :class:`ConfigError`."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the file is user input; transformers raises many kinds
+        raise ConfigError(f"model config in {str(checkpoint)!r} cannot be read: {exc}") from None
 
 
 def load_model(model: str | os.PathLike[str] | None = None, *, dtype: Any = "float32",
@@ -114,6 +211,11 @@ def load_model(model: str | os.PathLike[str] | None = None, *, dtype: Any = "flo
 
     checkpoint = resolve_checkpoint(model)
     _check_llama_family(checkpoint)
-    hf_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        # NOTE: what the checks above cannot see (wrong shapes, a tokenizer that does not parse...)
+        raise ConfigError(f"cannot load the model in {str(checkpoint)!r}: {type(exc).__name__}: "
+                          f"{exc}") from None
     return hf_model, tokenizer
