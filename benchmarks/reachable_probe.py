@@ -70,8 +70,9 @@ def main() -> None:
         prefill = reachable(cache)
         decode(model, cache, snapshot, 9)
         after = reachable(cache)
+        later = full * (n + 8) / n
         print(json.dumps({"code": icecache.__file__, "context": context, "policy": spec.label,
-                          "prefill": round(prefill / full, 3), "after8": round(after / (full * (n + 8) / n), 3)}))
+                          "prefill": round(prefill / full, 3), "after8": round(after / later, 3)}))
         cache.close()
 
 
