@@ -22,7 +22,7 @@ from torch import Tensor
 from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.validators import optional_positive
 from icecache.storage.base import TierStats
-from icecache.storage.layout import PageSpec, as_page_ids, np_any, np_max
+from icecache.storage.layout import PageSpec, as_page_ids, np_all, np_any, np_max, np_min
 
 FREE, STORING, READY = 0, 1, 2
 #: NOTE: an unbounded tier grows by an eighth (doubling left up to half of the host tier unused: the
@@ -44,10 +44,15 @@ def _empty(dtype: Any) -> Any:
 
 
 def _ids(page_ids: Tensor | np.ndarray, unique: bool = True) -> np.ndarray:
-    if type(page_ids) is np.ndarray:
-        # NOTE: int64 numpy arrays are the store's internal calls, with ids it has already checked;
-        # the protocol's callers pass tensors (or lists), which are validated.
-        return page_ids
+    if type(page_ids) is np.ndarray and page_ids.dtype == np.int64 and page_ids.ndim == 1:
+        # NOTE: the store's internal calls pass ascending int64 arrays: checked in O(n) without a sort or
+        # a tensor round trip; anything else (repeats, unsorted) goes through the full check
+        a = page_ids
+        if a.size > 1 and unique and not np_all(a[1:] > a[:-1]):
+            return as_page_ids(torch.from_numpy(a), unique=True).numpy()
+        if a.size and int(a[0] if unique else np_min(a)) < 0:
+            raise PageError(f"page id {int(np_min(a))} is out of range (negative)")
+        return a
     return as_page_ids(page_ids, unique=unique).numpy()
 
 

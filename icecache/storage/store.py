@@ -85,6 +85,7 @@ class TieredStore:
         self.fused_load = True
         self._moves = {k: MoveCounter() for k in MOVE_KINDS}
         self._last: dict[str, MoveRecord] = {}
+        self._closed = False
 
     # ----- construction --------------------------------------------------------------------------
     @classmethod
@@ -133,11 +134,13 @@ class TieredStore:
     def allocate(self, n: int, *, seq: int | Tensor = 0, layer: int | Tensor = 0,
                  head: int | Tensor = 0) -> Tensor:
         """``n`` page ids, int64 ``[n]``, owned by ``(seq, layer, head)`` (ints or int tensors ``[n]``)."""
+        self._check_open()
         return self.pool.allocate(n, seq=seq, layer=layer, head=head)
 
     def free(self, page_ids: Tensor) -> None:
         """Drop pages from every tier and return their ids. :class:`PageError` names a bad id or a page
         in flight (pinned); nothing is freed then."""
+        self._check_open()
         ids = self.pool.check(page_ids)
         found = []
         for tier in self.tiers:
@@ -161,6 +164,7 @@ class TieredStore:
 
         Raises :class:`TensorSpecError` (bad tensors), :class:`PageError` (bad ids),
         :class:`StorageError` (no room) or :class:`DiskFullError`, with nothing changed."""
+        self._check_open()
         ids = self.pool.check(page_ids)
         n = ids.numel()
         self.spec.check_kv(k, v, n, (torch.device("cpu"), self.tiers[0].device))
@@ -191,6 +195,7 @@ class TieredStore:
         tiers and moved to the device in bulk (see ``transfer``); least recently used unpinned pages
         are evicted to make room. ``pin=True`` keeps the pages from eviction until :meth:`release`.
         On CUDA the move is asynchronous on the current stream."""
+        self._check_open()
         uniq, inverse = _distinct(as_page_ids(page_ids, unique=False).numpy())
         self.pool.check_ascending(uniq, written=True)
         # NOTE: from here on the tiers get numpy ids (checked above), skipping their own validation.
@@ -227,12 +232,14 @@ class TieredStore:
 
     def release(self, page_ids: Tensor) -> None:
         """Unpin pages pinned by ``load(..., pin=True)`` (once per pin)."""
+        self._check_open()
         tier = self.cache if self.cache is not None else self.backing[0]
         tier.complete_load(as_page_ids(page_ids))
 
     def evict(self, page_ids: Tensor) -> None:
         """Drop the device tier's copies of ``page_ids`` (those it holds). :class:`PageError` for a pinned
         page. The backing copy stays."""
+        self._check_open()
         if self.cache is None:
             return
         ids = self.pool.check(page_ids)
@@ -244,6 +251,7 @@ class TieredStore:
     def read_pages(self, page_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(k, v, lens)`` of written pages from their backing tiers: ``[n, S, D]`` each on the CPU and
         int32 ``[n]`` (verifies disk checksums)."""
+        self._check_open()
         ids = self.pool.check(page_ids, written=True)
         lens = self.pool.lens(ids)
         loc = self._locate(ids)
@@ -268,6 +276,7 @@ class TieredStore:
         ``page_ids`` and ``slots`` int64 ``[M]`` (repeats allowed) -> ``[M, D]`` (or ``[M, 2, D]``) on the
         CPU. One gather per backing tier (an ``index_select`` of rows for a memory tier, read in place;
         another tier, e.g. disk with its checksums, reads each distinct page once)."""
+        self._check_open()
         ids = torch.as_tensor(page_ids, dtype=torch.int64).cpu().reshape(-1)
         slot = torch.as_tensor(slots, dtype=torch.int64).cpu().reshape(-1)
         M, S, D = ids.numel(), self.spec.page_size, self.spec.head_dim
@@ -307,6 +316,7 @@ class TieredStore:
     def reserve(self, pages: int) -> None:
         """Allocate room for ``pages`` more pages in the first backing tier now (up to its capacity), so
         a large write (a prefill) does not grow it step by step."""
+        self._check_open()
         reserve = getattr(self.backing[0], "reserve", None)
         if callable(reserve):
             reserve(pages)
@@ -314,6 +324,7 @@ class TieredStore:
     def page_table(self, pages: Tensor, *, pin: bool = False) -> PageTable:
         """Load the pages of padded lists ``pages`` int ``[R, K]`` (``-1`` padding) and return a
         :class:`PageTable` over device slots (``page_lens`` from the written lengths), on the device."""
+        self._check_open()
         pages = torch.as_tensor(pages).to("cpu", torch.int64)
         valid = pages >= 0
         uniq = torch.unique(pages[valid])
@@ -374,9 +385,17 @@ class TieredStore:
                           last=dict(self._last))
 
     def close(self) -> None:
+        """Release every tier's memory and files; any later call raises :class:`StorageError`."""
+        if self._closed:
+            return
         self._stager.wait()
+        self._closed = True
         for tier in self.tiers:
             tier.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the store is closed: its tiers' memory and files are released")
 
     def __enter__(self) -> TieredStore:
         return self

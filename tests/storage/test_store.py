@@ -290,3 +290,31 @@ def test_transfer_mode_is_checked_and_auto_picks_by_device():
     if torch.cuda.is_available():
         cuda = TieredStore([DeviceTier(name="device", spec=SPEC, capacity=2, device="cuda")])
         assert cuda.transfer == "uva"
+
+
+def test_a_closed_store_refuses_every_call_instead_of_handing_out_freed_memory():
+    store = TieredStore.build(CacheConfig(page_size=4), ("device", "host"), head_dim=8)
+    ids = store.allocate(2)
+    store.write_pages(ids, torch.randn(2, 4, 8), torch.randn(2, 4, 8))
+    store.close()
+    store.close()  # idempotent
+    for call in (lambda: store.load(ids), lambda: store.read_pages(ids), lambda: store.allocate(1),
+                 lambda: store.read_tokens(ids, torch.zeros(2, dtype=torch.int64)),
+                 lambda: store.write_pages(ids, torch.randn(2, 4, 8), torch.randn(2, 4, 8))):
+        with pytest.raises(StorageError, match="the store is closed"):
+            call()
+
+
+def test_numpy_page_ids_are_validated_like_tensors():
+    import numpy as np
+
+    from icecache.storage.layout import PageSpec
+
+    tier = HostTier(name="host", spec=PageSpec(page_size=4, head_dim=8), capacity=8)
+    with pytest.raises(PageError, match="page id 7 is listed twice"):
+        tier.prepare_store(np.array([7, 7], dtype=np.int64))
+    with pytest.raises(PageError, match="page id -1 is out of range"):
+        tier.prepare_store(np.array([-1, 3], dtype=np.int64))
+    assert tier.stats().in_flight_pages == 0  # nothing reserved by the refused calls
+    slots = tier.prepare_store(np.array([5, 2], dtype=np.int64))  # distinct, unsorted: fine
+    assert slots.numel() == 2
