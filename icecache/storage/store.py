@@ -570,7 +570,8 @@ class TieredStore:
     def _moved(self, record: MoveRecord, ids: Tensor) -> None:
         self._moves[record.kind].add(record)
         self._last[record.kind] = record
-        if self.hook is not None:
+        # NOTE: no listener, no call (pluggy's dispatch costs every move)
+        if self.hook is not None and self.hook.icecache_pages_loaded.get_hookimpls():
             self.hook.icecache_pages_loaded(tier=record.tier, page_ids=ids, nbytes=record.nbytes,
                                             copies=record.copies)
 
@@ -579,7 +580,7 @@ class TieredStore:
             return
         self._moves["evict"].add(MoveRecord(kind="evict", tier=tier.name, pages=ids.numel(), nbytes=0,
                                             copies=0))
-        if self.hook is not None:
+        if self.hook is not None and self.hook.icecache_pages_evicted.get_hookimpls():
             self.hook.icecache_pages_evicted(tier=tier.name, page_ids=ids)
 
 

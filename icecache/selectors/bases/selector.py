@@ -279,7 +279,9 @@ class SelectorBase:
 
     def _notify(self, selection: Selection) -> None:
         if self.policy is not None:
-            self.policy.hook.icecache_selection_made(layer_idx=self.layer_idx, selection=selection)
+            caller = self.policy.hook.icecache_selection_made
+            if caller.get_hookimpls():  # NOTE: no listener, no call (pluggy's dispatch costs every step)
+                caller(layer_idx=self.layer_idx, selection=selection)
 
     def _require_prefill(self, what: str) -> None:
         if self._pos is None:
