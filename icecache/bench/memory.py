@@ -91,8 +91,7 @@ def model_rows(args: argparse.Namespace, specs: list[Any]) -> list[dict[str, Any
 def synthetic_rows(args: argparse.Namespace, specs: list[Any]) -> list[dict[str, Any]]:
     """One sparse layer (after the dense ones) at ``args.synthetic`` tokens of clustered random keys."""
     from icecache.core.config import CacheConfig, ModelGeometry
-    from icecache.core.policy import compose_policy
-    from icecache.eval.policies import tier_stack
+    from icecache.core.policy import compose_policy, default_tier_stack
     from icecache.integrations.hf.cache import IceCache
     from icecache.testing.synthetic import make_clustered_kv
 
@@ -105,7 +104,7 @@ def synthetic_rows(args: argparse.Namespace, specs: list[Any]) -> list[dict[str,
     for spec in specs:
         config = CacheConfig(budget=spec.budget or 256, geometry=geometry, dense_layers=0)
         policy = compose_policy(selector=spec.selector, config=config, options={"selector": spec.options},
-                                tiers=tier_stack(config.tiers))
+                                tiers=default_tier_stack(config.tiers))
         cache = IceCache(policy, 1)
         t0 = time.perf_counter()
         start = torch.zeros(1, dtype=torch.int64)

@@ -7,12 +7,18 @@ from typing import Any
 import pluggy
 from attrs import field, frozen
 
-from icecache.core.config import CacheConfig
+from icecache.core.config import CacheConfig, TierConfig
 from icecache.core.errors import ConfigError
 from icecache.core.plugins import build_registry, get_plugin_manager
 from icecache.core.registry import Registry
 
 DEFAULT_TIERS: tuple[str, ...] = ("device", "host")
+
+
+def default_tier_stack(tiers: TierConfig | None) -> tuple[str, ...]:
+    """The tiers a cache composes by default: device and host, and disk when ``tiers`` names a disk
+    directory (a directory given without the tier would be silently unused)."""
+    return (*DEFAULT_TIERS, "disk") if tiers is not None and tiers.disk_dir is not None else DEFAULT_TIERS
 
 
 @frozen(kw_only=True)

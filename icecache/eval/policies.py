@@ -9,7 +9,7 @@ from attrs import field, frozen
 from icecache.core.config import CacheConfig, TierConfig
 from icecache.core.errors import BudgetError, ConfigError
 from icecache.core.plugins import build_registry, get_plugin_manager
-from icecache.core.policy import DEFAULT_TIERS, CachePolicy, compose_policy
+from icecache.core.policy import CachePolicy, compose_policy, default_tier_stack
 from icecache.core.registry import Registry
 
 
@@ -99,9 +99,8 @@ def parse_policies(spec: str, budget: int | None = None, *, registry: Registry |
     return out
 
 
-def tier_stack(tiers: TierConfig | None) -> tuple[str, ...]:
-    """The tiers a run composes: device and host, and disk when a disk directory is given."""
-    return (*DEFAULT_TIERS, "disk") if tiers is not None and tiers.disk_dir is not None else DEFAULT_TIERS
+#: the tiers a run composes (device and host, and disk when a disk directory is given)
+tier_stack = default_tier_stack
 
 
 def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", sink_tokens: int | None = None,

@@ -17,21 +17,8 @@ import torch
 from attrs import define
 from torch import Tensor
 
+from icecache.core.growth import grow
 from icecache.core.keys import tensor_nbytes
-
-#: NOTE: grow by an eighth (at least 64): doubling left up to half of every tensor unused after an insert
-GROWTH = 8
-
-
-def grow(t: Tensor, dim: int, size: int, fill: float | int) -> Tensor:
-    """``t`` padded along ``dim`` to at least ``size`` (amortized O(1): a growth adds an eighth)."""
-    cur = t.shape[dim]
-    if size <= cur:
-        return t
-    new = max(size, cur + max(cur // GROWTH, 64))
-    shape = list(t.shape)
-    shape[dim] = new - cur
-    return torch.cat([t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], dim=dim)
 
 
 def round_to(x: Tensor, dtype: torch.dtype, *, up: bool) -> Tensor:

@@ -10,7 +10,7 @@ from transformers.cache_utils import Cache
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError
-from icecache.core.policy import CachePolicy, compose_policy
+from icecache.core.policy import CachePolicy, compose_policy, default_tier_stack
 from icecache.integrations.hf.attention import mark_active
 from icecache.integrations.hf.layer import IceCacheLayer
 from icecache.integrations.hf.sparse_kv import SparseLayerKV
@@ -119,12 +119,10 @@ class IceCache(Cache):
         ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields (e.g.
         ``tiers=TierConfig(host_pages=..., disk_dir=...)``); ``tier_names`` is the stack of tiers by name
         (default device and host, and disk when ``tiers`` names a disk directory)."""
-        from icecache.eval.policies import tier_stack
-
         config.setdefault("device", model.device)
         cfg = CacheConfig.from_model_config(model.config, budget=budget, **config)
         policy = compose_policy(selector=selector, config=cfg, options=options,
-                                tiers=tier_names if tier_names is not None else tier_stack(cfg.tiers))
+                                tiers=tier_names if tier_names is not None else default_tier_stack(cfg.tiers))
         return cls(policy, model.config.num_hidden_layers, timing=timing)
 
     @classmethod

@@ -8,7 +8,6 @@ Positions are those of the K/V tensors, left padding included: row ``b`` holds r
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor
 from transformers.cache_utils import CacheLayerMixin
 
 from icecache.core.errors import ConfigError
+from icecache.core.signatures import accepts_keyword
 from icecache.integrations.hf.dense import attend_with_lse
 from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.store import GrowableKV
@@ -23,13 +23,6 @@ from icecache.selectors.bases.token_score import TokenScoreSelector
 
 if TYPE_CHECKING:
     from icecache.integrations.hf.cache import IceCache
-
-
-def _accepts(method: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class IceCacheLayer(CacheLayerMixin):
@@ -143,7 +136,7 @@ class IceCacheLayer(CacheLayerMixin):
             self.sparse = self.owner.make_sparse(self.layer_idx, keys.shape, keys.dtype,
                                                  page_size=self.selector.page_size)
             self.sparse.begin(keys, values, self.start)
-            kwargs = {"reader": self.sparse} if _accepts(self.selector.prefill, "reader") else {}
+            kwargs = {"reader": self.sparse} if accepts_keyword(self.selector.prefill, "reader") else {}
             try:
                 self.selector.prefill(keys.to(device), start=self.start.to(device), **kwargs)
                 self.owner.reserve_pages(self.layer_idx, self.selector.layout.token_ids)

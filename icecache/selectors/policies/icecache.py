@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -10,6 +9,7 @@ from attrs import define, field
 from attrs.validators import ge, in_
 from torch import Tensor
 
+from icecache.core.signatures import accepts_keyword
 from icecache.selectors.bases.selector import SelectorBase
 from icecache.selectors.plumbing.fill import greedy_fill
 from icecache.selectors.plumbing.merge import merge_heads
@@ -24,14 +24,6 @@ def make_index(config: Any, policy: Any, index: str, index_options: dict[str, An
     from icecache.core.plugins import build_registry
 
     return build_registry().create("index", index, config, **index_options)
-
-
-def _accepts(method: Any, name: str) -> bool:
-    """Whether ``method`` takes the keyword ``name`` (optional extensions of the index protocol)."""
-    try:
-        return name in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 @define(kw_only=True, slots=False)
@@ -114,11 +106,12 @@ class IceCacheSelector(SelectorBase):
 
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
         self._built, self._build_kwargs = False, {}
-        if queries is not None and self.prompt_queries > 0 and _accepts(self.page_index.build, "queries"):
+        wants_queries = accepts_keyword(self.page_index.build, "queries")
+        if queries is not None and self.prompt_queries > 0 and wants_queries:
             B, H, N, D = keys.shape
             recent = queries[:, :, -self.prompt_queries :].to(keys.dtype)  # [B, H_q, Q, D]
             self._build_kwargs["queries"] = recent.reshape(B, H, -1, D)  # [B, H_kv, G * Q, D]
-        if self._own is None and _accepts(self.page_index.build, "reader"):
+        if self._own is None and accepts_keyword(self.page_index.build, "reader"):
             # NOTE: the index reads keys back through the layer's reader instead of keeping a copy
             self._build_kwargs["reader"] = self.reader
         self._extend(keys, token_ids)
@@ -139,7 +132,7 @@ class IceCacheSelector(SelectorBase):
             empty = torch.full((B, H, 0), -1, dtype=torch.int64, device=max_tokens.device)
             return empty, empty, torch.zeros_like(max_tokens)
         kwargs = {}
-        if _accepts(self.page_index.query, "resident_logits"):
+        if accepts_keyword(self.page_index.query, "resident_logits"):
             kwargs["resident_logits"] = self.resident_logits(query)  # [B, H_kv, G, R]
         if self.rerank <= 0:
             hits = self.page_index.query(query, max_tokens, scale=scale, **kwargs)
