@@ -37,6 +37,10 @@ def check_policies(spec: SweepSpec) -> list[str]:
     src, options = spec.source, spec.policy_options
     for entry, labels in _policy_entries(spec):
         name = entry.partition("@")[0]
+        selector, _, variant = name.partition(":")
+        if variant and name not in options:
+            raise src.error(f"policies: {entry!r} is a variant of {selector!r}: give its options in a "
+                            f'[policy_options."{name}"] table', "policies", entry)
         try:
             parse_policies(",".join(labels), None, options={name: options[name]} if name in options else None)
         except IceCacheError as exc:

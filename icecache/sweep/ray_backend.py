@@ -67,7 +67,8 @@ def wants_gpu(ray: Any, device: str) -> bool:
 def run_ray(shards: list[Shard], tracker: Tracker, *, ray: Any, gpu: bool) -> None:
     """Run ``shards`` as Ray tasks (``ray`` from :func:`connect`, ``gpu`` from :func:`wants_gpu`)."""
     threads = shards[0].threads
-    remote = ray.remote(_task).options(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=0)
+    remote = ray.remote(_task)
+    needs = {"num_cpus": threads, "num_gpus": 1 if gpu else 0, "max_retries": 0}
     pending = list(shards)
     flight: dict[Any, Shard] = {}
     checked = 0.0
@@ -79,7 +80,7 @@ def run_ray(shards: list[Shard], tracker: Tracker, *, ray: Any, gpu: bool) -> No
                 capacity = max(1, int(res.get("GPU", 0)) if gpu else int(res.get("CPU", 1) // threads))
             while pending and len(flight) < capacity:
                 shard = pending.pop(0)
-                flight[remote.options(name=f"icecache-sweep:{shard.name}").remote(shard)] = shard
+                flight[remote.options(name=f"icecache-sweep:{shard.name}", **needs).remote(shard)] = shard
                 tracker.start(shard, "ray")
             ready, _ = ray.wait(list(flight), num_returns=1, timeout=5.0)
             for ref in ready:
