@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 import traceback
 from collections import deque
 from multiprocessing.connection import wait
@@ -47,8 +48,6 @@ def _worker_main(conn: Any, env: dict[str, str]) -> None:
         def progress(n: int, what: str, name: str = shard.name) -> None:
             if n:
                 conn.send(("progress", name, n))
-
-        import time
 
         t0 = time.perf_counter()
         try:

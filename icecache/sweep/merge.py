@@ -20,18 +20,23 @@ def group_label(model: str, context: int | None) -> str:
 
 
 def merge_groups(out: Path, shards: list[Shard]) -> list[dict[str, Any]]:
-    """One entry per group with at least one shard JSON: its shards (paths, in plan order) and the
-    ``results`` / ``overview`` / ``samples_detail`` that ``icecache merge`` computes from them."""
+    """One entry per group with a current shard JSON (ordered by model as listed, then context): its
+    shards (paths, in plan order) and the ``results`` / ``overview`` / ``samples_detail`` that
+    ``icecache merge`` computes from them. A changed shard's old JSON is left out."""
     from icecache.cli.merge_cmd import merge
     from icecache.eval.summary import policy_rows, task_rows
 
     groups: dict[tuple[str, int | None], list[str]] = {}
     for s in shards:
         groups.setdefault(s.group, [])
-        if shard_path(out, s).is_file():
+        kept = read_shard(shard_path(out, s))
+        if kept is not None and kept.get("spec_hash") == s.spec_hash:  # NOTE: not a changed shard's old JSON
             groups[s.group].append(str(shard_path(out, s)))
+    models = list(dict.fromkeys(s.model for s in shards))
+    order = sorted(groups, key=lambda g: (models.index(g[0]), g[1] is None, g[1] or 0))
     merged = []
-    for (model, context), paths in groups.items():
+    for model, context in order:
+        paths = groups[model, context]
         if not paths:
             continue
         results, _, sources = merge(paths)

@@ -105,6 +105,10 @@ class Tracker:
         self._event(f"FAILED {shard.name}: {error}")
 
     def close(self) -> None:
+        """End of the run; shards still running (Ctrl-C) are marked ``interrupted``."""
+        for st in self.states.values():
+            if st["state"] == "running":
+                st["state"] = "interrupted"
         if self._tqdm is not None:
             self._tqdm.close()
         self._write_status()

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from icecache.cli.main import main
-from tests.sweep.conftest import tasks_file
+from tests.sweep.conftest import TINY, tasks_file
 
 pytestmark = pytest.mark.model
 
 
 def test_a_tiny_sweep_runs_every_cell_and_merges_them(tiny):
     _, out, sweep = tiny
-    assert [(g["model"], g["context"]) for g in sweep["groups"]] == [("embedded", 320), ("embedded", 256)]
+    assert [(g["model"], g["context"]) for g in sweep["groups"]] == [("embedded", 256), ("embedded", 320)]
     for g in sweep["groups"]:
         assert [r["policy"] for r in g["overview"]] == ["full", "icecache@128"]
         assert all(r["n"] == 1 for r in g["overview"])
@@ -106,3 +106,17 @@ def test_a_killed_worker_fails_its_shard_only_and_a_rerun_finishes_it(tmp_path, 
     (group,) = json.loads((out / "sweep.json").read_text())["groups"]
     assert len(group["shards"]) == 3 and all(r["n"] == 3 for r in group["overview"])
     assert not (out / "shards" / f"{victim}.error.txt").exists()
+
+
+def test_a_changed_spec_reruns_its_shards_and_never_merges_their_old_results(tiny, tmp_path, capsys):
+    from icecache.sweep.merge import merge_groups
+    from icecache.sweep.plan import plan
+    from icecache.sweep.spec import load_spec
+
+    _, out, _ = tiny
+    changed = tmp_path / "tiny.toml"
+    changed.write_text(TINY.replace('"icecache"]', '"icecache", "quest"]'))
+    assert main(["sweep", str(changed), "--out", str(out), "--dry-run"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:4]
+    assert all(r.split()[-2:] == ["changed", "yes"] for r in rows)
+    assert merge_groups(out, plan(load_spec(str(changed)))) == []
