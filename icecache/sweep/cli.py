@@ -60,13 +60,17 @@ def _main(args: argparse.Namespace) -> int:
     todo = [s for s in shards if args.force or state[s.name] != "kept"]
     if args.dry_run:
         return _print_plan(shards, state, todo)
-    ray = gpu = None
-    if args.backend == "ray" and todo:
-        from icecache.sweep.ray_backend import connect, wants_gpu
+    from icecache.eval.files import OutputLock, check_output_dir
 
-        ray = connect(args.ray_address)
-        gpu = wants_gpu(ray, spec.device)
-    return _run(args, out, shards, todo, ray, gpu)
+    check_output_dir(out, "--out")
+    with OutputLock(out / "sweep.json", "--out"):  # NOTE: two sweeps into one folder would clash
+        ray = gpu = None
+        if args.backend == "ray" and todo:
+            from icecache.sweep.ray_backend import connect, wants_gpu
+
+            ray = connect(args.ray_address)
+            gpu = wants_gpu(ray, spec.device)
+        return _run(args, out, shards, todo, ray, gpu)
 
 
 def _print_plan(shards, state, todo) -> int:

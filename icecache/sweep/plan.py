@@ -8,6 +8,7 @@ one policy at a time so an error points at that policy's line.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from icecache.core.errors import ConfigError, IceCacheError
@@ -20,7 +21,8 @@ def model_args(spec: SweepSpec, model_path: str | None, device: str) -> argparse
     return argparse.Namespace(
         model=model_path, device=device, dtype=spec.dtype, batch_size=spec.batch_size, threads=spec.threads,
         sink=spec.sink, window=spec.window, device_pages=spec.device_pages, host_pages=spec.host_pages,
-        disk_dir=None if spec.disk_dir is None else str(spec.path(spec.disk_dir)))
+        disk_dir=None if spec.disk_dir is None else str(spec.path(spec.disk_dir)),
+        page_dtype=spec.page_dtype)
 
 
 def _policy_entries(spec: SweepSpec) -> list[tuple[str, list[str]]]:
@@ -95,41 +97,52 @@ def check_tasks_files(spec: SweepSpec) -> dict[str, int]:
     return counts
 
 
+#: ``icecache eval`` flags in the messages of its checks -> the spec field that sets them
+FLAGS = {"--policy-options": "policy_options", "--page-dtype": "page_dtype",
+         "--device-pages": "device_pages", "--host-pages": "host_pages", "--disk-dir": "disk_dir",
+         "--batch-size": "batch_size", "--threads": "threads", "--context": "contexts", "--budget": "budgets",
+         "--dtype": "dtype", "--device": "device", "--sink": "sink", "--window": "window", "--seed": "seeds"}
+
+
+def _field_error(spec: SweepSpec, exc: Exception, label: str, context: int | None, model: str
+                 ) -> ConfigError:
+    """An eval check's error, its flags written as spec words (``--device-pages`` -> ``device_pages``),
+    at the line of the field it names, else of the policy ``label`` comes from."""
+    text = str(exc)
+    flag = re.search(r"--[a-z][a-z-]*", text)
+    key = FLAGS.get(flag.group(0)) if flag else None
+    text = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
+    if len(spec.models) > 1:
+        text += f" (model {model!r})"
+    if key is None:
+        entry = next(p for p in spec.policies if label == p or label.startswith(p + "@"))
+        return spec.source.error(f"policies: {label}: {text}", "policies", entry)
+    word = flag.group(0)[2:].replace("-", "_")
+    return spec.source.error(text if text.startswith(word) else f"{key}: {text}", key,
+                             context if key == "contexts" else None)
+
+
 def check_model(spec: SweepSpec, model: str, labels: list[str], device: str) -> str | None:
-    """The model's resolved path (``None``: embedded); checks the path, each policy's budget and
-    options against the model's geometry, and the contexts against its positions."""
-    from icecache.eval.session import ANSWER_RESERVE, prepare, resolve_device
+    """The model's resolved path (``None``: embedded), checked with what ``icecache eval`` checks: the
+    path and config, the device and dtypes, each policy's budget and options against the model's
+    geometry, the longest context against its positions and the tier capacities at that context."""
+    from icecache.eval.session import prepare
     from icecache.integrations.hf.loader import resolve_checkpoint
 
-    src = spec.source
     path = None if model == "embedded" else str(spec.path(model))
     try:
         resolve_checkpoint(path)
     except IceCacheError as exc:
-        raise src.error(f"models: {exc}", "models", model) from None
-    try:
-        resolve_device(device)
-    except IceCacheError as exc:
-        raise src.error(f"device: {str(exc).removeprefix('--device ')}", "device") from None
+        raise spec.source.error(f"models: {exc}", "models", model) from None
     args = model_args(spec, path, device)
-    prepared = None
+    context = max(spec.contexts) if spec.tasks else None
     for label in labels:
         name = label.partition("@")[0]
         options = {name: spec.policy_options[name]} if name in spec.policy_options else None
         try:
-            prepared = prepare(args, label, None, None, options=options)
+            prepare(args, label, None, context, options=options)
         except IceCacheError as exc:
-            text = str(exc).replace("--policy-options", "policy_options")
-            if "policy_options" in text:
-                raise src.error(text, "policy_options") from None
-            entry = next(p for p in spec.policies if label == p or label.startswith(p + "@"))
-            raise src.error(f"policies: {label}: {text}", "policies", entry) from None
-    assert prepared is not None
-    positions = getattr(prepared.model_config, "max_position_embeddings", None)
-    for context in spec.contexts if spec.tasks else ():
-        if positions is not None and context + ANSWER_RESERVE > positions:
-            raise src.error(f"contexts: {context} is longer than model {model!r} allows: it has {positions} "
-                            f"positions and {ANSWER_RESERVE} are kept for the answer", "contexts", context)
+            raise _field_error(spec, exc, label, context, model) from None
     return path
 
 
@@ -146,8 +159,9 @@ def plan(spec: SweepSpec, *, check_device: bool = True) -> list[Shard]:
     paths = {m: check_model(spec, m, labels, device) for m in spec.models}
     common: dict[str, Any] = dict(
         policies=tuple(labels), batch_size=spec.batch_size, threads=spec.threads, device=spec.device,
-        dtype=spec.dtype, sink=spec.sink, window=spec.window, device_pages=spec.device_pages,
-        host_pages=spec.host_pages, disk_dir=None if spec.disk_dir is None else str(spec.path(spec.disk_dir)))
+        dtype=spec.dtype, page_dtype=spec.page_dtype, sink=spec.sink, window=spec.window,
+        device_pages=spec.device_pages, host_pages=spec.host_pages,
+        disk_dir=None if spec.disk_dir is None else str(spec.path(spec.disk_dir)))
     used = {p.partition("@")[0] for p in labels} | {p.partition("@")[0].partition(":")[0] for p in labels}
     common["options"] = {k: v for k, v in spec.policy_options.items() if k in used}
     shards: list[Shard] = []

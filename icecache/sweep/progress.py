@@ -139,7 +139,6 @@ class Tracker:
             print(text, file=sys.stderr, flush=True)
 
     def _write_status(self) -> None:
-        path = self.out / "status.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"shards": self.states}, indent=1))
-        tmp.replace(path)
+        from icecache.eval.files import write_atomic
+
+        write_atomic(self.out / "status.json", json.dumps({"shards": self.states}, indent=1))

@@ -42,6 +42,7 @@ class Shard:
     threads: int
     device: str
     dtype: str | None
+    page_dtype: str | None
     sink: int | None
     window: int | None
     device_pages: int | None

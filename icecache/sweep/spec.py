@@ -25,6 +25,10 @@ def _positive_int(v: Any) -> bool:
     return _is_int(v) and v > 0
 
 
+def _non_negative(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
 def _string(v: Any) -> bool:
     return isinstance(v, str) and bool(v.strip())
 
@@ -37,7 +41,7 @@ def _options(v: Any) -> bool:
     return isinstance(v, dict) and all(isinstance(o, dict) for o in v.values())
 
 
-POSITIVE, STRING = "a positive integer", "a non-empty string"
+POSITIVE, NON_NEGATIVE, STRING = "a positive integer", "a non-negative integer", "a non-empty string"
 
 
 @frozen
@@ -59,7 +63,7 @@ FIELDS: dict[str, Field] = {
     "contexts": Field(_positive_int, POSITIVE, [4096], True, "prompt lengths in tokens (generated tasks)"),
     "tasks": Field(_task_entry, TASK_ENTRY, None, True, "task sets, a shard each"),
     "tasks_files": Field(_string, STRING, [], True, "JSONL task files, a shard each (no contexts, seeds)"),
-    "seeds": Field(_is_int, "an integer", [0], True, "task generation seeds"),
+    "seeds": Field(_non_negative, NON_NEGATIVE, [0], True, "task generation seeds"),
     "samples": Field(_positive_int, POSITIVE, 5, doc="samples per generated task"),
     "policies": Field(_string, STRING, ["full", "icecache"], True, "NAME, NAME@BUDGET, NAME:VARIANT"),
     "budgets": Field(_positive_int, POSITIVE, [256], True, "budgets of policies written without @N"),
@@ -68,8 +72,9 @@ FIELDS: dict[str, Field] = {
     "threads": Field(_positive_int, POSITIVE, 1, doc="torch threads per shard"),
     "device": Field(_string, STRING, "auto", doc="auto, cpu, cuda, cuda:N"),
     "dtype": Field(_string, STRING, None, doc="model dtype (float32 on CPU, bfloat16 on CUDA)"),
-    "sink": Field(_positive_int, POSITIVE, None, doc="sink tokens per KV head"),
-    "window": Field(_positive_int, POSITIVE, None, doc="recent-window tokens per KV head"),
+    "page_dtype": Field(_string, STRING, None, doc="dtype pages are stored in (default: the KV dtype)"),
+    "sink": Field(_non_negative, NON_NEGATIVE, None, doc="sink tokens per KV head"),
+    "window": Field(_non_negative, NON_NEGATIVE, None, doc="recent-window tokens per KV head"),
     "device_pages": Field(_positive_int, POSITIVE, None, doc="device-tier capacity in pages"),
     "host_pages": Field(_positive_int, POSITIVE, None, doc="host-tier capacity in pages"),
     "disk_dir": Field(_string, STRING, None, doc="directory of the disk tier"),
@@ -94,6 +99,7 @@ class SweepSpec:
     threads: int
     device: str
     dtype: str | None
+    page_dtype: str | None
     sink: int | None
     window: int | None
     device_pages: int | None

@@ -30,7 +30,7 @@ def shard_args(shard: Shard) -> argparse.Namespace:
     return argparse.Namespace(
         model=shard.model_path, device=shard.device, dtype=shard.dtype, batch_size=shard.batch_size,
         threads=shard.threads, sink=shard.sink, window=shard.window, device_pages=shard.device_pages,
-        host_pages=shard.host_pages, disk_dir=shard.disk_dir)
+        host_pages=shard.host_pages, disk_dir=shard.disk_dir, page_dtype=shard.page_dtype, seed=shard.seed)
 
 
 def _model(prepared: Any) -> tuple[Any, Any]:

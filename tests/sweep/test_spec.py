@@ -37,9 +37,12 @@ BAD = [
     ('tasks = ["niah_single", ["niah_noise", "niah_single"]]\n',
      "spec.toml:1: tasks: 'niah_single' is in task sets 1 and 2"),
     ("samples = 2\ncontexts = [1024, 9000]\n",
-     "spec.toml:2: contexts: 9000 is longer than model 'embedded' allows: it has 8192 positions"),
+     "spec.toml:2: context 9000 is longer than the model allows: it has 8192 positions"),
     ('tasks_files = ["missing.jsonl"]\n', "spec.toml:1: tasks_files: tasks file"),
-    ('device = "tpu"\n', "spec.toml:1: device: 'tpu' is not a torch device"),
+    ('device = "tpu"\n', "spec.toml:1: device 'tpu' is not a torch device"),
+    ('page_dtype = "int8"\n', "spec.toml:1: page_dtype 'int8'"),
+    ('host_pages = 4\ncontexts = [512]\n', "spec.toml:1: host_pages 4 cannot hold the prompt's pages"),
+    ("seeds = [-1]\n", "spec.toml:1: seeds: each entry must be a non-negative integer, got -1"),
 ]
 
 
@@ -119,3 +122,15 @@ def test_dry_run_lists_what_would_run_and_keeps_matching_results(write_spec, tmp
     assert main(["sweep", spec, "--out", str(out), "--dry-run", "--force"]) == 0
     assert "2 of 2 shards would run" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(f"{s.name}.json" for s in shards)
+
+
+def test_an_output_folder_in_use_or_unwritable_is_refused_before_any_work(write_spec, tmp_path, capsys):
+    from icecache.eval.files import OutputLock
+
+    spec, out = write_spec(TINY), tmp_path / "out"
+    with OutputLock(out / "sweep.json", "--out"):
+        assert main(["sweep", spec, "--out", str(out)]) == 2
+        assert "is being written by another icecache process" in capsys.readouterr().err
+    assert main(["sweep", spec, "--out", "/dev/null"]) == 2
+    assert "--out '/dev/null' exists and is not a directory" in capsys.readouterr().err
+    assert not out.exists()
