@@ -38,9 +38,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from icecache.sweep.merge import read_shard
     from icecache.sweep.plan import plan
-    from icecache.sweep.progress import shard_path
     from icecache.sweep.spec import load_spec
 
     if args.workers is not None and args.workers < 1:
@@ -52,25 +50,39 @@ def _main(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     shards = plan(spec, check_device=args.backend == "local")
     out = Path(args.out or Path("out") / Path(args.spec).stem)
-    state = {}
-    for s in shards:
-        kept = read_shard(shard_path(out, s))
-        state[s.name] = ("new" if kept is None else "kept" if kept.get("spec_hash") == s.spec_hash
-                         else "changed")
-    todo = [s for s in shards if args.force or state[s.name] != "kept"]
     if args.dry_run:
-        return _print_plan(shards, state, todo)
+        state = _states(out, shards)
+        return _print_plan(shards, state, [s for s in shards if args.force or state[s.name] != "kept"])
     from icecache.eval.files import OutputLock, check_output_dir
 
     check_output_dir(out, "--out")
     with OutputLock(out / "sweep.json", "--out"):  # NOTE: two sweeps into one folder would clash
+        state = _states(out, shards)
+        todo = [s for s in shards if args.force or state[s.name] != "kept"]
         ray = gpu = None
         if args.backend == "ray" and todo:
             from icecache.sweep.ray_backend import connect, wants_gpu
 
             ray = connect(args.ray_address)
-            gpu = wants_gpu(ray, spec.device)
+            try:
+                gpu = wants_gpu(ray, spec.device)
+            except ConfigError:
+                ray.shutdown()
+                raise
         return _run(args, out, shards, todo, ray, gpu)
+
+
+def _states(out: Path, shards) -> dict[str, str]:
+    """Per shard: ``kept`` (its JSON matches its spec hash), ``changed`` (it does not) or ``new``."""
+    from icecache.sweep.merge import read_shard
+    from icecache.sweep.progress import shard_path
+
+    state = {}
+    for s in shards:
+        kept = read_shard(shard_path(out, s))
+        state[s.name] = ("new" if kept is None else "kept" if kept.get("spec_hash") == s.spec_hash
+                         else "changed")
+    return state
 
 
 def _print_plan(shards, state, todo) -> int:
