@@ -114,7 +114,7 @@ def _field_error(spec: SweepSpec, exc: Exception, label: str, context: int | Non
     text = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
     if len(spec.models) > 1:
         text += f" (model {model!r})"
-    if key is None:
+    if flag is None or key is None:
         entry = next(p for p in spec.policies if label == p or label.startswith(p + "@"))
         return spec.source.error(f"policies: {label}: {text}", "policies", entry)
     word = flag.group(0)[2:].replace("-", "_")

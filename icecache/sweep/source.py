@@ -83,7 +83,7 @@ def _read_toml(path: str, text: str) -> dict[str, Any]:
         import tomllib
     except ImportError:  # Python 3.10
         try:
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
             raise ConfigError(f"{path}: reading TOML needs Python 3.11 or `pip install tomli`; "
                               "or write the spec as JSON") from None

@@ -162,7 +162,8 @@ def load_spec(path: str) -> SweepSpec:
         # NOTE: the run suite, a shard per task, so the tasks run in parallel
         values["tasks"] = [] if "tasks_files" in data else list(DEFAULT_SUITE)
     values["tasks"] = [tuple(t) if isinstance(t, list) else (t,) for t in values["tasks"]]
-    return SweepSpec(source=source, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return SweepSpec(source=source, **fields)
 
 
 def _toml(value: Any) -> str:

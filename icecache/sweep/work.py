@@ -64,6 +64,7 @@ def run_shard(shard: Shard, progress: Callable[[int, str], None] | None = None) 
             raise ConfigError(f"tasks file {shard.tasks_file!r} changed since the sweep was planned")
         samples = load_tasks_file(shard.tasks_path)
     else:
+        assert shard.samples is not None and shard.context is not None  # a generated-task shard has both
         samples = generate_suite(list(shard.tasks), n=shard.samples, context=shard.context,
                                  tokenizer=tokenizer, seed=shard.seed)
     results = evaluate(model, tokenizer, samples, prepared.specs, batch_size=shard.batch_size,

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 from attrs import evolve
+from sweep_specs import TINY, tasks_file
 
 from icecache.cli.main import main
 from icecache.sweep.plan import plan
 from icecache.sweep.spec import load_spec
-from tests.sweep.conftest import TINY, tasks_file
 
 BAD = [
     ("contexts = [256]\ncontexts = [512]\n", "spec.toml:2: not valid TOML: Cannot overwrite a value"),

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from sweep_specs import TINY, tasks_file
 
 from icecache.cli.main import main
-from tests.sweep.conftest import TINY, tasks_file
 
 pytestmark = pytest.mark.model
 

@@ -4,9 +4,9 @@ to start on 2 cores): the same shards as the local backend, the same answers."""
 import json
 
 import pytest
+from sweep_specs import TINY
 
 from icecache.cli.main import main
-from tests.sweep.conftest import TINY
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.model, pytest.mark.slow]
