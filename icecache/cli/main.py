@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "run": "icecache.cli.run_cmd",
     "eval": "icecache.cli.eval_cmd",
     "merge": "icecache.cli.merge_cmd",
+    "sweep": "icecache.sweep.cli",
 }
 #: ``icecache bench NAME`` -> module with ``add_arguments(parser)`` and ``main(args) -> int``
 BENCHES: dict[str, str] = {
