@@ -31,6 +31,9 @@ class KeyReader(Protocol):
       (prefill and appends, paged or not) can be read.
     * ``num_tokens``: positions so far; ``device``: where :meth:`keys` returns them.
     * :meth:`nbytes`: bytes the reader itself holds (``0`` for a view onto storage counted elsewhere).
+
+    A reader may also offer ``page_keys(page_ids [B, H_kv, K]) -> [B, H_kv, K, S, D]``: the keys of its
+    layout's pages as last stored, in one gather of whole pages (an index's exact rescoring uses it).
     """
 
     @property

@@ -271,6 +271,41 @@ class TieredStore:
         records[order] = out
         return records[:, 0].contiguous(), records[:, 1].contiguous(), lens
 
+    def read_keys(self, page_ids: Tensor) -> Tensor:
+        """The key halves of written pages ``page_ids`` int64 ``[M]`` (``-1``: zeros, repeats allowed) from
+        their backing tiers: ``[M, S, D]`` on the CPU, one gather of whole ``S x D`` blocks per tier (what a
+        page index's exact rescoring reads)."""
+        self._check_open()
+        ids = torch.as_tensor(page_ids, dtype=torch.int64).cpu().reshape(-1)
+        S, D = self.spec.page_size, self.spec.head_dim
+        out = torch.zeros(ids.numel(), S, D, dtype=self.spec.dtype)
+        where = (ids >= 0).nonzero()[:, 0]
+        sub = ids[where]
+        if sub.numel() == 0:
+            return out
+        self.pool.check_written(sub.numpy())
+        tier = self.backing[0]
+        if len(self.backing) == 1 and isinstance(tier, MemoryTier) and sub.numel() == ids.numel():
+            # NOTE: the usual case (every page asked for, one memory tier): the gather is the answer
+            return tier.data[:, 0].index_select(0, tier.slot_of(sub).to(tier.data.device)).cpu()
+        loc = self._locate(sub) if len(self.backing) > 1 else torch.zeros(sub.numel(), dtype=torch.int64)
+        for i, tier in enumerate(self.backing):  # a loop over tiers, not pages
+            here = (loc == i).nonzero()[:, 0]
+            if here.numel() == 0:
+                continue
+            part = sub[here]
+            if isinstance(tier, MemoryTier):
+                keys = tier.data[:, 0].index_select(0, tier.slot_of(part).to(tier.data.device))
+            else:
+                uniq, inv = torch.unique(part, return_inverse=True)
+                tier_slots = tier.prepare_load(uniq)
+                try:
+                    keys = tier.read(tier_slots)[inv, 0]
+                finally:
+                    tier.complete_load(uniq)
+            out.index_copy_(0, where[here], keys.cpu())
+        return out
+
     def read_tokens(self, page_ids: Tensor, slots: Tensor, *, values: bool = False) -> Tensor:
         """Keys (``values=True``: keys and values) of single token slots from the backing tiers:
         ``page_ids`` and ``slots`` int64 ``[M]`` (repeats allowed) -> ``[M, D]`` (or ``[M, 2, D]``) on the

@@ -42,6 +42,12 @@ def test_every_position_reads_back_what_was_written(tmp_path_factory, selector, 
         got_k, got_v = layer.sparse.gather(torch.where(real, pos, -1))
         assert torch.equal(got_k[real], keys[real]) and torch.equal(got_v[real], values[real]), step
         assert torch.equal(layer.sparse.keys(pos)[real], keys[real])
+        layout = layer.selector.layout.token_ids  # whole pages as stored, in layout slot order
+        if layout.shape[2]:
+            ids = torch.arange(layout.shape[2]).expand(batch, heads, -1)
+            stored = layer.sparse.page_keys(ids)
+            want = layer.sparse.keys(layout)
+            assert torch.equal(stored[layout >= 0], want[layout >= 0])
         assert bool((got_k[~real] == 0).all())  # padding reads as zeros
         k, v = torch.randn(2, batch, heads, 1, D, generator=gen)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)

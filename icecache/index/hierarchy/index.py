@@ -308,9 +308,11 @@ class HierarchyIndex:
         return torch.arange(B * H, device=device) % H
 
     # ------------------------------------------------------------------ keys and summaries
-    def page_keys(self, cand: Tensor) -> tuple[Tensor, Tensor]:
+    def page_keys(self, cand: Tensor, *, stored: bool = False) -> tuple[Tensor, Tensor]:
         """Keys of pages ``cand`` int64 ``[G, K]`` (``-1``: none), read through the reader or the own
-        copy: float32 ``[G, K, S, D]`` (zeros at empty slots) and bool ``[G, K, S]`` valid."""
+        copy: float32 ``[G, K, S, D]`` (zeros at empty slots) and bool ``[G, K, S]`` valid. ``stored``:
+        the pages are as storage last wrote them (a query, not an insert), so a reader that offers
+        ``page_keys`` may return whole pages in one gather."""
         st = self._state
         G, K = cand.shape
         S = st.pages.shape[-1]
@@ -319,6 +321,10 @@ class HierarchyIndex:
         valid = slots >= 0
         if st.keys is not None:
             k = gather_positions(st.keys[:, None], slots.view(G, 1, K * S))  # [G, 1, K*S, D]
+        elif stored and callable(getattr(self._reader, "page_keys", None)):
+            B, H = self._shape
+            # NOTE: empty slots need no mask here: the rescoring masks them (and stored ones are zeros)
+            k = self._reader.page_keys(cand.view(B, H, K)).to(st.m2.device)
         else:
             tok = st.slot_token.gather(1, slots.clamp_min(0).view(G, K * S)).long()
             tok = torch.where(valid.view(G, K * S), tok, -1)

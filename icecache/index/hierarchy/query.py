@@ -182,7 +182,7 @@ def _rescore(ix: HierarchyIndex, q: Tensor, scale: float, coarse: Tensor, target
     cand = sub.gather(1, order[:, :K])  # [G, K] page ids
     beyond = torch.arange(K, device=q.device)[None] >= need[:, None]
     # NOTE: only the candidates' keys are read (a row's pages beyond its own count are not)
-    keys, valid = ix.page_keys(cand.masked_fill(beyond, -1))  # [G, K, S, D]
+    keys, valid = ix.page_keys(cand.masked_fill(beyond, -1), stored=True)  # [G, K, S, D]
     scores = scale * torch.einsum("gqd,gksd->gqks", q, keys)
     logmass = scores.masked_fill(~valid[:, None], float("-inf")).logsumexp(-1)  # [G, Gq, K]
     return cand, logmass.masked_fill(beyond[:, None], float("-inf"))

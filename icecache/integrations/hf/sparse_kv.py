@@ -66,6 +66,17 @@ class SparseLayerKV:
         k = self._fetch(token_ids.reshape(B, H, -1), values=False)
         return k.view(B, H, *tail, k.shape[-1])
 
+    def page_keys(self, page_ids: Tensor) -> Tensor:
+        """Keys of the selector's layout pages ``page_ids`` int64 ``[B, H_kv, K]`` (``-1``: zeros) as last
+        written, ``[B, H_kv, K, S, D]`` in layout slot order: whole pages in one gather per tier, for an
+        index's exact rescoring (a page changed since the last write reads as it was then)."""
+        B, H, K = page_ids.shape
+        pid = page_ids.to("cpu", torch.int64)
+        known = (pid >= 0) & (pid < self.phys.shape[2])
+        phys = torch.where(known, self.phys.gather(2, pid.clamp(0, max(self.phys.shape[2] - 1, 0))), -1)
+        keys = self.store.read_keys(phys.reshape(-1))
+        return keys.view(B, H, K, self.S, -1).to(self.device, self.dtype)
+
     def gather(self, token_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values at ``token_ids`` int64 ``[B, H_kv, T]`` (``-1``: zeros), ``[B, H_kv, T, D]``."""
         return self._fetch(token_ids, values=True)
