@@ -41,6 +41,18 @@ def _dci(config: Any, **options: Any) -> Any:
     return PrioritizedDCIIndex(config, **options)
 
 
+def _faiss_ivf(config: Any, **options: Any) -> Any:
+    from icecache.index.faiss_ivf.index import FaissIvfIndex
+
+    return FaissIvfIndex(config, **options)
+
+
+def _faiss_ivfpq(config: Any, **options: Any) -> Any:
+    from icecache.index.faiss_ivf.index import FaissIvfIndex
+
+    return FaissIvfIndex(config, codec="pq", **options)
+
+
 @hookimpl
 def icecache_register_clusterers(register):
     register("balanced-kmeans", _balanced_kmeans,
@@ -57,3 +69,7 @@ def icecache_register_indexes(register):
              description="k-means tree over MIPS-transformed keys; leaves are pages; batched descent")
     register("dci", _dci,
              description="Prioritized DCI (multi-level random projections, priority queues): reference")
+    register("faiss-ivf", _faiss_ivf,
+             description="FAISS IVF per KV head: inverted lists (capped at the page size) are the pages")
+    register("faiss-ivfpq", _faiss_ivfpq,
+             description="faiss-ivf with IVF-PQ codes: candidates found by compressed (PQ) scores")

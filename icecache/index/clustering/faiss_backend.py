@@ -23,13 +23,13 @@ from icecache.index.clustering.kmeans import capacity_assign, check_points, sq_d
 from icecache.index.transform import mips_keys
 
 
-def import_faiss() -> Any:
-    """The ``faiss`` module, or a :class:`ConfigError` naming the extra to install."""
+def import_faiss(needed_by: str = "clusterer 'faiss-kmeans'") -> Any:
+    """The ``faiss`` module, or a :class:`ConfigError` naming ``needed_by`` and the extra to install."""
     try:
         return importlib.import_module("faiss")
     except ImportError as exc:
         raise ConfigError(
-            "clusterer 'faiss-kmeans' needs faiss: pip install 'icecache[faiss]' (CPU) or "
+            f"{needed_by} needs faiss: pip install 'icecache[faiss]' (CPU) or "
             f"'icecache[gpu]' (CUDA); import failed: {exc}") from None
 
 

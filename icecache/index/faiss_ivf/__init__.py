@@ -1,0 +1,1 @@
+"""FAISS IVF page index (``faiss-ivf``, ``faiss-ivfpq``): inverted lists are the pages."""
