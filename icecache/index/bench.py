@@ -3,15 +3,16 @@
 ``icecache bench index`` (or ``python -m icecache.index.bench``) prints two tables and writes JSON:
 
 * recall at a budget (sinks and window inside it) on clustered keys with outliers, for the hierarchy
-  index (exact and centroid page scoring), Prioritized DCI, flat balanced k-means pages, Quest's
-  position-contiguous pages and the token oracle;
-* the median time to build the hierarchy index over ``layers x kv_heads`` head-indexes of ``tokens``
-  keys at once (the 135M model at 8k: 30 x 3 heads of 8192 x 64).
+  index (exact and centroid page scoring), FAISS IVF (when faiss is installed), Prioritized DCI, flat
+  balanced k-means pages, Quest's position-contiguous pages and the token oracle;
+* the median time to build the ``--index`` (default hierarchy) over ``layers x kv_heads``
+  head-indexes of ``tokens`` keys at once (the 135M model at 8k: 30 x 3 heads of 8192 x 64).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-dci", action="store_true", help="DCI is a slow Python reference")
     parser.add_argument("--skip-recall", action="store_true", help="only time the build and the query")
     parser.add_argument("--device", default="cpu", help="device of the build/query timing (cpu, cuda)")
+    parser.add_argument("--index", default="hierarchy",
+                        help="registered index whose build/query/insert is timed (e.g. faiss-ivf)")
     parser.add_argument("--model", action="store_true",
                         help="also prefill the embedded model on a NIAH prompt of --build-tokens tokens: "
                              "real recall vs oracle and index build time over prefill time")
@@ -93,6 +96,10 @@ def recall_table(args: argparse.Namespace) -> list[dict[str, Any]]:
         "hierarchy (exact)": HierarchyIndex(config),
         "hierarchy (centroid)": HierarchyIndex(config, scoring="centroid"),
     }
+    if importlib.util.find_spec("faiss") is not None:
+        from icecache.index.faiss_ivf.index import FaissIvfIndex
+
+        methods["faiss IVF (exact rescoring)"] = FaissIvfIndex(config)
     if not args.skip_dci:
         methods["prioritized DCI"] = PrioritizedDCIIndex(config)
     build_s: dict[str, float] = {}
@@ -145,10 +152,17 @@ def build_times(args: argparse.Namespace) -> dict[str, Any]:
     kv = make_clustered_kv(L, H, N, D, num_clusters=N // 64, spread=0.6, norm_range=(0.5, 4.0),
                            outlier_fraction=0.02, seed=3)
     keys = kv.keys.to(dev)
-    index = HierarchyIndex(CacheConfig(device=dev))
+    name = getattr(args, "index", "hierarchy")
+
+    def make() -> Any:
+        from icecache.core.plugins import build_registry
+
+        return build_registry().create("index", name, CacheConfig(device=dev))
+
+    index = make()
     # NOTE: layers ride the batch axis: one build call indexes every (layer, head) at once
     seconds = median_time(lambda: index.build(keys), repeats=args.repeats)
-    layer = HierarchyIndex(CacheConfig(device=dev))
+    layer = make()
     layer.build(keys[:1, :, :N - 64])
     q = query_for_cluster(kv, 0, group_size=3, noise=1.0, scale=6.0)[:1].view(1, H, 3, D).to(dev)
     query_s = median_time(lambda: layer.query(q, 192), repeats=max(5, 4 * args.repeats))
@@ -159,7 +173,8 @@ def build_times(args: argparse.Namespace) -> dict[str, Any]:
         layer.insert(keys[:1, :, N - 64 + 16 * i:N - 48 + 16 * i], torch.arange(16, device=dev) + N + 16 * i)
 
     insert_s = median_time(insert, repeats=max(5, 4 * args.repeats))
-    return {"device": str(dev), "head_indexes": L * H, "tokens": N, "dim": D, "median_s": seconds,
+    return {"index": name, "device": str(dev), "head_indexes": L * H, "tokens": N, "dim": D,
+            "median_s": seconds,
             "per_head_ms": 1e3 * seconds / (L * H), "query_ms": 1e3 * query_s, "insert16_ms": 1e3 * insert_s,
             "threads": torch.get_num_threads()}
 
@@ -230,9 +245,9 @@ def main(args: argparse.Namespace) -> int:
               "clustered keys")
         print(format_table(rows, ["method", "recall", "gap_to_oracle", "build_s"]))
     build = build_times(args)
-    print(f"\nhierarchy build on {build['device']}: {build['head_indexes']} head-indexes x {build['tokens']} "
-          f"keys x {build['dim']} dims: median {build['median_s']:.3f} s ({build['per_head_ms']:.2f} ms per "
-          f"head); one layer's query {build['query_ms']:.2f} ms, "
+    print(f"\n{build['index']} build on {build['device']}: {build['head_indexes']} head-indexes x "
+          f"{build['tokens']} keys x {build['dim']} dims: median {build['median_s']:.3f} s "
+          f"({build['per_head_ms']:.2f} ms per head); one layer's query {build['query_ms']:.2f} ms, "
           f"16-token insert {build['insert16_ms']:.2f} ms")
     real = None
     if args.model:

@@ -80,7 +80,9 @@ class FaissIvfIndex:
     # keys lost ~0.09 (docs/index.md)
     metric: str = field(default="ip", validator=in_(METRICS))
     train_tokens: int | None = field(default=None, validator=optional_positive)
-    iters: int = field(default=10, validator=positive)
+    # NOTE: 4, as the hierarchy's k-means: training is most of the build (O(N x nlist x D) per head);
+    # 10 iterations took twice as long (docs/index.md)
+    iters: int = field(default=4, validator=positive)
     rescore: bool = field(default=True, validator=instance_of(bool))
     codec: str = field(default="flat", validator=in_(CODECS))
     pq_m: int | None = field(default=None, validator=optional_positive)
@@ -127,7 +129,8 @@ class FaissIvfIndex:
         with self._threads(faiss):
             self._lists = IvfLists(faiss, D, self.metric, self.iters,
                                    self.config.seed if self.seed is None else self.seed, heads=H,
-                                   pq_m=self._pq_m(D), pq_bits=self.pq_bits, gpu=self._gpu(faiss, keys))
+                                   pq_m=self._pq_m(D), pq_bits=self.pq_bits, gpu=self._gpu(faiss, keys),
+                                   gpu_device=keys.device.index or 0)
             self._lists.reset(B * H)
             self._pages = IvfPages.empty(B * H, D, self.config.page_size, keys.device)
             self._shape, self._layout = (B, H), None

@@ -43,6 +43,7 @@ class IvfLists:
     pq_m: int | None = None
     pq_bits: int = 8
     gpu: Any = None  # faiss.StandardGpuResources when the GPU build is used
+    gpu_device: int = 0
     indexes: list[Any] = field(factory=list)
     m2: list[float] = field(factory=list)
 
@@ -109,7 +110,7 @@ class IvfLists:
         index.cp.niter = self.iters
         index.cp.seed = self.seed + g % self.heads
         if self.gpu is not None:
-            index = faiss.index_cpu_to_gpu(self.gpu, torch.cuda.current_device(), index)
+            index = faiss.index_cpu_to_gpu(self.gpu, self.gpu_device, index)
         index.train(x)
         self.indexes[g] = index
 
