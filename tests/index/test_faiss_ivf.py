@@ -43,8 +43,8 @@ def page_sets(index):
     return [[[set(p[p >= 0].tolist()) for p in row] for row in b] for b in ids]
 
 
-@pytest.mark.parametrize("options", [{"metric": "ip", "rescore": False}, {"codec": "pq", "rescore": False},
-                                     {"nprobe": 1, "candidates": 0.5, "train_tokens": 7}])
+@pytest.mark.parametrize("options", [{"metric": "mips", "rescore": False}, {"codec": "pq", "rescore": False},
+                                     {"nprobe": 1, "candidates": 0.5, "train_tokens": 7, "page_slots": 4}])
 def test_non_default_options_keep_the_index_contract(options):
     # NOTE: the defaults (faiss-ivf, faiss-ivfpq) run in tests/testing/test_builtin_conformance.py
     check_index(lambda config: FaissIvfIndex(config, **options), max_examples=12)
@@ -133,6 +133,27 @@ class IvfMachine(RuleBasedStateMachine):
 
 TestIvfMachine = IvfMachine.TestCase
 TestIvfMachine.settings = settings(max_examples=15, stateful_step_count=8, deadline=None)
+
+
+def test_with_a_key_reader_it_keeps_no_keys_and_answers_the_same():
+    from icecache.core.keys import KeyCopy
+
+    kv = make_clustered_kv(2, 2, 300, 16, num_clusters=6, spread=0.3, seed=2)
+    ids = torch.arange(300).expand(2, 2, 300).clone()
+    ids[..., :3] = -1  # sinks are read back by position but not indexed
+    own, read = FaissIvfIndex(CacheConfig()), FaissIvfIndex(CacheConfig())
+    reader = KeyCopy.from_keys(kv.keys[:, :, :250].clone())
+    own.build(kv.keys[:, :, :250], ids[..., :250])
+    read.build(kv.keys[:, :, :250], ids[..., :250], reader=reader)
+    reader.append(kv.keys[:, :, 250:])
+    for index in (own, read):
+        index.insert(kv.keys[:, :, 250:], ids[..., 250:])
+    assert read.nbytes()["keys"] == 0 < own.nbytes()["keys"] and read.nbytes()["faiss"] > 0
+    assert torch.equal(own.layout.token_ids, read.layout.token_ids)
+    q = query_for_cluster(kv, 1, group_size=2).view(2, 2, 2, 16)
+    a, b = own.query(q, 64), read.query(q, 64)
+    assert torch.equal(a.page_ids, b.page_ids) and torch.equal(a.token_ids, b.token_ids)
+    torch.testing.assert_close(own.page_summaries().key_max, read.page_summaries().key_max)
 
 
 def test_an_overflowing_list_splits_into_balanced_pages_along_its_spread():

@@ -45,3 +45,4 @@ def test_icecache_with_faiss_ivf_answers_and_grows_its_index(model_and_prompt):
     held = index.num_tokens
     assert torch.equal(held.cpu(), torch.tensor([[index._lists.indexes[h].ntotal for h in range(3)]]))
     assert int(held.min()) > len(ids) - 4 - 60
+    assert index.nbytes()["keys"] == 0  # it reads keys back through the layer's store, no copy of its own

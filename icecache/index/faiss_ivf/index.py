@@ -28,6 +28,7 @@ from torch import Tensor
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, TensorSpecError
+from icecache.core.keys import KeyReader
 from icecache.core.validators import optional_positive, positive
 from icecache.index.base import PageHits, PageSummaries
 from icecache.index.budget import as_budget, greedy_take
@@ -67,6 +68,7 @@ class FaissIvfIndex:
       ``pq_m`` sub-quantizers (default one per 4 dims) of ``pq_bits`` bits.
     * ``gpu``: None uses FAISS's GPU build when it sees a GPU and the keys are on CUDA.
     * ``threads``: torch and FAISS (OpenMP) threads during calls, restored after.
+    * ``page_slots``: slots per page (default ``config.page_size``; at most that).
     """
 
     config: CacheConfig = field(validator=instance_of(CacheConfig))
@@ -90,12 +92,18 @@ class FaissIvfIndex:
     gpu: bool | None = field(default=None)
     seed: int | None = field(default=None)  # FAISS k-means seed (None: config.seed), plus the KV head
     threads: int | None = field(default=None, validator=optional_positive)
+    page_slots: int = field(validator=positive)
     name: str = field(default="faiss-ivf", init=False)
     _faiss: object = field(default=None, init=False, repr=False)
     _lists: IvfLists | None = field(default=None, init=False, repr=False)
     _pages: IvfPages | None = field(default=None, init=False, repr=False)
     _shape: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
     _layout: Tensor | None = field(default=None, init=False, repr=False)  # token ids [G, P, S], cached
+    _reader: KeyReader | None = field(default=None, init=False, repr=False)
+
+    @page_slots.default
+    def _page_slots_default(self) -> int:
+        return self.config.page_size
 
     @list_tokens.default
     def _list_tokens_default(self) -> int:
@@ -106,6 +114,8 @@ class FaissIvfIndex:
         self._faiss = import_faiss(f"index {'faiss-ivfpq' if self.codec == 'pq' else 'faiss-ivf'!r}")
         if self.codec == "pq":
             self.name = "faiss-ivfpq"
+        if self.page_slots > self.config.page_size:
+            raise ConfigError(f"page_slots={self.page_slots} exceeds page_size={self.config.page_size}")
         if self.pq_bits > 8:
             raise ConfigError(f"pq_bits must be in [1, 8], got {self.pq_bits}")
         if self.nlist is not None and self.nprobe is not None and self.nprobe > self.nlist:
@@ -114,8 +124,17 @@ class FaissIvfIndex:
             raise ConfigError(f"train_tokens={self.train_tokens} cannot train nlist={self.nlist} lists")
 
     # ------------------------------------------------------------------ build
-    def build(self, keys: Tensor, token_ids: Tensor | None = None) -> None:
-        """See :meth:`icecache.index.base.PageIndex.build`."""
+    @property
+    def page_size(self) -> int:
+        """Slots per page (``page_slots``)."""
+        return self.page_slots
+
+    def build(self, keys: Tensor, token_ids: Tensor | None = None, *,
+              reader: KeyReader | None = None) -> None:
+        """See :meth:`icecache.index.base.PageIndex.build`. ``reader``: a
+        :class:`~icecache.core.keys.KeyReader` that reads back every key given to ``build`` and
+        ``insert`` by position; the exact rescoring and the summaries then read keys through it and the
+        index keeps none of its own (FAISS still holds its codes: for ``codec="flat"``, the keys)."""
         check_keys(keys)
         B, H, N, D = keys.shape
         tok = normalize_token_ids(token_ids, B, H, N, keys.device)  # [G, N]
@@ -132,8 +151,8 @@ class FaissIvfIndex:
                                    pq_m=self._pq_m(D), pq_bits=self.pq_bits, gpu=self._gpu(faiss, keys),
                                    gpu_device=keys.device.index or 0)
             self._lists.reset(B * H)
-            self._pages = IvfPages.empty(B * H, D, self.config.page_size, keys.device)
-            self._shape, self._layout = (B, H), None
+            self._pages = IvfPages.empty(B * H, D, self.page_slots, keys.device, own_keys=reader is None)
+            self._shape, self._layout, self._reader = (B, H), None, reader
             self._add(keys.reshape(B * H, N, D).float(), tok)
 
     def insert(self, keys: Tensor, token_ids: Tensor) -> Tensor:
@@ -183,7 +202,7 @@ class FaissIvfIndex:
                 ivf.train(g, sample, nlist, float((x * x).sum(-1).max()))
                 st.reserve_lists(ivf.nlist(g))
             lists[g, j] = torch.from_numpy(ivf.add(g, x, (s0 + j).numpy()))
-        return st.place(lists.to(tok.device), s0)
+        return st.place(lists.to(tok.device), s0, keys)
 
     def _sample(self, x: Tensor) -> Tensor:
         """At most ``train_tokens`` keys of ``x`` ``[n, D]``, evenly strided (deterministic)."""
@@ -217,7 +236,7 @@ class FaissIvfIndex:
         D = self._lists.dim
         if query.dim() != 4 or query.shape[:2] != (B, H) or query.shape[-1] != D:
             raise TensorSpecError(f"query must be [{B}, {H}, G, {D}], got {tuple(query.shape)}")
-        G, Gq, dev = B * H, query.shape[2], st.keys.device
+        G, Gq, dev = B * H, query.shape[2], st.slot_token.device
         budget = as_budget(max_tokens, (B, H), dev).reshape(G)
         scale = D ** -0.5 if scale is None else float(scale)
         q = query.reshape(G, Gq, D).to(dev, torch.float32)
@@ -304,8 +323,18 @@ class FaissIvfIndex:
 
     def _page_keys(self, page_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Keys ``[G, K, S, D]`` and validity ``[G, K, S]`` of pages ``page_ids`` ``[G, K]`` (``-1``:
-        none). NOTE: the only place the exact path reads keys: a key reader from storage can replace it."""
-        return self._pages.page_keys(page_ids)
+        none), through the key reader given to ``build`` or the own copy. NOTE: the only place the
+        index reads keys after they were added."""
+        st = self._pages
+        slots = st.page_slots(page_ids)  # [G, K, S]
+        if st.keys is not None:
+            return st.own_keys(slots), slots >= 0
+        G, K, S = slots.shape
+        tok = st.slot_token.gather(1, slots.clamp_min(0).view(G, K * S)).view_as(slots)
+        tok = torch.where(slots >= 0, tok, -1)
+        B, H = self._shape
+        keys = self._reader.keys(tok.view(B, H, K * S)).to(st.slot_token.device, torch.float32)
+        return keys.view(G, K, S, -1), slots >= 0
 
     def _exact_logmass(self, q: Tensor, scale: float, cand: Tensor) -> Tensor:
         """float ``[G, Gq, K]``: log of each candidate page's attention mass, ``logsumexp(scale q.k)``."""
@@ -349,16 +378,23 @@ class FaissIvfIndex:
     def layout(self) -> PageLayout:
         self._require()
         B, H = self._shape
-        return PageLayout(token_ids=self._token_layout().reshape(B, H, -1, self.config.page_size))
+        return PageLayout(token_ids=self._token_layout().reshape(B, H, -1, self.page_slots))
 
     def page_summaries(self) -> PageSummaries:
         st = self._require()
         B, H = self._shape
-        P = st.num_pages
-        ids = torch.arange(P, device=st.keys.device).expand(B * H, P)
-        keys, valid = self._page_keys(ids)
-        S, D = keys.shape[2], keys.shape[3]
-        return summarize_layout(keys.view(B, H, P, S, D), valid.view(B, H, P, S), st.keys.device)
+        P, dev = st.num_pages, st.slot_token.device
+        keys, valid = self._page_keys(torch.arange(P, device=dev).expand(B * H, P))
+        S, D = valid.shape[-1], self._lists.dim
+        return summarize_layout(keys.view(B, H, P, S, D), valid.view(B, H, P, S), dev)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held, by part: ``pages``, ``keys`` (own copy), ``faiss`` (codes, ids, centroids)."""
+        if self._pages is None:
+            return {}
+        faiss_bytes = sum(ix.ntotal * (ix.code_size + 8) + ix.nlist * ix.d * 4
+                          for ix in self._lists.indexes if ix is not None)
+        return {**self._pages.nbytes(), "faiss": int(faiss_bytes)}
 
     @property
     def num_tokens(self) -> Tensor:

@@ -6,7 +6,8 @@ piece of the list's cell); at insert a key joins the newest page of its list whi
 the overflow of a list is cut the same way into new pages. A page's tokens never move.
 
 Slots are shared by all groups (the n-th key given to the index is slot n in every group, as in the
-hierarchy index); ``slot_token`` maps a slot to its position (``-1``: empty or not indexed).
+hierarchy index); ``slot_token`` maps a slot to its position (``-1``: empty or not indexed). The keys
+themselves are kept here only when the index has no key reader (standalone use).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from attrs import define
 from torch import Tensor
 
+from icecache.core.keys import tensor_nbytes
 from icecache.index.hierarchy.build import rank_within
 from icecache.index.hierarchy.state import grow
 
@@ -26,35 +28,34 @@ POWER_ROUNDS = 3
 class IvfPages:
     """All ``[G, ...]``.
 
-    * ``keys`` float32 ``[G, Ncap, D]``: the raw keys (what exact rescoring reads), ``slot_token``
-      int64 ``[G, Ncap]``, ``slot_page`` int64 ``[G, Ncap]`` (``-1``: none), ``num_slots``;
+    * ``keys`` float32 ``[G, Ncap, D]`` or None: the own copy of the keys (None with a key reader),
+      ``slot_token`` int64 ``[G, Ncap]``, ``slot_page`` int64 ``[G, Ncap]`` (``-1``: none), ``num_slots``;
     * ``pages`` int64 ``[G, Pcap, S]`` slots (valid first, ``-1`` padded), ``page_len`` ``[G, Pcap]``,
-      ``page_list`` ``[G, Pcap]`` (the IVF list; ``-1``: unused), ``page_sum`` ``[G, Pcap, D]``,
-      ``group_pages`` ``[G]`` pages allocated;
+      ``page_list`` ``[G, Pcap]`` (the IVF list; ``-1``: unused), ``group_pages`` ``[G]`` pages allocated;
     * ``open_page`` int64 ``[G, Lcap]``: each list's newest page (``-1``: the list has none).
     """
 
-    keys: Tensor
+    keys: Tensor | None
     slot_token: Tensor
     slot_page: Tensor
     num_slots: int
     pages: Tensor
     page_len: Tensor
     page_list: Tensor
-    page_sum: Tensor
     group_pages: Tensor
     open_page: Tensor
 
     @classmethod
-    def empty(cls, groups: int, dim: int, page_size: int, device: torch.device) -> IvfPages:
+    def empty(cls, groups: int, dim: int, page_size: int, device: torch.device, *,
+              own_keys: bool) -> IvfPages:
         def full(*shape: int, fill: float | int = -1, dtype: torch.dtype = torch.int64) -> Tensor:
             return torch.full(shape, fill, dtype=dtype, device=device)
 
         # NOTE: one spare page from the start: lookups of "no page yet" (-1, read as 0) stay in bounds
-        return cls(keys=full(groups, 0, dim, fill=0.0, dtype=torch.float32), slot_token=full(groups, 0),
-                   slot_page=full(groups, 0), num_slots=0, pages=full(groups, 1, page_size),
-                   page_len=full(groups, 1, fill=0), page_list=full(groups, 1),
-                   page_sum=full(groups, 1, dim, fill=0.0, dtype=torch.float32),
+        keys = full(groups, 0, dim, fill=0.0, dtype=torch.float32) if own_keys else None
+        return cls(keys=keys, slot_token=full(groups, 0), slot_page=full(groups, 0), num_slots=0,
+                   pages=full(groups, 1, page_size), page_len=full(groups, 1, fill=0),
+                   page_list=full(groups, 1),
                    group_pages=full(groups, fill=0), open_page=full(groups, 0))
 
     @property
@@ -63,15 +64,23 @@ class IvfPages:
         return int(self.group_pages.max()) if self.group_pages.numel() else 0
 
     def add_slots(self, keys: Tensor, tokens: Tensor) -> int:
-        """Store ``keys`` float ``[G, n, D]`` at positions ``tokens`` ``[G, n]``; returns the first slot."""
-        s0, n = self.num_slots, keys.shape[1]
-        self.keys = grow(self.keys, 1, s0 + n, 0.0)
+        """New slots for positions ``tokens`` ``[G, n]`` (and ``keys`` float ``[G, n, D]`` when the keys are
+        kept); returns the first slot."""
+        s0, n = self.num_slots, tokens.shape[1]
         self.slot_token = grow(self.slot_token, 1, s0 + n, -1)
         self.slot_page = grow(self.slot_page, 1, s0 + n, -1)
-        self.keys[:, s0:s0 + n] = keys
+        if self.keys is not None:
+            self.keys = grow(self.keys, 1, s0 + n, 0.0)
+            self.keys[:, s0:s0 + n] = keys
         self.slot_token[:, s0:s0 + n] = tokens
         self.num_slots = s0 + n
         return s0
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held, by part: ``pages`` (slot maps, page tables), ``keys`` (own copy; 0 with a reader)."""
+        return {"pages": tensor_nbytes(self.slot_token, self.slot_page, self.pages, self.page_len,
+                                       self.page_list, self.group_pages, self.open_page),
+                "keys": tensor_nbytes(self.keys)}
 
     def reserve_lists(self, size: int) -> None:
         self.open_page = grow(self.open_page, 1, size, -1)
@@ -80,28 +89,30 @@ class IvfPages:
         self.pages = grow(self.pages, 1, size, -1)
         self.page_len = grow(self.page_len, 1, size, 0)
         self.page_list = grow(self.page_list, 1, size, -1)
-        self.page_sum = grow(self.page_sum, 1, size, 0.0)
 
-    def page_keys(self, page_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys of pages ``page_ids`` int64 ``[G, K]`` (``-1``: none): ``(float32 [G, K, S, D], valid
-        bool [G, K, S])``, through one flat ``index_select`` over the slots."""
+    def page_slots(self, page_ids: Tensor) -> Tensor:
+        """Slots of pages ``page_ids`` int64 ``[G, K]`` (``-1``: none): int64 ``[G, K, S]``, ``-1`` padded."""
         G, K = page_ids.shape
         slots = self.pages.gather(1, page_ids.clamp_min(0)[..., None].expand(G, K, self.pages.shape[-1]))
-        slots = torch.where((page_ids >= 0)[..., None], slots, -1)  # [G, K, S]
+        return torch.where((page_ids >= 0)[..., None], slots, -1)
+
+    def own_keys(self, slots: Tensor) -> Tensor:
+        """The kept keys at ``slots`` int64 ``[G, K, S]`` (``-1``: zeros): float32 ``[G, K, S, D]``, through
+        one flat ``index_select``."""
+        G, K, S = slots.shape
         ncap, D = self.keys.shape[1:]
         flat = (torch.arange(G, device=slots.device)[:, None, None] * ncap + slots.clamp_min(0)).reshape(-1)
-        keys = self.keys.reshape(G * ncap, D).index_select(0, flat).view(G, K, slots.shape[-1], D)
-        return keys, slots >= 0
+        keys = self.keys.reshape(G * ncap, D).index_select(0, flat).view(G, K, S, D)
+        return keys.masked_fill((slots < 0)[..., None], 0.0)
 
-    def place(self, lists: Tensor, s0: int, changed: Tensor | None = None) -> Tensor:
-        """Put the new slots ``s0 + j`` in pages, ``lists`` int64 ``[G, n]`` their IVF lists (``-1``:
-        not indexed): first into their list's newest page while it has room, the rest into new pages.
-        Returns bool ``[G, Pcap]``: pages whose token list changed."""
+    def place(self, lists: Tensor, s0: int, keys: Tensor) -> Tensor:
+        """Put the new slots ``s0 + j`` (keys ``keys`` float ``[G, n, D]``) in pages, ``lists`` int64
+        ``[G, n]`` their IVF lists (``-1``: not indexed): first into their list's newest page while it
+        has room, the rest into new pages. Returns bool ``[G, Pcap]``: pages whose token list changed."""
         G, n = lists.shape
         S = self.pages.shape[-1]
         L = self.open_page.shape[1]
-        if changed is None:
-            changed = torch.zeros(G, self.pages.shape[1], dtype=torch.bool, device=lists.device)
+        changed = torch.zeros(G, self.pages.shape[1], dtype=torch.bool, device=lists.device)
         g, j = torch.nonzero(lists >= 0, as_tuple=True)  # g-major, j ascending
         lst = lists[g, j]
         _, rank = rank_within(g * L + lst, None, G * L)  # arrival order inside each (group, list)
@@ -114,13 +125,14 @@ class IvfPages:
             self._count(gf, pf, slot, changed)
         rest = torch.full_like(lists, -1)
         rest[g[~fits], j[~fits]] = lst[~fits]
-        return self.split(rest, s0, changed)
+        return self.split(rest, s0, keys, changed)
 
-    def split(self, lists: Tensor, s0: int, changed: Tensor) -> Tensor:
-        """New pages for slots ``s0 + j`` with list ``lists`` ``[G, n]`` (``-1``: skip): each (group, list)
-        run of ``c`` keys becomes ``ceil(c / S)`` balanced pages, cut along its principal direction."""
+    def split(self, lists: Tensor, s0: int, keys: Tensor, changed: Tensor) -> Tensor:
+        """New pages for slots ``s0 + j`` (keys ``keys`` ``[G, n, D]``) with list ``lists`` ``[G, n]``
+        (``-1``: skip): each (group, list) run of ``c`` keys becomes ``ceil(c / S)`` balanced pages, cut
+        along its principal direction."""
         G, n = lists.shape
-        S, L, D = self.pages.shape[-1], self.open_page.shape[1], self.keys.shape[-1]
+        S, L, D = self.pages.shape[-1], self.open_page.shape[1], keys.shape[-1]
         g, j = torch.nonzero(lists >= 0, as_tuple=True)
         if g.numel() == 0:
             return changed
@@ -128,7 +140,7 @@ class IvfPages:
         seg = g * L + lst  # [M]
         count = torch.bincount(seg, minlength=G * L)  # [G * L]
         npages = (count + S - 1) // S
-        x = self.keys[g, s0 + j]  # [M, D]
+        x = keys[g, j].float()  # [M, D]
         mean = torch.zeros(G * L, D, device=x.device).index_add_(0, seg, x) / count.clamp_min(1)[:, None]
         resid = x - mean[seg]
         v = torch.ones(G * L, D, device=x.device)
@@ -154,8 +166,7 @@ class IvfPages:
         return changed
 
     def _count(self, g: Tensor, page: Tensor, slot: Tensor, changed: Tensor) -> None:
-        """Bookkeeping of slots ``slot`` placed in pages ``(g, page)``: lengths, sums, slot -> page."""
+        """Bookkeeping of slots ``slot`` placed in pages ``(g, page)``: lengths, slot -> page."""
         self.page_len.index_put_((g, page), torch.ones_like(page), accumulate=True)
-        self.page_sum.index_put_((g, page), self.keys[g, slot], accumulate=True)
         self.slot_page[g, slot] = page
         changed[g, page] = True
