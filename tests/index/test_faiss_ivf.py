@@ -71,7 +71,8 @@ def test_budget_partition_and_stable_pages_over_inserts(history, budget, codec):
                     assert bool(changed[b, h, p]) == (old != tokens)  # exactly the pages that changed
         before = after
     ids = index.layout.token_ids
-    assert ids.numel() == 0 or int((ids >= 0).sum(-1).max()) <= 8
+    assert ids.shape[-1] == index.page_size == 4  # pages sized to lists of page_size / 2
+    assert ids.numel() == 0 or int((ids >= 0).sum(-1).max()) <= 4
     indexed = history.token_ids[:, :, :n]
     for b in range(B):
         for h in range(H):
@@ -163,7 +164,7 @@ def test_an_overflowing_list_splits_into_balanced_pages_along_its_spread():
     b = torch.randn(20, 8, generator=g) * 0.05 - torch.tensor([3.0] + [0.0] * 7)
     order = torch.randperm(40, generator=g)
     keys = torch.cat([a, b])[order].view(1, 1, 40, 8)
-    index = FaissIvfIndex(CacheConfig(page_size=16), nlist=1)
+    index = FaissIvfIndex(CacheConfig(page_size=16), nlist=1, page_slots=16)
     index.build(keys)
     pages = page_sets(index)[0][0]
     assert sorted(len(p) for p in pages) == [13, 13, 14]
@@ -174,7 +175,7 @@ def test_an_overflowing_list_splits_into_balanced_pages_along_its_spread():
 
 def test_a_full_list_opens_a_new_page_and_the_old_one_keeps_its_tokens():
     keys = torch.randn(1, 1, 10, 8, generator=torch.Generator().manual_seed(1))
-    index = FaissIvfIndex(CacheConfig(page_size=4), nlist=1)
+    index = FaissIvfIndex(CacheConfig(page_size=4), nlist=1, page_slots=4)
     index.build(keys[:, :, :3])
     changed = index.insert(keys[:, :, 3:6], torch.arange(3, 6))
     assert changed[0, 0].tolist() == [True, True]  # page 0 took one key, page 1 is new
@@ -230,6 +231,7 @@ def test_a_sequence_gets_the_same_pages_alone_or_left_padded_in_a_batch():
     ({"train_tokens": 4, "nlist": 8}, "train_tokens=4 cannot train nlist=8"),
     ({"probe": 0.0}, "probe must be a positive number, got 0.0"),
     ({"codec": "pq", "pq_bits": 12}, r"pq_bits must be in \[1, 8\], got 12"),
+    ({"page_slots": 32}, "page_slots=32 exceeds page_size=16"),
 ])
 def test_bad_options_name_the_value(options, match):
     with pytest.raises((ConfigError, ValueError), match=match):

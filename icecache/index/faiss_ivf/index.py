@@ -68,7 +68,7 @@ class FaissIvfIndex:
       ``pq_m`` sub-quantizers (default one per 4 dims) of ``pq_bits`` bits.
     * ``gpu``: None uses FAISS's GPU build when it sees a GPU and the keys are on CUDA.
     * ``threads``: torch and FAISS (OpenMP) threads during calls, restored after.
-    * ``page_slots``: slots per page (default ``config.page_size``; at most that).
+    * ``page_slots``: slots per page (default ``list_tokens``; at most ``config.page_size``).
     """
 
     config: CacheConfig = field(validator=instance_of(CacheConfig))
@@ -103,7 +103,10 @@ class FaissIvfIndex:
 
     @page_slots.default
     def _page_slots_default(self) -> int:
-        return self.config.page_size
+        # NOTE: pages sized to lists, like the hierarchy's pages sized to leaves: 16-slot pages held
+        # lists of ~7 keys at fill 0.44-0.48 (the store's host pages then cost twice the KV); 8 slots:
+        # fill 0.66 and recall 0.9614 against 0.9604 at 4k, budget 256 (docs/benchmarks.md)
+        return min(self.list_tokens, self.config.page_size)
 
     @list_tokens.default
     def _list_tokens_default(self) -> int:
