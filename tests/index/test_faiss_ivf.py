@@ -157,6 +157,26 @@ def test_with_a_key_reader_it_keeps_no_keys_and_answers_the_same():
     torch.testing.assert_close(own.page_summaries().key_max, read.page_summaries().key_max)
 
 
+def test_page_masses_from_found_keys_equal_the_exact_ones_when_every_key_is_found():
+    from icecache.index.faiss_ivf.scoring import candidate_pages, exact_logmass, found_logmass
+
+    g = torch.Generator().manual_seed(4)
+    G, Gq, N, D, S = 2, 3, 40, 8, 4
+    keys = torch.randn(G, N, D, generator=g)
+    slot_page = torch.arange(N).expand(G, N) // S  # pages of 4 consecutive slots, 10 pages
+    q = torch.randn(G, Gq, D, generator=g)
+    found = torch.randperm(N, generator=g).expand(G, Gq, N)  # every slot, in any order
+    found = torch.cat([found, torch.full((G, Gq, 3), -1)], -1)  # and padding, which is ignored
+    logits = 0.3 * torch.einsum("gqd,gqkd->gqk", q, keys[:, None].expand(G, Gq, N, D).gather(
+        2, found.clamp_min(0)[..., None].expand(G, Gq, -1, D))).masked_fill(found < 0, float("-inf"))
+    cand = candidate_pages(slot_page, found, 10)
+    assert sorted(cand[0].tolist()) == list(range(10))
+    members = slot_page[0][None] == cand[0][:, None]  # [K, N]
+    page_keys = keys[:, None].expand(G, 10, N, D)[:, members].view(G, 10, S, D)
+    want = exact_logmass(q, 0.3, page_keys, torch.ones(G, 10, S, dtype=torch.bool))
+    torch.testing.assert_close(found_logmass(slot_page, found, logits, cand, 10), want)
+
+
 def test_an_overflowing_list_splits_into_balanced_pages_along_its_spread():
     # one list holding two tight blobs 20 keys each: cut along its principal direction, no page mixes them
     g = torch.Generator().manual_seed(0)

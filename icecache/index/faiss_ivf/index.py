@@ -31,10 +31,11 @@ from icecache.core.errors import ConfigError, TensorSpecError
 from icecache.core.keys import KeyReader
 from icecache.core.validators import optional_positive, positive
 from icecache.index.base import PageHits, PageSummaries
-from icecache.index.budget import as_budget, greedy_take
+from icecache.index.budget import as_budget
 from icecache.index.clustering.faiss_backend import import_faiss
 from icecache.index.faiss_ivf.lists import IvfLists
 from icecache.index.faiss_ivf.pages import IvfPages
+from icecache.index.faiss_ivf.scoring import candidate_pages, exact_logmass, found_logmass, merge_and_fill
 from icecache.index.hierarchy.index import check_keys, normalize_token_ids
 from icecache.index.summaries import hits_from_layout, summarize_layout
 from icecache.selectors.types import PageLayout
@@ -250,24 +251,19 @@ class FaissIvfIndex:
             return hits_from_layout(self._token_layout(), none, none.float(), none.bool(), (B, H), dev)
         with self._threads(self._lists.faiss):
             found, estimate = self._search(q, budget)  # [G, Gq, k] slots, FAISS's q.k
-            cand = self._candidates(found, P)  # [G, K] page ids, -1 padded
+            cand = candidate_pages(st.slot_page, found, P)  # [G, K] page ids, -1 padded
             if self.rescore:
-                logmass = self._exact_logmass(q, scale, cand)
+                logmass = exact_logmass(q, scale, *self._page_keys(cand))
             else:
-                logmass = self._found_logmass(found, scale * estimate, cand)
+                logmass = found_logmass(st.slot_page, found, scale * estimate, cand, P)
+            resident = None
             if resident_logits is not None:
                 if resident_logits.dim() != 4 or resident_logits.shape[:3] != (B, H, Gq):
                     raise TensorSpecError(f"resident_logits must be [{B}, {H}, {Gq}, R], got "
                                           f"{tuple(resident_logits.shape)}")
                 resident = resident_logits.reshape(G, Gq, -1).to(dev, torch.float32)
-                log_z = torch.logsumexp(torch.cat([logmass, resident], -1), -1, keepdim=True)
-            else:
-                log_z = torch.logsumexp(logmass, -1, keepdim=True)
-            mass = torch.nan_to_num((logmass - log_z).exp(), nan=0.0).sum(1)  # [G, K] group's summed share
             cand_lens = lens.gather(1, cand.clamp_min(0)) * (cand >= 0)
-            ok = torch.isfinite(logmass).any(1) & (cand_lens > 0)
-            density = (mass / cand_lens.clamp_min(1)).masked_fill(~ok, float("-inf"))
-            order, taken = greedy_take(density, cand_lens, budget)
+            density, order, taken = merge_and_fill(logmass, resident, cand_lens, budget)
         pages = cand.gather(1, order).clamp_min(0)  # NOTE: padding is never taken
         return hits_from_layout(self._token_layout(), pages, density.gather(1, order), taken, (B, H), dev)
 
@@ -313,17 +309,6 @@ class FaissIvfIndex:
         s = torch.from_numpy(slots[slots >= 0]).to(st.slot_page.device)
         return int(st.page_len[g, st.slot_page[g, s].unique()].sum())
 
-    def _candidates(self, found: Tensor, P: int) -> Tensor:
-        """Pages holding any found slot (``found`` ``[G, Gq, k]``), as page ids ``[G, K]`` (``-1`` padded)."""
-        st = self._pages
-        G = found.shape[0]
-        flat = found.reshape(G, -1)
-        page = torch.where(flat >= 0, st.slot_page.gather(1, flat.clamp_min(0)), P)
-        hit = torch.zeros(G, P + 1, dtype=torch.bool, device=found.device).scatter_(1, page, True)[:, :P]
-        K = max(1, int(hit.sum(1).max()))
-        ids = hit.to(torch.uint8).topk(K, dim=1, sorted=True).indices  # hits first
-        return torch.where(hit.gather(1, ids), ids, -1)
-
     def _page_keys(self, page_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Keys ``[G, K, S, D]`` and validity ``[G, K, S]`` of pages ``page_ids`` ``[G, K]`` (``-1``:
         none), through the key reader given to ``build`` or the own copy. NOTE: the only place the
@@ -338,29 +323,6 @@ class FaissIvfIndex:
         B, H = self._shape
         keys = self._reader.keys(tok.view(B, H, K * S)).to(st.slot_token.device, torch.float32)
         return keys.view(G, K, S, -1), slots >= 0
-
-    def _exact_logmass(self, q: Tensor, scale: float, cand: Tensor) -> Tensor:
-        """float ``[G, Gq, K]``: log of each candidate page's attention mass, ``logsumexp(scale q.k)``."""
-        keys, valid = self._page_keys(cand)
-        logits = scale * torch.einsum("gqd,gksd->gqks", q, keys)
-        return logits.masked_fill(~valid[:, None], float("-inf")).logsumexp(-1)
-
-    def _found_logmass(self, found: Tensor, logits: Tensor, cand: Tensor) -> Tensor:
-        """float ``[G, Gq, K]``: logsumexp of FAISS's logits ``[G, Gq, k]`` of the found keys per page."""
-        st = self._pages
-        G, Gq, _ = found.shape
-        K = cand.shape[1]
-        P = st.num_pages
-        slot_of = torch.full((G, P + 1), K, dtype=torch.int64, device=found.device)
-        column = torch.arange(K, device=found.device).expand(G, K)
-        slot_of.scatter_(1, torch.where(cand >= 0, cand, P), column)
-        page = st.slot_page.gather(1, found.clamp_min(0).reshape(G, -1)).view(G, Gq, -1)
-        col = torch.where(found >= 0, slot_of.gather(1, page.clamp_min(0).view(G, -1)).view(G, Gq, -1), K)
-        top = torch.full((G, Gq, K + 1), float("-inf"), device=found.device)
-        top.scatter_reduce_(2, col, logits, reduce="amax")
-        shift = torch.where(torch.isfinite(top), top, 0.0)
-        total = torch.zeros_like(top).scatter_add_(2, col, (logits - shift.gather(2, col)).exp())
-        return (shift + total.log())[..., :K]
 
     # ------------------------------------------------------------- accessors
     def _require(self) -> IvfPages:
