@@ -33,7 +33,9 @@ class KeyReader(Protocol):
     * :meth:`nbytes`: bytes the reader itself holds (``0`` for a view onto storage counted elsewhere).
 
     A reader may also offer ``page_keys(page_ids [B, H_kv, K]) -> [B, H_kv, K, S, D]``: the keys of its
-    layout's pages as last stored, in one gather of whole pages (an index's exact rescoring uses it).
+    layout's pages as last stored, in one gather of whole pages (an index's exact rescoring uses it);
+    if it takes ``zero_missing=False``, the index asks for it and ``-1`` pages may then read as any finite
+    values (the rescoring masks them).
     """
 
     @property

@@ -271,10 +271,11 @@ class TieredStore:
         records[order] = out
         return records[:, 0].contiguous(), records[:, 1].contiguous(), lens
 
-    def read_keys(self, page_ids: Tensor) -> Tensor:
+    def read_keys(self, page_ids: Tensor, *, zero_missing: bool = True) -> Tensor:
         """The key halves of written pages ``page_ids`` int64 ``[M]`` (``-1``: zeros, repeats allowed) from
         their backing tiers: ``[M, S, D]`` on the CPU, one gather of whole ``S x D`` blocks per tier (what a
-        page index's exact rescoring reads)."""
+        page index's exact rescoring reads). ``zero_missing=False``: the ``-1`` entries may hold any
+        finite values (a caller that masks them saves a pass over the result)."""
         self._check_open()
         ids = torch.as_tensor(page_ids, dtype=torch.int64).cpu().reshape(-1)
         S, D = self.spec.page_size, self.spec.head_dim
@@ -285,9 +286,14 @@ class TieredStore:
             return out
         self.pool.check_written(sub.numpy())
         tier = self.backing[0]
-        if len(self.backing) == 1 and isinstance(tier, MemoryTier) and sub.numel() == ids.numel():
-            # NOTE: the usual case (every page asked for, one memory tier): the gather is the answer
-            return tier.data[:, 0].index_select(0, tier.slot_of(sub).to(tier.data.device)).cpu()
+        if len(self.backing) == 1 and isinstance(tier, MemoryTier):
+            # NOTE: the usual case (one memory tier): one gather is the answer, the -1 entries read a
+            # written page and are zeroed after (cheaper than zeros + index_copy_ of the rest)
+            safe = torch.where(ids >= 0, ids, sub[0])
+            keys = tier.data[:, 0].index_select(0, tier.slot_of(safe).to(tier.data.device)).cpu()
+            if zero_missing and sub.numel() < ids.numel():
+                keys.masked_fill_((ids < 0)[:, None, None], 0)
+            return keys
         loc = self._locate(sub) if len(self.backing) > 1 else torch.zeros(sub.numel(), dtype=torch.int64)
         for i, tier in enumerate(self.backing):  # a loop over tiers, not pages
             here = (loc == i).nonzero()[:, 0]

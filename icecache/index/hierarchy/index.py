@@ -37,6 +37,7 @@ from torch import Tensor
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, TensorSpecError
 from icecache.core.keys import KeyReader, gather_positions
+from icecache.core.signatures import accepts_keyword
 from icecache.core.validators import positive
 from icecache.index.base import PageHits, PageSummaries
 from icecache.index.hierarchy.build import build_layout
@@ -323,8 +324,9 @@ class HierarchyIndex:
             k = gather_positions(st.keys[:, None], slots.view(G, 1, K * S))  # [G, 1, K*S, D]
         elif stored and callable(getattr(self._reader, "page_keys", None)):
             B, H = self._shape
-            # NOTE: empty slots need no mask here: the rescoring masks them (and stored ones are zeros)
-            k = self._reader.page_keys(cand.view(B, H, K)).to(st.m2.device)
+            # NOTE: empty slots and missing pages need no zeros: the rescoring masks them by ``valid``
+            extra = {"zero_missing": False} if accepts_keyword(self._reader.page_keys, "zero_missing") else {}
+            k = self._reader.page_keys(cand.view(B, H, K), **extra).to(st.m2.device)
         else:
             tok = st.slot_token.gather(1, slots.clamp_min(0).view(G, K * S)).long()
             tok = torch.where(valid.view(G, K * S), tok, -1)

