@@ -41,6 +41,8 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        # NOTE: whether the machine was busy: time figures are comparable only within one run
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -21,6 +21,7 @@ BENCHES: dict[str, str] = {
     "selectors": "icecache.bench.selectors",
     "decode": "icecache.bench.decode",
     "memory": "icecache.bench.memory",
+    "e2e": "icecache.bench.e2e",
     "index": "icecache.index.bench",
 }
 
