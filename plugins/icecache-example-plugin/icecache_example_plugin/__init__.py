@@ -6,10 +6,14 @@ one observer (``icecache_selection_made``, counting steps and attended tokens pe
 
 from __future__ import annotations
 
+from typing import Any
+
 from icecache.core.hookspecs import hookimpl
 
-#: per-layer counts, filled by the observer hook; a test or a user reads it after a run
-SELECTION_STATS: dict[int, dict[str, float]] = {}
+#: per-layer counts, filled by the observer hook; a test or a user reads it after a run. ``tokens`` is
+#: a 0-dim tensor on the selection's device: an observer that called ``float()`` each step would stall a
+#: GPU once per layer and step (and cost ~0.3 ms a layer-step on the CPU)
+SELECTION_STATS: dict[int, dict[str, Any]] = {}
 
 
 @hookimpl
@@ -24,4 +28,4 @@ def icecache_register_selectors(register):
 def icecache_selection_made(layer_idx, selection):
     stats = SELECTION_STATS.setdefault(layer_idx, {"steps": 0, "tokens": 0.0})
     stats["steps"] += 1
-    stats["tokens"] += float(selection.ledger.total.float().mean())
+    stats["tokens"] = stats["tokens"] + selection.ledger.total.float().mean()
