@@ -72,8 +72,10 @@ def _paged_decode_split_kernel(
             qk = tl.dot(q, tl.trans(k))  # [BLOCK_G, BLOCK_N] fp32
         qk = qk * scale_log2
         if SOFTCAP:  # cap * tanh(s / cap) in the log2 domain: s2 = s * log2(e), cap2 = cap * log2(e)
-            # NOTE: tanh(x) = 2 * sigmoid(2x) - 1 (no tanh in tl core).
-            qk = softcap * (2.0 * tl.sigmoid(2.0 * qk / softcap) - 1.0)
+            # NOTE: tanh(x) = 2 * sigmoid(2x) - 1 (no tanh in tl core); |2x| <= 40 keeps exp() finite
+            # and tanh is 1 to float32 precision there.
+            x2 = tl.minimum(tl.maximum(2.0 * qk / softcap, -40.0), 40.0)
+            qk = softcap * (2.0 * tl.sigmoid(x2) - 1.0)
         qk = tl.where(valid[None, :], qk, float("-inf"))
         # NOTE: every tile holds at least one valid slot (slot 0 of its first page), so m_new is finite.
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
