@@ -5,6 +5,7 @@ their window."""
 
 import pytest
 import torch
+from tiny_models import ARCHITECTURES, WINDOW, available, tiny_model
 
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError
@@ -12,7 +13,6 @@ from icecache.core.policy import compose_policy
 from icecache.integrations.hf import IceCache, decode, prefill_snapshot, use_icecache
 from icecache.integrations.hf.compat import with_cache
 from icecache.integrations.hf.features import attention_features
-from tiny_models import ARCHITECTURES, WINDOW, available, tiny_model
 
 PROMPT, NEW = 36, 6
 PRESENT = available()

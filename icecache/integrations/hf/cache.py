@@ -175,9 +175,10 @@ class IceCache(Cache):
 
         Parts: ``dense_kv`` (dense layers), ``window_kv`` (sliding-window layers: a full cache holds
         their ``window - 1`` newest positions too, and ``full_kv_bytes`` counts that), ``resident``
-        (sinks and windows), ``device_pool`` (the device tier's pages), ``working_set`` (the most K/V a token-level layer gathered in one step:
-        transient, one layer at a time), ``kv_payload`` / ``page_padding`` / ``spare_slots`` (a backing
-        tier's stored tokens, the empty slots of its pages, its allocated but unused slots), ``index``,
+        (sinks and windows), ``device_pool`` (the device tier's pages), ``working_set`` (the most K/V a
+        token-level layer gathered in one step: transient, one layer at a time), ``kv_payload`` /
+        ``page_padding`` / ``spare_slots`` (a backing tier's stored tokens, the empty slots of its pages,
+        its allocated but unused slots), ``index``,
         ``selector`` (state besides the index), ``selection`` (the last step's, kept for observers),
         ``tables`` (page ids and locations), ``staging``, ``bookkeeping`` (the store's page-id and slot
         maps); ``other``: what the walk of every array reachable from the cache finds beyond the

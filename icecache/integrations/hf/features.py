@@ -23,6 +23,10 @@ from attrs import frozen
 from icecache.core.errors import ConfigError
 
 FULL, SLIDING = "full_attention", "sliding_attention"
+#: model types whose attention the architecture matrix reproduces exactly (tiny random configs)
+TESTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "olmo3", "gemma2",
+                                "gemma3_text", "gpt_oss", "smollm3", "granite"})
+ALIBI_TYPES = frozenset({"bloom", "mpt"})
 
 # NOTE: attention-call arguments that do not change what attention computes (or that IceCache handles).
 KNOWN_CALL_ARGUMENTS = frozenset({
@@ -80,8 +84,8 @@ def check_config(config: Any, *, name: str = "model") -> None:
     config = _text_config(config)
 
     def refuse(feature: str) -> None:
-        raise ConfigError(f"{name} (model_type {_get(config, 'model_type')!r}) uses {feature}, which IceCache "
-                          "cannot reproduce; supported: causal attention over full-context and "
+        raise ConfigError(f"{name} (model_type {_get(config, 'model_type')!r}) uses {feature}, which "
+                          "IceCache cannot reproduce; supported: causal attention over full-context and "
                           "sliding-window layers, with softcapping and attention sinks")
 
     if _get(outer, "is_encoder_decoder", False):
@@ -101,8 +105,21 @@ def check_config(config: Any, *, name: str = "model") -> None:
     v_dim = _get(config, "v_head_dim")
     if v_dim is not None and head_dim is not None and v_dim != head_dim:
         refuse(f"values of another head dim than keys (v_head_dim={v_dim}, head_dim={head_dim})")
-    if _get(config, "alibi", False) or _get(config, "use_alibi", False) or _get(config, "position_embedding_type") == "alibi":
+    attn_config = _get(config, "attn_config")
+    if (_get(config, "alibi", False) or _get(config, "use_alibi", False)
+            or _get(config, "position_embedding_type") == "alibi" or _get(config, "model_type") in ALIBI_TYPES
+            or (attn_config is not None and _get(attn_config, "alibi", False))):
         refuse("ALiBi position biases")
+
+
+def check_tested(config: Any, *, name: str = "model") -> None:
+    """The CLI's guard for a checkpoint: :func:`check_config`, and a model type the architecture matrix
+    (``tests/integration/test_architectures.py``) covers."""
+    check_config(config, name=name)
+    model_type = _get(_text_config(config), "model_type")
+    if model_type not in TESTED_MODEL_TYPES:
+        raise ConfigError(f"{name} has model_type {model_type!r}, which IceCache is not tested on; tested "
+                          f"decoder LMs: {', '.join(sorted(TESTED_MODEL_TYPES))}")
 
 
 def layer_windows(model: Any) -> tuple[int | None, ...]:
@@ -170,5 +187,5 @@ def check_call(layer_idx: int, window: int | None, kwargs: Mapping[str, Any]) ->
     unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in KNOWN_CALL_ARGUMENTS
                      and not k.startswith(HARMLESS_PREFIXES))
     if unknown:
-        raise ConfigError(f"layer {layer_idx}: the model passes attention argument(s) {unknown} that IceCache "
-                          "does not implement; refusing rather than attending differently")
+        raise ConfigError(f"layer {layer_idx}: the model passes attention argument(s) {unknown} that "
+                          "IceCache does not implement; refusing rather than attending differently")

@@ -222,7 +222,8 @@ class IceCacheLayer(CacheLayerMixin):
         paged = self.owner.paged and not isinstance(self.selector, TokenScoreSelector)
         if paged and selection.page_ids.shape[-1] > 0:
             self.owner.note_attended(int(selection.ledger.selected.sum()))
-            out = self.sparse.attend(query[:, :, 0, :], selection, scale, timings, softcap=softcap, sinks=sinks)
+            out = self.sparse.attend(query[:, :, 0, :], selection, scale, timings, softcap=softcap,
+                                     sinks=sinks)
             return out[:, None]  # [B, 1, H_q, D]
         # token-level selectors (oracle, streamingllm): gather the chosen tokens from their pages
         with timings.part("page_load"):

