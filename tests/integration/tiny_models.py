@@ -44,14 +44,17 @@ def available() -> dict[str, bool]:
 
 
 def tiny_model(name: str, seed: int = 0) -> Any:
-    """A float32 eval-mode causal LM of architecture ``name`` with random weights (and random sinks)."""
+    """A float32 eval-mode causal LM of architecture ``name`` with random weights (and random sinks), on
+    transformers' eager attention."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, overrides, _ = ARCHITECTURES[name]
     config = AutoConfig.for_model(model_type, **{**COMMON, **overrides})
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    # NOTE: eager attention is transformers' definition of each model's attention, so the references
+    # come from it (transformers 5.17 runs Gemma 2 under SDPA and drops its softcap there).
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         for module in model.modules():
             sinks = getattr(module, "sinks", None)
