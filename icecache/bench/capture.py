@@ -96,6 +96,8 @@ def capture(
 ) -> Capture:
     """Prefill ``input_ids`` (one prompt) and greedily decode ``decode_steps`` tokens, recording every
     layer's queries, keys and values. The model's attention implementation is restored afterwards."""
+    from icecache.integrations.hf.compat import output_cache, with_cache
+
     ids = torch.as_tensor(input_ids, dtype=torch.long).view(1, -1).to(model.device)
     _register()
     previous = model.config._attn_implementation
@@ -106,12 +108,12 @@ def capture(
         t0 = time.perf_counter()
         out = model(input_ids=ids, use_cache=True)
         prefill = time.perf_counter() - t0
-        cache, generated = out.past_key_values, []
+        cache, generated = output_cache(out), []
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         for _ in range(decode_steps):
             generated.append(int(nxt))
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=nxt, **with_cache(model, cache), use_cache=True)
+            cache = output_cache(out)
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     finally:
         _RECORDER.reset(token)

@@ -22,8 +22,9 @@ ANSWER_RESERVE = 64
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
-                        help="local llama-family checkpoint directory or .gguf file (default: the embedded "
-                             "SmolLM2-135M-Instruct)")
+                        help="an embedded model's short name (smollm2-135m-instruct, the default; "
+                             "gemma3-270m with the gemma extra), or a local checkpoint directory or .gguf "
+                             "file of a supported decoder LM")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default=None,
                         help="float32, float16 or bfloat16 (default float32 on CPU, bfloat16 on CUDA)")

@@ -25,10 +25,11 @@ class ReferenceBackend:
     name: ClassVar[str] = "reference"
 
     def paged_decode_attention(self, query: Tensor, k_pool: Tensor, v_pool: Tensor, table: PageTable, *,
-                               scale: float | None = None, max_pages_per_row: int | None = None
-                               ) -> tuple[Tensor, Tensor]:
+                               scale: float | None = None, max_pages_per_row: int | None = None,
+                               softcap: float | None = None) -> tuple[Tensor, Tensor]:
         _, _, _, scale = checks.check_paged_attention(query, k_pool, v_pool, table, scale)
-        return attn_ref.paged_decode_attention(query, k_pool, v_pool, table, scale=scale)
+        softcap = checks.check_softcap(softcap)
+        return attn_ref.paged_decode_attention(query, k_pool, v_pool, table, scale=scale, softcap=softcap)
 
     def merge_attention_states(self, o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor
                                ) -> tuple[Tensor, Tensor]:
@@ -86,16 +87,17 @@ class TritonBackend(ReferenceBackend):
                                   "(or TRITON_INTERPRET=1 for the CPU interpreter)")
 
     def paged_decode_attention(self, query: Tensor, k_pool: Tensor, v_pool: Tensor, table: PageTable, *,
-                               scale: float | None = None, max_pages_per_row: int | None = None
-                               ) -> tuple[Tensor, Tensor]:
+                               scale: float | None = None, max_pages_per_row: int | None = None,
+                               softcap: float | None = None) -> tuple[Tensor, Tensor]:
         _, _, _, scale = checks.check_paged_attention(query, k_pool, v_pool, table, scale)
+        softcap = checks.check_softcap(softcap)
         self._require_device(query, "query")
         if query.dtype == torch.float64:
             raise TensorSpecError("triton backend: float64 is not supported, got query dtype torch.float64")
         from icecache.kernels.paged_attention import triton as attn_triton
 
         return attn_triton.paged_decode_attention(query, k_pool, v_pool, table, scale=scale,
-                                                  max_pages_per_row=max_pages_per_row)
+                                                  max_pages_per_row=max_pages_per_row, softcap=softcap)
 
     @staticmethod
     def _host(pool: Tensor) -> bool:

@@ -44,14 +44,16 @@ class KernelBackend(Protocol):
 
     def paged_decode_attention(
         self, query: Tensor, k_pool: Tensor, v_pool: Tensor, table: PageTable, *,
-        scale: float | None = None, max_pages_per_row: int | None = None,
+        scale: float | None = None, max_pages_per_row: int | None = None, softcap: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Attention of one decode position over the pages each ``(b, kv head)`` row lists.
 
         ``query`` ``[B, H_q, D]``; ``k_pool``/``v_pool`` ``[num_slots, S, D]`` (one page per slot,
         pages owned per (sequence, layer, KV head)); ``table`` has ``R = B * H_kv`` rows and
         per-page lengths (valid slots come first). ``scale`` defaults to ``1/sqrt(D)``.
-        ``max_pages_per_row`` is a hint (an upper bound) that spares a device sync.
+        ``max_pages_per_row`` is a hint (an upper bound) that spares a device sync. ``softcap``
+        (optional; callers pass it only when set) caps each scaled score: ``cap * tanh(s / cap)``
+        (Gemma 2), and ``lse`` is over the capped scores.
         Returns ``out`` ``[B, H_q, D]`` in ``query.dtype`` and ``lse`` ``[B, H_q]`` float32, the
         natural-log log-sum-exp of the scaled scores. A row with no pages gives ``out = 0``,
         ``lse = -inf`` (so merging it is a no-op).

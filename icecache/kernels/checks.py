@@ -45,6 +45,14 @@ def check_paged_attention(query: Tensor, k_pool: Tensor, v_pool: Tensor, table: 
     return B, H_kv, H_q // H_kv, float(scale)
 
 
+def check_softcap(softcap: float | None) -> float | None:
+    """``softcap`` is ``None`` or a positive finite number."""
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float))
+                                or not math.isfinite(softcap) or softcap <= 0):
+        raise TensorSpecError(f"softcap must be None or a positive finite number, got {softcap!r}")
+    return None if softcap is None else float(softcap)
+
+
 def check_slots(pool: Tensor, slot_ids: Tensor, name: str = "slot_ids", *,
                 check_range: bool = True) -> Tensor:
     """Validate page ids into ``pool``; returns them as int64 on the pool's device. The range check

@@ -60,12 +60,20 @@ def test_bad_input_is_a_clear_error_and_nothing_is_written(tmp_path, capsys, arg
     assert not out.exists()
 
 
-def test_a_model_that_is_not_llama_family_is_refused(tmp_path, capsys):
-    model = tmp_path / "gpt2"
+@pytest.mark.parametrize(("config", "message"), [
+    ({"model_type": "gpt2"}, "has model_type 'gpt2', which IceCache is not tested on"),
+    ({"model_type": "llama4_text", "attention_chunk_size": 8192}, "uses chunked attention"),
+    ({"model_type": "qwen3_next", "layer_types": ["linear_attention", "full_attention"]},
+     "uses layers of type 'linear_attention'"),
+    ({"model_type": "deepseek_v3", "kv_lora_rank": 512}, "uses multi-head latent attention"),
+    ({"model_type": "t5", "is_encoder_decoder": True}, "uses encoder-decoder attention"),
+])
+def test_a_model_whose_attention_is_not_reproduced_is_refused(tmp_path, capsys, config, message):
+    model = tmp_path / "m"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (model / "config.json").write_text(json.dumps(config))
     assert main(["eval", "--model", str(model), "--json", str(tmp_path / "r.json")]) == 2
-    assert "model_type 'gpt2'; supported llama-family types" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
 

@@ -31,6 +31,27 @@ def test_paged_attention_matches_dense_sdpa(case):
 
 
 @settings(max_examples=30, deadline=None)
+@given(case=paged_attention_cases(), softcap=st.sampled_from([0.5, 2.0, 50.0]))
+def test_softcap_matches_dense_capped_attention(case, softcap):
+    out, lse = REF.paged_decode_attention(case.query, case.k_pool, case.v_pool, case.table, softcap=softcap)
+    exp_out, exp_lse = dense_masked_attention(case.query, case.keys, case.values, case.token_mask,
+                                              softcap=softcap)
+    assert_close(out, exp_out.float(), msg="out")
+    empty = torch.isinf(exp_lse)
+    assert bool((torch.isinf(lse) == empty).all())
+    assert_close(lse[~empty], exp_lse[~empty], msg="lse")
+
+
+@pytest.mark.parametrize("softcap", [0, -1.0, float("inf"), True, "1"])
+def test_bad_softcap_is_refused(softcap):
+    q = torch.randn(1, 2, 8)
+    pool = torch.randn(2, 4, 8)
+    table = PageTable.from_page_lists(torch.tensor([[0], [1]]), torch.tensor([[4], [4]]), page_size=4)
+    with pytest.raises(TensorSpecError, match="softcap"):
+        REF.paged_decode_attention(q, pool, pool, table, softcap=softcap)
+
+
+@settings(max_examples=30, deadline=None)
 @given(case=paged_attention_cases(), scale=st.sampled_from([0.05, 0.3, 1.0]))
 def test_explicit_scale(case, scale):
     out, lse = REF.paged_decode_attention(case.query, case.k_pool, case.v_pool, case.table, scale=scale)

@@ -83,6 +83,22 @@ def test_paged_attention_property(case, pages_per_tile):
     _check_attention(out.cpu(), lse.cpu(), exp_out, exp_lse)
 
 
+@pytest.mark.parametrize("softcap", [0.5, 3.0])
+def test_paged_attention_softcap_tiny(softcap):
+    """Gemma 2's logit softcap inside the kernel (log2 domain) against the capped dense reference."""
+    g = torch.Generator().manual_seed(8)
+    B, H, G, N, D, S = 1, 2, 2, 20, 16, 4
+    k, v = 3 * torch.randn(B, H, N, D, generator=g), torch.randn(B, H, N, D, generator=g)
+    q = 3 * torch.randn(B, H * G, D, generator=g)
+    mask = torch.rand(B, H, N, generator=g) < 0.7
+    kp, vp, table = pages_from_dense(k, v, mask, S, generator=g)
+    exp_out, exp_lse = dense_masked_attention(q, k, v, mask, softcap=softcap)
+    out, lse = _attention(q, kp, vp, table, softcap=softcap)
+    _check_attention(out, lse, exp_out, exp_lse)
+    uncapped, _ = dense_masked_attention(q, k, v, mask)
+    assert (uncapped.float() - out).abs().max() > 1e-2  # the cap changed the result: it was applied
+
+
 def _table_to(table, device):
     from icecache.core.page_table import PageTable
 

@@ -3,8 +3,11 @@
 transformers does not pass the cache to the attention function, so :class:`IceCache` records, in
 a context variable, which layer it just updated and the key tensor it returned; the attention
 function acts only when it receives that very tensor (anything else, e.g. a ``DynamicCache``,
-falls back to SDPA). Prefill (several query positions) runs dense SDPA and then builds the layer's
-selector; a decode step attends what the selector picks.
+falls back to SDPA, or to :func:`~icecache.integrations.hf.dense.eager_attention` when the model passes
+a softcap or sinks, which SDPA lacks). Prefill (several query positions) runs dense attention and then
+builds the layer's selector; a decode step attends what the selector picks (a sliding-window layer: its
+whole window). Each call's arguments are checked against the layer
+(:func:`~icecache.integrations.hf.features.check_call`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 import torch
 from attrs import frozen
 from torch import Tensor
+
+from icecache.integrations.hf.dense import eager_attention
+from icecache.integrations.hf.features import attention_features, check_call
 
 ATTN_NAME = "icecache"
 
@@ -48,23 +54,38 @@ def start_from_mask(attention_mask: Tensor | None, batch: int, num_keys: int, de
 def icecache_attention_forward(module: Any, query: Tensor, key: Tensor, value: Tensor,
                                attention_mask: Tensor | None, scaling: float | None = None,
                                dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
-    """``query`` ``[B, H_q, q, D]``, ``key``/``value`` ``[B, H_kv, kv, D]`` -> ``([B, q, H_q, D], None)``."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+    """``query`` ``[B, H_q, q, D]``, ``key``/``value`` ``[B, H_kv, kv, D]`` -> ``([B, q, H_q, D], None)``.
+    ``softcap`` (Gemma 2) and ``s_aux`` (GPT-OSS sinks, ``[H_q]``) come in ``kwargs``."""
     active = _ACTIVE.get()
     if active is None or active.key is not key:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      dropout=dropout, **kwargs)
+        return dense_attention(module, query, key, value, attention_mask, scaling, dropout, kwargs)
     _ACTIVE.set(None)  # NOTE: drop the reference so a finished cache can be freed
     layer = active.layer
+    check_call(layer.layer_idx, layer.window, kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if query.shape[2] == 1 and layer.prefilled:
-        return layer.decode_attention(query, scale), None
-    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale,
-                                          dropout=dropout, **kwargs)
+        return layer.decode_attention(query, scale, key=key, value=value, softcap=kwargs.get("softcap"),
+                                      sinks=kwargs.get("s_aux")), None
+    out, weights = dense_attention(module, query, key, value, attention_mask, scale, dropout, kwargs)
     if not layer.prefilled:
         layer.finish_prefill(start_from_mask(attention_mask, query.shape[0], key.shape[2], query.device))
     return out, weights
+
+
+def dense_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                    scaling: float | None, dropout: float, kwargs: dict[str, Any]) -> tuple[Tensor, Any]:
+    """Dense attention as the model defines it: transformers' SDPA, or the eager torch attention when
+    the model passes a softcap or sinks (SDPA refuses the one and drops the other)."""
+    softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+    if softcap is None and sinks is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    if dropout and module.training:
+        raise NotImplementedError("icecache attention with softcap or sinks does not train (dropout > 0)")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return eager_attention(query, key, value, attention_mask, scale, softcap=softcap, sinks=sinks), None
 
 
 def register_attention() -> str:
@@ -79,6 +100,9 @@ def register_attention() -> str:
 
 
 def use_icecache(model: Any) -> Any:
-    """Switch ``model`` to the icecache attention implementation (SDPA whenever no IceCache is in use)."""
+    """Switch ``model`` to the icecache attention implementation (dense attention whenever no IceCache is
+    in use). A model whose attention IceCache cannot reproduce is refused first
+    (:func:`~icecache.integrations.hf.features.attention_features`), naming the feature."""
+    attention_features(model)
     model.set_attn_implementation(register_attention())
     return model

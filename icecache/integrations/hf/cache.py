@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from icecache.integrations.hf.timing import DecodeTimings
 
 
 class IceCache(Cache):
-    """KV cache for llama-family models (GQA) following a :class:`CachePolicy`.
+    """KV cache for decoder LMs (GQA) following a :class:`CachePolicy`.
 
     Prefill runs dense; each layer's selector is built from the prompt's keys; every decode step of
     a sparse layer attends only the tokens its selector returns (sinks, window and selected pages).
@@ -36,13 +37,21 @@ class IceCache(Cache):
     ``config.tiers.device_pages``, or by default room for every sparse layer's selected pages at full
     pages. Pages are stored in ``config.page_dtype`` (default: the model's KV dtype).
 
+    Sliding-window layers (``windows[i]`` not ``None``: Mistral, Gemma 2/3, GPT-OSS, OLMo3, windowed
+    Qwen2...) keep only the model's window and attend it whole; the policy applies to full-context
+    layers. :meth:`for_model` reads the windows from the model and refuses attention it cannot
+    reproduce (:mod:`icecache.integrations.hf.features`).
+
     ``timings`` records per-step index query / page load / attention / rest.
     """
 
     def __init__(self, policy: CachePolicy, num_layers: int, *, host_device: str | torch.device = "cpu",
-                 timing: bool = True, paged: bool = True):
+                 timing: bool = True, paged: bool = True, windows: Sequence[int | None] | None = None):
         if num_layers < 1:
             raise ConfigError(f"num_layers must be positive, got {num_layers}")
+        windows = tuple(windows) if windows is not None else (None,) * num_layers
+        if len(windows) != num_layers:
+            raise ConfigError(f"windows lists {len(windows)} layers, the cache has {num_layers}")
         self.policy = policy
         self.host_device = torch.device(host_device)
         self.timings = DecodeTimings(enabled=timing)
@@ -52,7 +61,7 @@ class IceCache(Cache):
         self._working_set: dict[int, int] = {}
         self._reserved = False
         self._attended = 0
-        super().__init__(layers=[IceCacheLayer(self, i) for i in range(num_layers)])
+        super().__init__(layers=[IceCacheLayer(self, i, window=w) for i, w in enumerate(windows)])
 
     # -- tiers and kernels ------------------------------------------------------------------------
     def device_pages(self, batch: int, kv_heads: int, page_size: int | None = None) -> int:
@@ -61,7 +70,7 @@ class IceCache(Cache):
         config = self.policy.config
         if config.tiers.device_pages is not None:
             return config.tiers.device_pages
-        sparse = max(1, len(self.layers) - config.dense_layers)
+        sparse = max(1, sum(1 for layer in self.layers if not layer.dense and layer.window is None))
         rows = batch * kv_heads
         per_layer = -(-config.selected_budget // (page_size or config.page_size))
         return max(sparse * rows * per_layer, rows * config.selected_budget, 1)
@@ -97,7 +106,7 @@ class IceCache(Cache):
             return
         self._reserved = True
         pages = int(((layout >= 0).any(-1)).sum())
-        later = sum(1 for layer in self.layers[layer_idx:] if not layer.dense)
+        later = sum(1 for layer in self.layers[layer_idx:] if not layer.dense and layer.window is None)
         self.store.reserve(pages * later)
 
     def close(self) -> None:
@@ -118,18 +127,23 @@ class IceCache(Cache):
         """A cache for ``model`` (its geometry read from ``model.config``), composing ``selector`` at
         ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields (e.g.
         ``tiers=TierConfig(host_pages=..., disk_dir=...)``); ``tier_names`` is the stack of tiers by name
-        (default device and host, and disk when ``tiers`` names a disk directory)."""
+        (default device and host, and disk when ``tiers`` names a disk directory). A model whose attention
+        the cache cannot reproduce is refused (:class:`ConfigError` naming the feature)."""
+        from icecache.integrations.hf.features import attention_features
+
+        features = attention_features(model)
         config.setdefault("device", model.device)
         cfg = CacheConfig.from_model_config(model.config, budget=budget, **config)
         policy = compose_policy(selector=selector, config=cfg, options=options,
                                 tiers=tier_names if tier_names is not None else default_tier_stack(cfg.tiers))
-        return cls(policy, model.config.num_hidden_layers, timing=timing)
+        return cls(policy, model.config.num_hidden_layers, timing=timing, windows=features.windows)
 
     @classmethod
     def from_snapshot(cls, snapshot: Any, policy: CachePolicy, *, timing: bool = True) -> IceCache:
         """A cache holding a :class:`~icecache.integrations.hf.snapshot.PrefillSnapshot`'s prompt, its
-        selectors built, ready to decode (the model's prefill is not re-run)."""
-        cache = cls(policy, len(snapshot.keys), timing=timing)
+        selectors built, ready to decode (the model's prefill is not re-run); its sliding-window layers
+        are the snapshot's."""
+        cache = cls(policy, len(snapshot.keys), timing=timing, windows=snapshot.windows)
         for layer, k, v in zip(cache.layers, snapshot.keys, snapshot.values, strict=True):
             layer.load_prefill(k, v, snapshot.start)
         return cache
@@ -159,10 +173,12 @@ class IceCache(Cache):
         ``load_bytes_per_token`` (bytes moved to the device per selected token attended) and ``tiers``
         (:meth:`~icecache.storage.store.TieredStore.occupancy`: pages, tokens and slots per tier).
 
-        Parts: ``dense_kv`` (dense layers), ``resident`` (sinks and windows), ``device_pool`` (the device
-        tier's pages), ``working_set`` (the most K/V a token-level layer gathered in one step:
-        transient, one layer at a time), ``kv_payload`` / ``page_padding`` / ``spare_slots`` (a backing
-        tier's stored tokens, the empty slots of its pages, its allocated but unused slots), ``index``,
+        Parts: ``dense_kv`` (dense layers), ``window_kv`` (sliding-window layers: a full cache holds
+        their ``window - 1`` newest positions too, and ``full_kv_bytes`` counts that), ``resident``
+        (sinks and windows), ``device_pool`` (the device tier's pages), ``working_set`` (the most K/V a
+        token-level layer gathered in one step: transient, one layer at a time), ``kv_payload`` /
+        ``page_padding`` / ``spare_slots`` (a backing tier's stored tokens, the empty slots of its pages,
+        its allocated but unused slots), ``index``,
         ``selector`` (state besides the index), ``selection`` (the last step's, kept for observers),
         ``tables`` (page ids and locations), ``staging``, ``bookkeeping`` (the store's page-id and slot
         maps); ``other``: what the walk of every array reachable from the cache finds beyond the
@@ -180,6 +196,13 @@ class IceCache(Cache):
         full = 0
         for layer in self.layers:
             if layer.n == 0:
+                continue
+            if layer.win is not None and layer.win.keys is not None:
+                B, H, _, D = layer.win.keys.shape
+                add("device", "window_kv", layer.win.nbytes())
+                # NOTE: a full cache of a sliding-window layer holds its window too (transformers'
+                # DynamicSlidingWindowLayer), so that is what it is compared with.
+                full += 2 * B * H * D * layer.win.keys.element_size() * min(layer.n, layer.window - 1)
                 continue
             if layer.dense and layer.kv is not None:
                 B, H, _, D = layer.kv.keys.shape

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from icecache.integrations.hf.compat import with_cache
 from icecache.integrations.hf.snapshot import PrefillSnapshot
 
 
@@ -42,6 +43,7 @@ def decode(model: Any, cache: Any, snapshot: PrefillSnapshot, max_new_tokens: in
     token = pick_tokens(snapshot.last_logits.to(device), temperature=temperature, top_p=top_p,
                         generator=generator)
     limit_t = torch.tensor(limits, device=device)
+    cache_arg = with_cache(model, cache)
     steps: list[Tensor] = []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max(limits)):
@@ -49,8 +51,7 @@ def decode(model: Any, cache: Any, snapshot: PrefillSnapshot, max_new_tokens: in
         done |= torch.isin(token, eos) | (step + 1 >= limit_t)
         if bool(done.all()):
             break
-        out = model(input_ids=token[:, None], position_ids=positions[:, None], past_key_values=cache,
-                    use_cache=True)
+        out = model(input_ids=token[:, None], position_ids=positions[:, None], **cache_arg, use_cache=True)
         token = pick_tokens(out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
         cache.timings.end_step()
         positions += 1

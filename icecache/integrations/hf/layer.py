@@ -1,6 +1,11 @@
-"""One layer of the IceCache: dense (keeps every key on the device) or sparse (a selector picks what
+"""One layer of the IceCache: dense (keeps every key on the device), sparse (a selector picks what
 each decode step attends; the layer's KV lives once, in the tiered store's pages plus sinks and window on
-the device: :class:`~icecache.integrations.hf.sparse_kv.SparseLayerKV`).
+the device: :class:`~icecache.integrations.hf.sparse_kv.SparseLayerKV`) or sliding-window (the model's
+own window, kept whole and attended whole: :class:`~icecache.integrations.hf.window.WindowKV`; no
+selection, memory O(window)).
+
+Decode attention applies the model's softcap (Gemma 2) and attention sinks (GPT-OSS ``s_aux``) on every
+path: dense, gathered tokens and paged (:mod:`icecache.integrations.hf.dense`).
 
 Positions are those of the K/V tensors, left padding included: row ``b`` holds real tokens from
 ``start[b]`` on, and positions before it are never attended.
@@ -16,9 +21,10 @@ from transformers.cache_utils import CacheLayerMixin
 
 from icecache.core.errors import ConfigError
 from icecache.core.signatures import accepts_keyword
-from icecache.integrations.hf.dense import attend_with_lse
+from icecache.integrations.hf.dense import apply_sinks, attend_with_lse, eager_attention
 from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.store import GrowableKV
+from icecache.integrations.hf.window import WindowKV
 from icecache.selectors.bases.token_score import TokenScoreSelector
 
 if TYPE_CHECKING:
@@ -26,17 +32,22 @@ if TYPE_CHECKING:
 
 
 class IceCacheLayer(CacheLayerMixin):
-    """Cache layer ``layer_idx`` of an :class:`~icecache.integrations.hf.cache.IceCache`."""
+    """Cache layer ``layer_idx`` of an :class:`~icecache.integrations.hf.cache.IceCache`; ``window``: the
+    model's sliding window for this layer (``None``: full context, the policy applies)."""
 
     is_compileable = False
     is_sliding = False
 
-    def __init__(self, owner: IceCache, layer_idx: int):
+    def __init__(self, owner: IceCache, layer_idx: int, window: int | None = None):
         super().__init__()
         self.owner = owner
         self.layer_idx = layer_idx
         config = owner.policy.config
-        self.dense = owner.policy.selector == "full" or layer_idx < config.dense_layers
+        self.window = window
+        self.is_sliding = window is not None  # NOTE: transformers sizes sliding masks from such layers
+        self.sliding_window = window
+        self.win: WindowKV | None = None  # sliding-window layers only
+        self.dense = window is None and (owner.policy.selector == "full" or layer_idx < config.dense_layers)
         self.selector: Any = None
         self.kv: GrowableKV | None = None  # dense layers only: every key and value, on the device
         self.sparse: SparseLayerKV | None = None  # sparse layers: pages in the store + sinks/window
@@ -60,6 +71,12 @@ class IceCacheLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[2]
+        if self.window is not None:
+            if self.win is None:
+                self.win = WindowKV(self.window)
+            keys, values = self.win.update(key_states, value_states)
+            self.n = self.win.n
+            return keys, values
         if self.dense:
             if self.kv is None:
                 device = self.owner.policy.config.device
@@ -92,16 +109,19 @@ class IceCacheLayer(CacheLayerMixin):
         return key_states, value_states
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if self.window is not None:
+            return (query_length, 0) if self.win is None else self.win.mask_sizes(query_length)
         return self.get_seq_length() + query_length, 0
 
     def get_seq_length(self) -> int:
         return self.n
 
     def get_max_length(self) -> int:
-        return -1
+        return -1 if self.window is None else self.window
 
     def reset(self) -> None:
         self.kv = self.selector = self.start = self.last_selection = self.sparse = self._prompt = None
+        self.win = None
         self.keys = self.values = None
         self._paged_end = None
         self.n = 0
@@ -129,7 +149,7 @@ class IceCacheLayer(CacheLayerMixin):
         self.start = start.to(torch.int64).cpu()
         policy = self.owner.policy
         num_tokens = self.n
-        if not self.dense:
+        if not self.dense and self.window is None:
             keys, values = self._prompt
             device = policy.config.device
             self.selector = policy.make_selector(self.layer_idx)
@@ -168,10 +188,20 @@ class IceCacheLayer(CacheLayerMixin):
         self.finish_prefill(start)
 
     # -- decode -----------------------------------------------------------------------------------
-    def decode_attention(self, query: Tensor, scale: float) -> Tensor:
-        """Attention of one decode position. ``query`` ``[B, H_q, 1, D]`` -> ``[B, 1, H_q, D]``."""
+    def decode_attention(self, query: Tensor, scale: float, *, key: Tensor | None = None,
+                         value: Tensor | None = None, softcap: float | None = None,
+                         sinks: Tensor | None = None) -> Tensor:
+        """Attention of one decode position. ``query`` ``[B, H_q, 1, D]`` -> ``[B, 1, H_q, D]``;
+        ``key``/``value``: what :meth:`update` returned (a sliding-window layer attends them whole);
+        ``softcap`` and ``sinks`` ``[H_q]``: the model's (``None``: none)."""
         B, H_q, _, D = query.shape
         timings = self.owner.timings
+        if self.window is not None:
+            pos = self.win.positions(key.shape[2]).to(key.device)  # [T] positions of the returned keys
+            mask = pos[None, :] >= self.start.to(key.device)[:, None]  # [B, T] left padding never attended
+            with timings.part("attention"):
+                return eager_attention(query, key, value, mask[:, None, None, :], scale, softcap=softcap,
+                                       sinks=sinks)
         if self.dense:
             keys, values = self.kv.view()
             H_kv = keys.shape[1]
@@ -180,8 +210,9 @@ class IceCacheLayer(CacheLayerMixin):
             pos = torch.arange(N, device=keys.device)
             mask = (pos[None, :] >= self.start.to(keys.device)[:, None])[:, None, :].expand(B, H_kv, N)
             with timings.part("attention"):
-                out, _ = attend_with_lse(q, keys, values, mask, scale)
-            return out.reshape(B, H_q, D)[:, None]
+                out, lse = attend_with_lse(q, keys, values, mask, scale, softcap)
+                out = apply_sinks(out.reshape(B, H_q, D), lse.reshape(B, H_q), sinks)
+            return out[:, None]
         H_kv = self.sparse.phys.shape[1]
         q = query[:, :, 0, :].reshape(B, H_kv, H_q // H_kv, D)  # [B, H_kv, G, D]
         with timings.part("index_query"):
@@ -191,12 +222,14 @@ class IceCacheLayer(CacheLayerMixin):
         paged = self.owner.paged and not isinstance(self.selector, TokenScoreSelector)
         if paged and selection.page_ids.shape[-1] > 0:
             self.owner.note_attended(int(selection.ledger.selected.sum()))
-            out = self.sparse.attend(query[:, :, 0, :], selection, scale, timings)
+            out = self.sparse.attend(query[:, :, 0, :], selection, scale, timings, softcap=softcap,
+                                     sinks=sinks)
             return out[:, None]  # [B, 1, H_q, D]
         # token-level selectors (oracle, streamingllm): gather the chosen tokens from their pages
         with timings.part("page_load"):
             keys, values = self.sparse.gather(selection.token_ids)
         self.owner.note_device_tokens(self.layer_idx, int(selection.token_ids.shape[-1]))
         with timings.part("attention"):
-            out, _ = attend_with_lse(q, keys, values, selection.token_ids.to(q.device) >= 0, scale)
-        return out.reshape(B, H_q, D)[:, None]  # [B, 1, H_q, D]
+            out, lse = attend_with_lse(q, keys, values, selection.token_ids.to(q.device) >= 0, scale, softcap)
+            out = apply_sinks(out.reshape(B, H_q, D), lse.reshape(B, H_q), sinks)
+        return out[:, None]  # [B, 1, H_q, D]

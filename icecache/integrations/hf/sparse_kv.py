@@ -26,7 +26,7 @@ from torch import Tensor
 from icecache.core.errors import BudgetError, ConfigError
 from icecache.core.keys import tensor_nbytes
 from icecache.index.hierarchy.state import grow
-from icecache.integrations.hf.dense import attend_with_lse
+from icecache.integrations.hf.dense import apply_sinks, attend_with_lse
 
 
 class SparseLayerKV:
@@ -294,8 +294,11 @@ class SparseLayerKV:
                 "tables": tensor_nbytes(self.phys, self.written_len, self.written_sum, self.loc)}
 
     # -- attention ----------------------------------------------------------------------------------
-    def attend(self, query: Tensor, selection: Any, scale: float, timings: Any) -> Tensor:
-        """``query`` ``[B, H_q, D]`` over the selected pages + sinks + window -> ``[B, H_q, D]``."""
+    def attend(self, query: Tensor, selection: Any, scale: float, timings: Any, *,
+               softcap: float | None = None, sinks: Tensor | None = None) -> Tensor:
+        """``query`` ``[B, H_q, D]`` over the selected pages + sinks + window -> ``[B, H_q, D]``;
+        ``softcap`` caps every score (pages and resident alike), ``sinks`` ``[H_q]`` join the merged
+        softmax (:func:`~icecache.integrations.hf.dense.apply_sinks`)."""
         B, H_q, D = query.shape
         H = self.phys.shape[1]
         ledger = selection.ledger
@@ -312,18 +315,22 @@ class SparseLayerKV:
             with timings.part("attention"):
                 pool = self.store.device_pool
                 q = query.to(pool.k.dtype)
+                # NOTE: softcap is passed only when set, so backends without it keep working for others.
+                extra = {} if softcap is None else {"softcap": softcap}
                 o_pages, lse_pages = self.kernels.paged_decode_attention(q, pool.k, pool.v, table,
-                                                                         scale=scale)
-                o_res, lse_res = self.resident(query.reshape(B, H, H_q // H, D), ledger, scale)
-                out, _ = self.kernels.merge_attention_states(o_pages.to(query.dtype), lse_pages,
-                                                             o_res.reshape(B, H_q, D),
-                                                             lse_res.reshape(B, H_q))
+                                                                         scale=scale, **extra)
+                o_res, lse_res = self.resident(query.reshape(B, H, H_q // H, D), ledger, scale, softcap)
+                out, lse = self.kernels.merge_attention_states(o_pages.to(query.dtype), lse_pages,
+                                                               o_res.reshape(B, H_q, D),
+                                                               lse_res.reshape(B, H_q))
+                out = apply_sinks(out, lse, sinks)
         finally:
             if pinned.numel():
                 self.store.release(pinned)
         return out
 
-    def resident(self, q: Tensor, ledger: Any, scale: float) -> tuple[Tensor, Tensor]:
+    def resident(self, q: Tensor, ledger: Any, scale: float, softcap: float | None = None
+                 ) -> tuple[Tensor, Tensor]:
         """Dense attention over sinks + window: ``q`` ``[B, H_kv, G, D]`` -> (out, lse)."""
         n = self.n
         sink_n = ledger.sink.to(self.device)  # [B, H_kv]
@@ -337,4 +344,4 @@ class SparseLayerKV:
         pos = (n - 1) - torch.remainder(n - 1 - ring, self.keep_recent)  # position held by each ring slot
         sink_mask = slot[None, None, :] < sink_n[..., None]  # [B, H_kv, sink]
         window_mask = (pos >= 0)[None, None, :] & (pos[None, None, :] >= (n - window_n)[..., None])
-        return attend_with_lse(q, keys, values, torch.cat([sink_mask, window_mask], dim=2), scale)
+        return attend_with_lse(q, keys, values, torch.cat([sink_mask, window_mask], dim=2), scale, softcap)

@@ -28,7 +28,7 @@ def padded_pages(table: PageTable) -> tuple[Tensor, Tensor]:
 
 
 def paged_decode_attention(query: Tensor, k_pool: Tensor, v_pool: Tensor, table: PageTable, *,
-                           scale: float) -> tuple[Tensor, Tensor]:
+                           scale: float, softcap: float | None = None) -> tuple[Tensor, Tensor]:
     """See :meth:`icecache.kernels.base.KernelBackend.paged_decode_attention` (inputs already checked)."""
     B, H_q, D = query.shape
     R, S = table.num_rows, table.page_size
@@ -41,6 +41,8 @@ def paged_decode_attention(query: Tensor, k_pool: Tensor, v_pool: Tensor, table:
     valid = (slot[None, None, :] < lens[:, :, None]).reshape(R, 1, K * S)  # [R, 1, K*S]
     q = query.reshape(R, G, D).float()  # [R, G, D]
     scores = torch.einsum("rgd,rnd->rgn", q, keys) * scale  # [R, G, K*S]
+    if softcap is not None:  # Gemma 2's attention logit softcapping
+        scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~valid, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # [R, G]; -inf for an empty row
     # NOTE: an empty row has lse = -inf; shifting by 0 there keeps exp() at 0 instead of NaN.

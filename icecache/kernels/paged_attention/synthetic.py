@@ -84,9 +84,10 @@ def pages_from_dense(keys: Tensor, values: Tensor, token_mask: Tensor, page_size
 
 
 def dense_masked_attention(query: Tensor, keys: Tensor, values: Tensor, token_mask: Tensor, *,
-                           scale: float | None = None) -> tuple[Tensor, Tensor]:
+                           scale: float | None = None, softcap: float | None = None) -> tuple[Tensor, Tensor]:
     """SDPA of ``query`` ``[B, H_q, D]`` over the masked tokens of ``[B, H_kv, N, D]`` keys/values, in
-    float64. Returns ``(out [B, H_q, D], lse [B, H_q])``; rows with no token give 0 and ``-inf``."""
+    float64. Returns ``(out [B, H_q, D], lse [B, H_q])``; rows with no token give 0 and ``-inf``.
+    ``softcap``: scores ``cap * tanh(s / cap)`` (a plain softmax then, SDPA has no softcap)."""
     B, H_q, D = query.shape
     H_kv = keys.shape[1]
     G = H_q // H_kv
@@ -94,8 +95,13 @@ def dense_masked_attention(query: Tensor, keys: Tensor, values: Tensor, token_ma
     q = query.double().reshape(B, H_kv, G, D)  # [B, H_kv, G, D]: the G query heads of a KV head
     k, v = keys.double(), values.double()
     mask = token_mask[:, :, None, :].expand(B, H_kv, G, keys.shape[2])  # [B, H_kv, G, N]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     scores = torch.einsum("bhgd,bhnd->bhgn", q, k) * scale
+    if softcap is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        scores = torch.tanh(scores / softcap) * softcap
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        out = torch.einsum("bhgn,bhnd->bhgd", torch.nan_to_num(probs), v)
     lse = torch.logsumexp(scores.masked_fill(~mask, float("-inf")), dim=-1)  # [B, H_kv, G]
     out = torch.where(torch.isinf(lse)[..., None], 0.0, out)  # SDPA gives NaN for empty rows
     return out.reshape(B, H_q, D), lse.reshape(B, H_q).float()

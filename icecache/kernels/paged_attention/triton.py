@@ -27,10 +27,10 @@ TARGET_PROGRAMS = 264
 @triton.jit
 def _paged_decode_split_kernel(
     q_ptr, k_ptr, v_ptr, indptr_ptr, indices_ptr, lens_ptr, o_part_ptr, lse_part_ptr,
-    scale_log2, pages_per_split, num_splits,
+    scale_log2, softcap, pages_per_split, num_splits,
     stride_kp, stride_ks, stride_vp, stride_vs,
     G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PAGE_BLOCK: tl.constexpr, PAGES_PER_TILE: tl.constexpr, IEEE: tl.constexpr,
+    PAGE_BLOCK: tl.constexpr, PAGES_PER_TILE: tl.constexpr, IEEE: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     r = tl.program_id(0)
     s = tl.program_id(1)
@@ -70,7 +70,13 @@ def _paged_decode_split_kernel(
             qk = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             qk = tl.dot(q, tl.trans(k))  # [BLOCK_G, BLOCK_N] fp32
-        qk = tl.where(valid[None, :], qk * scale_log2, float("-inf"))
+        qk = qk * scale_log2
+        if SOFTCAP:  # cap * tanh(s / cap) in the log2 domain: s2 = s * log2(e), cap2 = cap * log2(e)
+            # NOTE: tanh(x) = 2 * sigmoid(2x) - 1 (no tanh in tl core); |2x| <= 40 keeps exp() finite
+            # and tanh is 1 to float32 precision there.
+            x2 = tl.minimum(tl.maximum(2.0 * qk / softcap, -40.0), 40.0)
+            qk = softcap * (2.0 * tl.sigmoid(x2) - 1.0)
+        qk = tl.where(valid[None, :], qk, float("-inf"))
         # NOTE: every tile holds at least one valid slot (slot 0 of its first page), so m_new is finite.
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -130,7 +136,7 @@ def plan_splits(max_pages: int, num_rows: int, pages_per_tile: int,
 def paged_decode_attention(query: Tensor, k_pool: Tensor, v_pool: Tensor, table: PageTable, *,
                            scale: float, max_pages_per_row: int | None = None,
                            pages_per_tile: int | None = None, out: Tensor | None = None,
-                           lse: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                           lse: Tensor | None = None, softcap: float | None = None) -> tuple[Tensor, Tensor]:
     """See :meth:`icecache.kernels.base.KernelBackend.paged_decode_attention` (inputs already checked).
 
     ``pages_per_tile`` overrides the pages loaded per loop step; ``out``/``lse`` are optional
@@ -158,10 +164,11 @@ def paged_decode_attention(query: Tensor, k_pool: Tensor, v_pool: Tensor, table:
     lse_part = torch.empty(R * G * num_splits, dtype=torch.float32, device=device)
     _paged_decode_split_kernel[(R, num_splits)](
         q, k_pool, v_pool, indptr, indices, lens, o_part, lse_part,
-        scale * LOG2E, pages_per_split, num_splits,
+        scale * LOG2E, (softcap or 1.0) * LOG2E, pages_per_split, num_splits,
         k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
         G=G, D=D, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_D=block_d,
         PAGE_BLOCK=page_block, PAGES_PER_TILE=pages_per_tile, IEEE=query.dtype == torch.float32,
+        SOFTCAP=softcap is not None,
         num_warps=4,
     )
     if out is None:
