@@ -286,11 +286,12 @@ class TieredStore:
             return out
         self.pool.check_written(sub.numpy())
         tier = self.backing[0]
-        if len(self.backing) == 1 and isinstance(tier, MemoryTier):
+        raw = _raw(tier)
+        if len(self.backing) == 1 and raw is not None:
             # NOTE: the usual case (one memory tier): one gather is the answer, the -1 entries read a
             # written page and are zeroed after (cheaper than zeros + index_copy_ of the rest)
             safe = torch.where(ids >= 0, ids, sub[0])
-            keys = tier.data[:, 0].index_select(0, tier.slot_of(safe).to(tier.data.device)).cpu()
+            keys = raw[:, 0].index_select(0, tier.slot_of(safe).to(raw.device)).cpu()
             if zero_missing and sub.numel() < ids.numel():
                 keys.masked_fill_((ids < 0)[:, None, None], 0)
             return keys
@@ -300,8 +301,9 @@ class TieredStore:
             if here.numel() == 0:
                 continue
             part = sub[here]
-            if isinstance(tier, MemoryTier):
-                keys = tier.data[:, 0].index_select(0, tier.slot_of(part).to(tier.data.device))
+            raw = _raw(tier)
+            if raw is not None:
+                keys = raw[:, 0].index_select(0, tier.slot_of(part).to(raw.device))
             else:
                 uniq, inv = torch.unique(part, return_inverse=True)
                 tier_slots = tier.prepare_load(uniq)
@@ -334,10 +336,11 @@ class TieredStore:
             if sub.numel() == 0:
                 continue
             sub_slot = slot if here is None else slot[here]
-            if isinstance(tier, MemoryTier):
+            raw = _raw(tier)
+            if raw is not None:
                 # NOTE: rows of [slots * 2 * S, D]: one index_select (2-D advanced indexing is ~10x slower)
                 base = tier.slot_of(sub) * (2 * S) + sub_slot
-                rows = tier.data.view(-1, D)
+                rows = raw.view(-1, D)
                 rec = rows.index_select(0, base.to(rows.device))
                 if values:
                     rec = torch.stack([rec, rows.index_select(0, (base + S).to(rows.device))], dim=1)
@@ -603,7 +606,7 @@ class TieredStore:
 
     def _uva_source(self, tier: Tier) -> bool:
         """Whether ``transfer="uva"`` can read ``tier``'s pages from the device (pinned or same device)."""
-        if self.transfer != "uva" or not isinstance(tier, MemoryTier):
+        if self.transfer != "uva" or _raw(tier) is None or _raw(self.tiers[0]) is None:
             return False
         device = self.tiers[0].device
         return tier.pin_memory or tier.device == device or device.type == "cpu"
@@ -623,6 +626,11 @@ class TieredStore:
                                             copies=0))
         if self.hook is not None and self.hook.icecache_pages_evicted.get_hookimpls():
             self.hook.icecache_pages_evicted(tier=tier.name, page_ids=ids)
+
+
+def _raw(tier: Tier) -> Tensor | None:
+    """The records tensor of a memory tier the store may read in place of ``read``, else ``None``."""
+    return tier.raw_records() if isinstance(tier, MemoryTier) else None
 
 
 def _distinct(a: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
