@@ -53,3 +53,13 @@ class DiskFullError(StorageError):
 
 class ChecksumError(StorageError):
     """A page read back from disk does not match the checksum written with it."""
+
+
+def message_of(exc: BaseException) -> str:
+    """The message of ``exc`` for a user: attrs validators raise ``TypeError`` / ``ValueError`` with
+    ``(message, attribute, expected, value)``, whose ``str()`` is that raw tuple; this returns the
+    message (it names the option and the value)."""
+    args = exc.args
+    if len(args) > 1 and isinstance(args[0], str):
+        return args[0]
+    return str(exc)

@@ -61,6 +61,16 @@ def icecache_register_tiers(register):
 
 
 @hookspec
+def icecache_register_evictions(register):
+    """Register tier eviction policies (the order in which a tier gives up ready, unpinned pages).
+
+    ``register(name, factory, description="")`` where ``factory()`` returns a fresh
+    :class:`icecache.storage.eviction.EvictionPolicy` (one per tier). A tier built with
+    ``eviction=name`` (or ``TierConfig(eviction=name)``) uses it.
+    """
+
+
+@hookspec
 def icecache_register_kernels(register):
     """Register kernel backends.
 

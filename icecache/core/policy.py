@@ -60,8 +60,15 @@ class CachePolicy:
             raise ConfigError(f"policy with selector {self.selector!r} has no clusterer")
         return self.registry.create("clusterer", self.clusterer, **self.options.get("clusterer", {}))
 
+    def tier_options(self, name: str) -> dict[str, Any]:
+        """Options of the tier ``name`` (``options[name]``), an ``eviction`` name resolved through the
+        registry."""
+        from icecache.storage.eviction import resolve_eviction_option
+
+        return resolve_eviction_option(dict(self.options.get(name, {})), self.registry)
+
     def make_tier(self, name: str) -> Any:
-        return self.registry.create("tier", name, self.config, **self.options.get(name, {}))
+        return self.registry.create("tier", name, self.config, **self.tier_options(name))
 
     def make_kernels(self) -> Any:
         return self.registry.create("kernel", self.kernel, **self.options.get("kernel", {}))
@@ -96,9 +103,34 @@ def compose_policy(
     tiers = tuple(tiers)
     if not tiers:
         raise ConfigError("tiers must name at least one storage tier, got ()")
+    if len(set(tiers)) != len(tiers):
+        raise ConfigError(f"tiers must be distinct, got {list(tiers)}")
     for tier in tiers:
         registry.get("tier", tier)
     registry.get("kernel", kernel)
-    return CachePolicy(config=config or CacheConfig(), selector=selector, index=index,
-                       clusterer=clusterer, tiers=tiers, kernel=kernel, options=dict(options or {}),
-                       registry=registry, plugin_manager=pm)
+    config = config or CacheConfig()
+    options = dict(options or {})
+    _check_options(options, tiers, registry, config)
+    return CachePolicy(config=config, selector=selector, index=index, clusterer=clusterer, tiers=tiers,
+                       kernel=kernel, options=options, registry=registry, plugin_manager=pm)
+
+
+#: keys of ``options`` that are not tier names
+OPTION_KINDS: tuple[str, ...] = ("selector", "index", "clusterer", "kernel")
+
+
+def _check_options(options: dict[str, Any], tiers: tuple[str, ...], registry: Registry,
+                   config: CacheConfig) -> None:
+    """Every ``options`` key is a component kind or a tier of the stack, every value a dict, and every
+    eviction name registered: :class:`ConfigError` / ``UnknownComponentError`` name the bad one."""
+    for key, value in options.items():
+        if key not in OPTION_KINDS and key not in tiers:
+            raise ConfigError(f"options names {key!r}, which is neither a component kind "
+                              f"({', '.join(OPTION_KINDS)}) nor a tier of the stack {list(tiers)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"options[{key!r}] must be a dict of keyword options, got {value!r}")
+    registry.get("eviction", config.tiers.eviction)
+    for tier in tiers:
+        eviction = options.get(tier, {}).get("eviction")
+        if isinstance(eviction, str):
+            registry.get("eviction", eviction)

@@ -15,6 +15,7 @@ KINDS: dict[str, str] = {
     "clusterer": "icecache_register_clusterers",
     "index": "icecache_register_indexes",
     "tier": "icecache_register_tiers",
+    "eviction": "icecache_register_evictions",
     "kernel": "icecache_register_kernels",
 }
 

@@ -185,3 +185,13 @@ def make_eviction(value: Any) -> EvictionPolicy:
         raise ConfigError(f"eviction policy {value!r} factory returned {type(policy).__name__}, not an "
                           "icecache.storage.eviction.EvictionPolicy")
     return policy
+
+
+def resolve_eviction_option(options: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """Tier ``options`` with an ``eviction`` name that is not built in replaced by a fresh policy from
+    ``registry`` (so a policy registered by a plugin object passed as ``extra=`` is found too);
+    :class:`~icecache.core.errors.UnknownComponentError` lists the registered names."""
+    value = options.get("eviction")
+    if isinstance(value, str) and value not in BUILTIN_EVICTIONS:
+        return {**options, "eviction": registry.create("eviction", value)}
+    return options

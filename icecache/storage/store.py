@@ -33,6 +33,7 @@ from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.page_table import PageTable
 from icecache.storage.base import Tier
+from icecache.storage.eviction import resolve_eviction_option
 from icecache.storage.fused_load import fused_load
 from icecache.storage.layout import as_page_ids, contiguous_run, np_all, np_max, np_min
 from icecache.storage.memory import MemoryTier
@@ -94,7 +95,8 @@ class TieredStore:
               plugin_manager: pluggy.PluginManager | None = None, max_pages: int | None = None,
               transfer: str = "auto") -> TieredStore:
         """Create tiers by registered name (``factory(config, **options[name])``) with capacities from
-        ``config.tiers``; ``head_dim`` overrides ``config.geometry.head_dim``."""
+        ``config.tiers``; ``head_dim`` overrides ``config.geometry.head_dim``. An ``eviction`` option may
+        name a policy registered through ``icecache_register_evictions``."""
         from icecache.core.plugins import build_registry, get_plugin_manager
 
         pm = plugin_manager or get_plugin_manager()
@@ -104,7 +106,8 @@ class TieredStore:
         made: list[Tier] = []
         try:
             for name in tiers:
-                made.append(registry.create("tier", name, config, **{**extra, **options.get(name, {})}))
+                opts = resolve_eviction_option({**extra, **options.get(name, {})}, registry)
+                made.append(registry.create("tier", name, config, **opts))
             return cls(made, hook=pm.hook, max_pages=max_pages, transfer=transfer)
         except BaseException:
             for tier in made:
@@ -122,8 +125,8 @@ class TieredStore:
                 if head_dim is None:
                     made.append(policy.make_tier(name))
                 else:
-                    made.append(policy.registry.create("tier", name, policy.config, head_dim=head_dim,
-                                                       **policy.options.get(name, {})))
+                    made.append(policy.registry.create("tier", name, policy.config,
+                                                       **{**policy.tier_options(name), "head_dim": head_dim}))
             return cls(made, hook=policy.hook, max_pages=max_pages, transfer=transfer)
         except BaseException:
             for tier in made:

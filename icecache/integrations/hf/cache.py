@@ -79,7 +79,10 @@ class IceCache(Cache):
         if self.store is None:
             tiers = evolve(config.tiers, device_pages=self.device_pages(B, H, page_size))
             store_config = evolve(config, tiers=tiers, page_size=page_size, dtype=config.page_dtype or dtype)
-            self.store = TieredStore.build(store_config, tiers=self.policy.tiers, head_dim=D,
+            # NOTE: the policy's per-tier options (``options[tier name]``) reach the tiers; the device
+            # tier's capacity comes from the sized config unless its options give one
+            options = {name: self.policy.tier_options(name) for name in self.policy.tiers}
+            self.store = TieredStore.build(store_config, tiers=self.policy.tiers, head_dim=D, options=options,
                                            plugin_manager=self.policy.plugin_manager)
             self.kernels = self.policy.make_kernels()
         elif self.store.spec.page_size != page_size:
@@ -114,15 +117,33 @@ class IceCache(Cache):
     @classmethod
     def for_model(cls, model: Any, selector: str = "icecache", budget: int = 256, *,
                   options: dict[str, dict[str, Any]] | None = None, timing: bool = True,
-                  tier_names: tuple[str, ...] | None = None, **config: Any) -> IceCache:
+                  tiers: Any = None, tier_names: tuple[str, ...] | None = None, **config: Any) -> IceCache:
         """A cache for ``model`` (its geometry read from ``model.config``), composing ``selector`` at
-        ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields (e.g.
-        ``tiers=TierConfig(host_pages=..., disk_dir=...)``); ``tier_names`` is the stack of tiers by name
-        (default device and host, and disk when ``tiers`` names a disk directory)."""
+        ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields.
+
+        ``tiers``: the storage stack, as tier names in order (``("device", "host", "my-tier")``), or a
+        dict of names to their options in order (``{"device": {"eviction": "lfu"}, "host": {}}``), or a
+        :class:`TierConfig` (capacities, disk directory, eviction; the stack is then the default:
+        device and host, and disk when it names a disk directory). ``tier_names`` is the older
+        spelling of a list of names. Tier options may also come in ``options[tier name]``."""
+        from icecache.core.config import TierConfig
+
+        names, options = tier_names, dict(options or {})
+        if isinstance(tiers, TierConfig):
+            config["tiers"] = tiers
+        elif isinstance(tiers, dict):
+            names = tuple(tiers)
+            for name, opts in tiers.items():
+                options[name] = {**options.get(name, {}), **(opts or {})}
+        elif tiers is not None:
+            if isinstance(tiers, str) or not all(isinstance(t, str) for t in tiers):
+                raise ConfigError(f"tiers must be tier names in order, a dict of names to options, or a "
+                                  f"TierConfig, got {tiers!r}")
+            names = tuple(tiers)
         config.setdefault("device", model.device)
         cfg = CacheConfig.from_model_config(model.config, budget=budget, **config)
         policy = compose_policy(selector=selector, config=cfg, options=options,
-                                tiers=tier_names if tier_names is not None else default_tier_stack(cfg.tiers))
+                                tiers=names if names is not None else default_tier_stack(cfg.tiers))
         return cls(policy, model.config.num_hidden_layers, timing=timing)
 
     @classmethod
