@@ -86,3 +86,15 @@ BROKEN_TIERS = {
     IgnoresCapacityTier: "capacity",
     LaxIdsTier: "bad-ids",
 }
+
+
+class EvictsNewestTier(HostTier):
+    """Reports ``lru`` but proposes the most recently used pages first (written with public names only)."""
+
+    def victims(self, count):
+        slots = self.evictable_slots()
+        order = self.policy.victims(slots, slots.size)[::-1][:count]  # NOTE: lru order, reversed
+        return torch.from_numpy(self.page_at(order).copy())
+
+
+BROKEN_TIERS[EvictsNewestTier] = "eviction-order"
