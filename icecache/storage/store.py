@@ -402,7 +402,8 @@ class TieredStore:
 
     def occupancy(self) -> list[dict[str, Any]]:
         """Per tier, in stack order: ``name``, ``role`` (``"cache"`` or ``"backing"``), ``memory`` (as in
-        :class:`~icecache.storage.base.TierStats`), ``pages`` resident, ``tokens`` (their valid slots),
+        :class:`~icecache.storage.base.TierStats`), ``eviction`` (its policy's name, ``None`` when it
+        reports none), ``pages`` resident, ``tokens`` (their valid slots),
         ``allocated_slots``, ``page_nbytes`` and ``token_nbytes`` (one slot's K and V)."""
         spec = self.spec
         token_nbytes = spec.page_nbytes // spec.page_size
@@ -412,7 +413,8 @@ class TieredStore:
             ids = tier.resident_ids()
             tokens = int(self.pool.lens(ids).long().sum()) if ids.numel() else 0
             out.append({"name": tier.name, "role": "cache" if tier is self.cache else "backing",
-                        "memory": st.memory, "pages": int(ids.numel()), "tokens": tokens,
+                        "memory": st.memory, "eviction": st.details.get("eviction"),
+                        "pages": int(ids.numel()), "tokens": tokens,
                         "allocated_slots": st.allocated_slots, "page_nbytes": st.page_nbytes,
                         "token_nbytes": token_nbytes})
         return out
