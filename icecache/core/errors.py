@@ -63,3 +63,10 @@ def message_of(exc: BaseException) -> str:
     if len(args) > 1 and isinstance(args[0], str):
         return args[0]
     return str(exc)
+
+
+def from_attrs_validator(exc: BaseException) -> bool:
+    """Whether ``exc`` came from an attrs validator (``args`` = message, the ``Attribute``, ...)."""
+    import attrs
+
+    return len(exc.args) > 1 and isinstance(exc.args[0], str) and isinstance(exc.args[1], attrs.Attribute)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pluggy
 from attrs import field, frozen
 
 from icecache.core.config import CacheConfig, TierConfig
-from icecache.core.errors import ConfigError
+from icecache.core.errors import ConfigError, from_attrs_validator, message_of
 from icecache.core.plugins import build_registry, get_plugin_manager
 from icecache.core.registry import Registry
 
@@ -47,13 +49,15 @@ class CachePolicy:
         """A new selector for one layer; the first ``config.dense_layers`` layers get ``full``."""
         name = "full" if layer_idx < self.config.dense_layers else self.selector
         options = self.options.get("selector", {}) if name == self.selector else {}
-        return self.registry.create("selector", name, self.config, layer_idx=layer_idx, policy=self,
-                                    **options)
+        with _option_errors(f"selector {name!r}"):
+            return self.registry.create("selector", name, self.config, layer_idx=layer_idx, policy=self,
+                                        **options)
 
     def make_index(self) -> Any:
         if self.index is None:
             raise ConfigError(f"policy with selector {self.selector!r} has no index")
-        return self.registry.create("index", self.index, self.config, **self.options.get("index", {}))
+        with _option_errors(f"index {self.index!r}"):
+            return self.registry.create("index", self.index, self.config, **self.options.get("index", {}))
 
     def make_clusterer(self) -> Any:
         if self.clusterer is None:
@@ -68,7 +72,8 @@ class CachePolicy:
         return resolve_eviction_option(dict(self.options.get(name, {})), self.registry)
 
     def make_tier(self, name: str) -> Any:
-        return self.registry.create("tier", name, self.config, **self.tier_options(name))
+        with _option_errors(f"tier {name!r}"):
+            return self.registry.create("tier", name, self.config, **self.tier_options(name))
 
     def make_kernels(self) -> Any:
         return self.registry.create("kernel", self.kernel, **self.options.get("kernel", {}))
@@ -78,6 +83,18 @@ class CachePolicy:
                 "tiers": list(self.tiers), "kernel": self.kernel, "budget": self.config.budget,
                 "page_size": self.config.page_size, "sink_tokens": self.config.sink_tokens,
                 "window_tokens": self.config.window_tokens, "dense_layers": self.config.dense_layers}
+
+
+@contextlib.contextmanager
+def _option_errors(what: str) -> Iterator[None]:
+    """An attrs validator's error (a raw ``(message, Attribute, ...)`` tuple when printed) becomes a
+    :class:`ConfigError` with its message, which names the option and the value."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError) or not from_attrs_validator(exc):
+            raise
+        raise ConfigError(f"options of {what}: {message_of(exc)}") from exc
 
 
 def compose_policy(

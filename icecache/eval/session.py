@@ -118,8 +118,9 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
             try:
                 policy.make_selector(policy.config.dense_layers)
             except (TypeError, ValueError) as exc:
+                cause = exc.__cause__ if isinstance(exc, ConfigError) and exc.__cause__ else exc
                 raise ConfigError(f"--policy-options for {spec.name!r} do not fit the {spec.selector!r} "
-                                  f"selector: {message_of(exc)}") from None
+                                  f"selector: {message_of(cause)}") from None
         check_tier_stack(policy)
         if context is not None:  # NOTE: after the options check: it builds a selector too
             check_capacities(policy, batch=args.batch_size, context=context,
