@@ -106,5 +106,6 @@ def test_a_bad_option_value_is_a_config_error_naming_option_and_value_not_an_att
     policy = compose_policy(selector="icecache", options={"selector": {"rank_by": "x"}})
     with pytest.raises(ConfigError) as info:
         policy.make_selector(policy.config.dense_layers)
-    assert str(info.value) == "options of selector 'icecache': 'rank_by' must be in ('density', 'mass') (got 'x')"
+    assert str(info.value) == ("options of selector 'icecache': 'rank_by' must be in ('density', 'mass') "
+                               "(got 'x')")
     assert "Attribute(" not in str(info.value)

@@ -201,7 +201,8 @@ def test_tier_options_and_plugin_tiers_reach_the_store_the_cache_builds(model_an
     base = _cache(model, "icecache", 128)
     plain = run(base)
     base.close()
-    cache = _cache(model, "icecache", 128, tiers={"device": {"eviction": "lfu"}, "host": {"pin_memory": False}})
+    options = {"device": {"eviction": "lfu"}, "host": {"pin_memory": False}}
+    cache = _cache(model, "icecache", 128, tiers=options)
     assert run(cache) == plain  # the device tier's eviction order does not change what is attended
     assert cache.store.cache.stats().details["eviction"] == "lfu"
     assert cache.store.backing[0].pin_memory is False
