@@ -66,7 +66,14 @@ def message_of(exc: BaseException) -> str:
 
 
 def from_attrs_validator(exc: BaseException) -> bool:
-    """Whether ``exc`` came from an attrs validator (``args`` = message, the ``Attribute``, ...)."""
+    """Whether ``exc`` came from an attrs validator: ``args`` = (message, the ``Attribute``, ...)
+    (``instance_of``, ``in_``), or raised inside ``attr.validators`` (``ge``, ``le``...)."""
+    import attr.validators
     import attrs
 
-    return len(exc.args) > 1 and isinstance(exc.args[0], str) and isinstance(exc.args[1], attrs.Attribute)
+    if len(exc.args) > 1 and isinstance(exc.args[0], str) and isinstance(exc.args[1], attrs.Attribute):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename == attr.validators.__file__

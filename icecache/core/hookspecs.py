@@ -71,6 +71,16 @@ def icecache_register_evictions(register):
 
 
 @hookspec
+def icecache_register_budgets(register):
+    """Register budget policies (how the token budget is spread over sparse layers and KV heads).
+
+    ``register(name, factory, description="")`` where ``factory(config: CacheConfig, **options)``
+    returns an :class:`icecache.budgets.base.BudgetPolicy`; ``compose_policy(budget_policy=name)``
+    builds it once and checks it against the model's layers.
+    """
+
+
+@hookspec
 def icecache_register_kernels(register):
     """Register kernel backends.
 

@@ -24,6 +24,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "icecache.index.plugin",
     "icecache.storage.plugin",
     "icecache.kernels.plugin",
+    "icecache.budgets.plugin",
 )
 
 

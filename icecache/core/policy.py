@@ -39,6 +39,16 @@ class CachePolicy:
     options: dict[str, dict[str, Any]] = field(factory=dict)
     registry: Registry = field(eq=False, repr=False)
     plugin_manager: pluggy.PluginManager = field(eq=False, repr=False)
+    #: the budget policy's name, and the policy itself (built and checked once by compose_policy)
+    budget_policy: str = "uniform"
+    budgets: Any = field(default=None, eq=False, repr=False)
+
+    def layer_config(self, layer_idx: int) -> CacheConfig:
+        """The config of one layer's selector: ``config`` with that layer's budget under the budget
+        policy (``config`` itself under ``uniform``)."""
+        if self.budgets is None or self.budgets.uniform or self.config.geometry is None:
+            return self.config
+        return self.budgets.layer_config(layer_idx, self.config.geometry.num_layers)
 
     @property
     def hook(self) -> Any:
@@ -49,8 +59,9 @@ class CachePolicy:
         """A new selector for one layer; the first ``config.dense_layers`` layers get ``full``."""
         name = "full" if layer_idx < self.config.dense_layers else self.selector
         options = self.options.get("selector", {}) if name == self.selector else {}
+        config = self.layer_config(layer_idx) if name == self.selector else self.config
         with _option_errors(f"selector {name!r}"):
-            return self.registry.create("selector", name, self.config, layer_idx=layer_idx, policy=self,
+            return self.registry.create("selector", name, config, layer_idx=layer_idx, policy=self,
                                         **options)
 
     def make_index(self) -> Any:
@@ -82,7 +93,8 @@ class CachePolicy:
         return {"selector": self.selector, "index": self.index, "clusterer": self.clusterer,
                 "tiers": list(self.tiers), "kernel": self.kernel, "budget": self.config.budget,
                 "page_size": self.config.page_size, "sink_tokens": self.config.sink_tokens,
-                "window_tokens": self.config.window_tokens, "dense_layers": self.config.dense_layers}
+                "window_tokens": self.config.window_tokens, "dense_layers": self.config.dense_layers,
+                "budget_policy": self.budget_policy}
 
 
 @contextlib.contextmanager
@@ -107,9 +119,12 @@ def compose_policy(
     kernel: str = "auto",
     options: dict[str, dict[str, Any]] | None = None,
     plugin_manager: pluggy.PluginManager | None = None,
+    budget_policy: str = "uniform",
 ) -> CachePolicy:
     """Compose a policy by component names; an unknown name raises
-    :class:`~icecache.core.errors.UnknownComponentError` listing the available ones."""
+    :class:`~icecache.core.errors.UnknownComponentError` listing the available ones. ``budget_policy``
+    (``options["budget"]`` its options) spreads the budget over layers and heads; it is built and
+    checked against ``config.geometry``'s layers here (:class:`BudgetError` names a bad value)."""
     pm = plugin_manager or get_plugin_manager()
     registry = build_registry(pm)
     registry.get("selector", selector)
@@ -128,12 +143,20 @@ def compose_policy(
     config = config or CacheConfig()
     options = dict(options or {})
     _check_options(options, tiers, registry, config)
+    with _option_errors(f"budget policy {budget_policy!r}"):
+        budgets = registry.create("budget", budget_policy, config, **options.get("budget", {}))
+    if not budgets.uniform:
+        if config.geometry is None:
+            raise ConfigError(f"budget policy {budget_policy!r} needs the model's layers: give "
+                              "CacheConfig.geometry (CacheConfig.from_model_config does)")
+        budgets.check(config.geometry.num_layers)
     return CachePolicy(config=config, selector=selector, index=index, clusterer=clusterer, tiers=tiers,
-                       kernel=kernel, options=options, registry=registry, plugin_manager=pm)
+                       kernel=kernel, options=options, registry=registry, plugin_manager=pm,
+                       budget_policy=budget_policy, budgets=budgets)
 
 
 #: keys of ``options`` that are not tier names
-OPTION_KINDS: tuple[str, ...] = ("selector", "index", "clusterer", "kernel")
+OPTION_KINDS: tuple[str, ...] = ("selector", "index", "clusterer", "kernel", "budget")
 
 
 def _check_options(options: dict[str, Any], tiers: tuple[str, ...], registry: Registry,

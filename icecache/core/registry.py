@@ -16,6 +16,7 @@ KINDS: dict[str, str] = {
     "index": "icecache_register_indexes",
     "tier": "icecache_register_tiers",
     "eviction": "icecache_register_evictions",
+    "budget": "icecache_register_budgets",
     "kernel": "icecache_register_kernels",
 }
 

@@ -107,11 +107,14 @@ def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", si
                  window_tokens: int | None = None, tiers: TierConfig | None = None,
                  options: dict[str, dict[str, Any]] | None = None, page_dtype: Any = None,
                  tier_names: tuple[str, ...] | None = None,
-                 tier_options: dict[str, dict[str, Any]] | None = None) -> CachePolicy:
+                 tier_options: dict[str, dict[str, Any]] | None = None, budget_policy: str | None = None,
+                 budget_options: dict[str, Any] | None = None) -> CachePolicy:
     """The :class:`CachePolicy` of ``spec`` for a model (geometry read from its config). The stack is
     ``tier_names`` (``--tiers``), else device, host and, with a disk directory in ``tiers``, disk;
-    ``tier_options`` (``--tier-options``) maps tier names to their options. Budget errors (e.g. below
-    ``sink + window``) raise :class:`ConfigError` naming the values."""
+    ``tier_options`` (``--tier-options``) maps tier names to their options; ``budget_policy`` and
+    ``budget_options`` (``--budget-policy``, ``--budget-options``) spread the budget over layers and
+    heads (``full`` ignores them). Budget errors (e.g. below ``sink + window``) raise
+    :class:`ConfigError` naming the values."""
     overrides: dict[str, Any] = {"device": device, "page_dtype": page_dtype}
     if sink_tokens is not None:
         overrides["sink_tokens"] = sink_tokens
@@ -132,7 +135,13 @@ def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", si
             raise ConfigError(f"--tier-options names tier {name!r}, which is not in the stack {list(stack)} "
                               "(set it with --tiers)")
         options[name] = {**options.get(name, {}), **opts}
-    return compose_policy(selector=spec.selector, config=config, options=options, tiers=stack)
+    budget_policy = budget_policy or "uniform"
+    if spec.selector == "full":
+        budget_policy, budget_options = "uniform", None
+    if budget_options:
+        options["budget"] = dict(budget_options)
+    return compose_policy(selector=spec.selector, config=config, options=options, tiers=stack,
+                          budget_policy=budget_policy)
 
 
 def check_tier_stack(policy: CachePolicy) -> None:
@@ -175,10 +184,13 @@ def check_capacities(policy: CachePolicy, *, batch: int, context: int, num_layer
     rows = batch * (geo.num_kv_heads if geo is not None else 1)
     S = policy.make_selector(config.dense_layers).page_size
     if tiers.device_pages is not None:
-        need = rows * -(-config.selected_budget // S)
+        sparse_layers = range(config.dense_layers, num_layers)
+        selected = max((policy.layer_config(i).selected_budget for i in sparse_layers),
+                       default=config.selected_budget)
+        need = rows * -(-selected // S)
         if tiers.device_pages < need:
             raise ConfigError(f"--device-pages {tiers.device_pages} cannot hold one layer's selection for "
-                              f"{spec_label(policy)}: {rows} rows x {config.selected_budget} selected tokens "
+                              f"{spec_label(policy)}: {rows} rows x {selected} selected tokens "
                               f"in pages of {S} need at least {need}")
     if tiers.host_pages is not None and tiers.disk_dir is None:
         sparse = max(0, num_layers - config.dense_layers)

@@ -53,6 +53,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eviction", default=None,
                         help="eviction policy of every tier without its own: lru (default), fifo, lfu, mru "
                              "or a plugin's")
+    parser.add_argument("--budget-policy", default=None,
+                        help="how the budget is spread over layers and KV heads: uniform (default), pyramid "
+                             "(PyramidKV), adakv (Ada-KV), per-layer, or a plugin's")
+    parser.add_argument("--budget-options", type=_budget_options, default=None,
+                        help="JSON object (or file): the budget policy's options, e.g. '{\"taper\": 0.3}'")
     parser.add_argument("--page-dtype", default=None,
                         help="float32, float16 or bfloat16: the dtype pages are stored in (default: the "
                              "model's KV dtype)")
@@ -67,6 +72,11 @@ def _tier_names(text: str) -> tuple[str, ...]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"--tiers must be comma-separated tier names, got {text!r}")
     return names
+
+
+def _budget_options(text: str) -> dict[str, Any]:
+    return options_argument(f'{{"budget": {text}}}' if text.lstrip().startswith("{") else text,
+                            "--budget-options").get("budget", {})
 
 
 @frozen(kw_only=True)
@@ -111,7 +121,9 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
                        **({} if eviction is None else {"eviction": eviction}))
     kwargs = {"sink_tokens": args.sink, "window_tokens": args.window, "tiers": tiers,
               "page_dtype": getattr(args, "page_dtype", None), "tier_names": getattr(args, "tiers", None),
-              "tier_options": getattr(args, "tier_options", None)}
+              "tier_options": getattr(args, "tier_options", None),
+              "budget_policy": getattr(args, "budget_policy", None),
+              "budget_options": getattr(args, "budget_options", None)}
     for spec in specs:  # NOTE: builds each CacheConfig now, so a budget below sink + window fails early
         policy = build_policy(spec, model_config, device=device, **kwargs)
         if spec.options:  # and one selector, so options that do not fit fail before any work

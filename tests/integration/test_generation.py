@@ -218,3 +218,33 @@ def test_tier_options_and_plugin_tiers_reach_the_store_the_cache_builds(model_an
     assert isinstance(cache.store.backing[0], BF16HostTier)
     assert cache.store.stats().moves["load"]["pages"] > 0 and len(out) == len(plain)
     cache.close()
+
+
+class _Ledgers:
+    def __init__(self):
+        self.seen = {}
+
+    @hookimpl
+    def icecache_selection_made(self, layer_idx, selection):
+        ledger = selection.ledger
+        assert bool((ledger.total <= ledger.row_budget).all())
+        self.seen.setdefault(layer_idx, set()).add(ledger.budget)
+
+
+@pytest.mark.parametrize("selector", ["quest", "icecache"])
+def test_a_pyramid_budget_decodes_with_each_layer_within_its_own_budget(model_and_tokenizer, snapshot,
+                                                                         selector):
+    model, _ = model_and_tokenizer
+    recorder = _Ledgers()
+    config = CacheConfig.from_model_config(model.config, budget=128)
+    policy = compose_policy(selector=selector, config=config, budget_policy="pyramid",
+                            plugin_manager=get_plugin_manager(extra=(recorder,)))
+    cache = IceCache.from_snapshot(snapshot, policy)
+    out = decode(model, cache, snapshot, 3)
+    assert len(out) == len(snapshot.keys[0]) and all(len(row) == 3 for row in out)
+    n = model.config.num_hidden_layers
+    want = {i: {policy.budgets.layer_budget(i, n)} for i in range(config.dense_layers, n)}
+    assert recorder.seen == want  # each layer's ledger carries its own budget
+    first, last = want[config.dense_layers].pop(), want[n - 1].pop()
+    assert first > 128 > last
+    cache.close()

@@ -63,7 +63,16 @@ class IceCache(Cache):
             return config.tiers.device_pages
         sparse = max(1, len(self.layers) - config.dense_layers)
         rows = batch * kv_heads
-        per_layer = -(-config.selected_budget // (page_size or config.page_size))
+        S = page_size or config.page_size
+        budgets = getattr(self.policy, "budgets", None)
+        if budgets is not None and not budgets.uniform:
+            # NOTE: a budget policy: each layer's mean selected share, a page more per row for the split
+            # over heads; one layer's worst case is its rows' whole share at one token per page
+            floor = config.sink_tokens + config.window_tokens
+            shares = [budgets.layer_budget(i, len(self.layers)) - floor
+                      for i in range(config.dense_layers, len(self.layers))] or [config.selected_budget]
+            return max(rows * sum(-(-s // S) + 1 for s in shares), rows * max(shares), 1)
+        per_layer = -(-config.selected_budget // S)
         return max(sparse * rows * per_layer, rows * config.selected_budget, 1)
 
     def make_sparse(self, layer_idx: int, shape: tuple[int, ...], dtype: torch.dtype, *,
@@ -117,7 +126,8 @@ class IceCache(Cache):
     @classmethod
     def for_model(cls, model: Any, selector: str = "icecache", budget: int = 256, *,
                   options: dict[str, dict[str, Any]] | None = None, timing: bool = True,
-                  tiers: Any = None, tier_names: tuple[str, ...] | None = None, **config: Any) -> IceCache:
+                  tiers: Any = None, tier_names: tuple[str, ...] | None = None,
+                  budget_policy: str = "uniform", **config: Any) -> IceCache:
         """A cache for ``model`` (its geometry read from ``model.config``), composing ``selector`` at
         ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields.
 
@@ -125,7 +135,9 @@ class IceCache(Cache):
         dict of names to their options in order (``{"device": {"eviction": "lfu"}, "host": {}}``), or a
         :class:`TierConfig` (capacities, disk directory, eviction; the stack is then the default:
         device and host, and disk when it names a disk directory). ``tier_names`` is the older
-        spelling of a list of names. Tier options may also come in ``options[tier name]``."""
+        spelling of a list of names. Tier options may also come in ``options[tier name]``.
+        ``budget_policy`` spreads ``budget`` over layers and KV heads (``options["budget"]``: its
+        options; see :mod:`icecache.budgets`)."""
         from icecache.core.config import TierConfig
 
         names, options = tier_names, dict(options or {})
@@ -142,7 +154,7 @@ class IceCache(Cache):
             names = tuple(tiers)
         config.setdefault("device", model.device)
         cfg = CacheConfig.from_model_config(model.config, budget=budget, **config)
-        policy = compose_policy(selector=selector, config=cfg, options=options,
+        policy = compose_policy(selector=selector, config=cfg, options=options, budget_policy=budget_policy,
                                 tiers=names if names is not None else default_tier_stack(cfg.tiers))
         return cls(policy, model.config.num_hidden_layers, timing=timing)
 
