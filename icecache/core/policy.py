@@ -146,6 +146,11 @@ def compose_policy(
     with _option_errors(f"budget policy {budget_policy!r}"):
         budgets = registry.create("budget", budget_policy, config, **options.get("budget", {}))
     if not budgets.uniform:
+        if selector == "icecache-reuse":
+            # NOTE: its layers reuse their leader's selection, which carries the leader's budget
+            raise ConfigError(f"budget policy {budget_policy!r} gives layers their own budgets; "
+                              "icecache-reuse layers attend their leader layer's selection: use the uniform "
+                              "policy with it")
         if config.geometry is None:
             raise ConfigError(f"budget policy {budget_policy!r} needs the model's layers: give "
                               "CacheConfig.geometry (CacheConfig.from_model_config does)")

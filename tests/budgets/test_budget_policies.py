@@ -139,3 +139,8 @@ def test_explicit_head_budgets_reach_each_row_and_the_ledger():
 def test_a_non_uniform_policy_needs_the_models_layers():
     with pytest.raises(ConfigError, match="needs the model's layers"):
         compose_policy(selector="quest", config=CacheConfig(), budget_policy="pyramid")
+
+
+def test_icecache_reuse_refuses_a_non_uniform_budget_policy():
+    with pytest.raises(ConfigError, match="icecache-reuse layers attend their leader layer's selection"):
+        compose_policy(selector="icecache-reuse", config=_geo_config(), budget_policy="pyramid")
