@@ -4,8 +4,9 @@ The store reads such a tier's tensor directly in two places, each only where tha
 the tier's own methods would do:
 
 * :meth:`MemoryTier.raw_records` (key and token reads, UVA loads): the tensor, when the class keeps
-  the base class's ``read`` and memory (:data:`RAW_METHODS`) and the tensor holds records in
-  ``spec.dtype``; else ``None`` and the store calls ``prepare_load`` / ``read``.
+  the base class's ``read`` and memory (:data:`RAW_METHODS`: the tensor is then the one the base
+  ``resize_storage`` made, records in ``spec.dtype``); else ``None`` and the store calls
+  ``prepare_load`` / ``read``.
 * :meth:`MemoryTier.fused_moves` (the fused load, :mod:`icecache.storage.fused_load`): when, in
   addition, the class overrides none of the protocol methods the fused load re-implements
   (:data:`FUSED_METHODS`). The eviction order is not among them: the fused load calls the tier's
@@ -30,15 +31,19 @@ FUSED_METHODS: tuple[str, ...] = (
     "complete_store", "touch", "victims", "evictable", "evictable_slots", "free", "evict", "ready_slots",
     "make_room", "admit", "stamp", "_release", "_take_slots", "_lookup_slots", "_present_slots",
 )
-_PLAIN: dict[tuple[type, tuple[str, ...]], bool] = {}
+_FLAGS: dict[type, tuple[bool, bool]] = {}
 
 
-def _keeps(cls: type, names: tuple[str, ...]) -> bool:
-    """Whether ``cls`` inherits every method in ``names`` from :class:`MemoryTier` unchanged."""
-    key = (cls, names)
-    if key not in _PLAIN:
-        _PLAIN[key] = all(getattr(cls, n, None) is getattr(MemoryTier, n) for n in names)
-    return _PLAIN[key]
+def _flags(cls: type) -> tuple[bool, bool]:
+    """``(keeps RAW_METHODS, keeps FUSED_METHODS)``: whether ``cls`` inherits them from
+    :class:`MemoryTier` unchanged (computed once per class; the load path asks every call)."""
+    flags = _FLAGS.get(cls)
+    if flags is None:
+        def keeps(names: tuple[str, ...]) -> bool:
+            return all(getattr(cls, n, None) is getattr(MemoryTier, n) for n in names)
+
+        flags = _FLAGS[cls] = (keeps(RAW_METHODS), keeps(FUSED_METHODS))
+    return flags
 
 
 @define(eq=False, on_setattr=setters.NO_OP)
@@ -61,19 +66,16 @@ class MemoryTier(SlotTier):
 
     def raw_records(self) -> Tensor | None:
         """All slots ``[num_slots, 2, S, D]`` when they are exactly what ``read`` returns (the class keeps
-        :data:`RAW_METHODS` and the tensor is in ``spec.dtype``), else ``None``: the store may then gather
-        from it in place of ``prepare_load`` / ``read`` / ``complete_load``."""
-        data = self._data
-        if data is None or not _keeps(type(self), RAW_METHODS) or data.dtype != self.spec.dtype \
-                or tuple(data.shape[1:]) != self.spec.record_shape:
-            return None
-        return data
+        :data:`RAW_METHODS`, so the tensor is the one its ``resize_storage`` made: records in
+        ``spec.dtype``), else ``None``: the store may then gather from it in place of ``prepare_load`` /
+        ``read`` / ``complete_load``."""
+        return self._data if _flags(type(self))[0] else None
 
     def fused_moves(self) -> bool:
         """Whether the store's fused load may do this tier's bookkeeping and moves itself: the class
         overrides none of :data:`FUSED_METHODS` (checked once per class) and :meth:`raw_records` is
         the tensor. A subclass can refuse it outright by overriding this to return ``False``."""
-        return _keeps(type(self), FUSED_METHODS) and self.raw_records() is not None
+        return _flags(type(self))[1] and self._data is not None
 
     def resize_storage(self, num_slots: int) -> None:
         new = self.spec.empty(num_slots, device=self._device, pin_memory=bool(self.pin_memory))
