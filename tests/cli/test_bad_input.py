@@ -64,6 +64,12 @@ def _fails(argv, message, capsys):
      "argument 'bogus'"),
     (["--tier-options", '{"device": {"capacity": "3"}}'],
      "tier 'device': capacity must be a positive number of pages or null, got '3'"),
+    (["--budget-policy", "nope"],
+     "unknown budget 'nope'; available budgets: adakv, per-layer, pyramid, uniform"),
+    (["--budget-policy", "pyramid", "--budget-options", '{"taper": 2}'],
+     "taper must be a number in [0, 1), got 2"),
+    (["--budget-policy", "per-layer", "--budget-options", '{"budgets": [999]}'],
+     "per-layer budgets lists 1 budgets for 28 sparse layers (layers 2..29): [999]"),
     (["--policy-options", '{"icecache": {"rank_by": "x"}}'],
      "do not fit the 'icecache' selector: 'rank_by' must be in ('density', 'mass') (got 'x')"),
 ])
