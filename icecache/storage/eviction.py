@@ -131,8 +131,10 @@ class MRU(EvictionPolicy):
 
 @define(eq=False, on_setattr=setters.NO_OP)
 class LFU(EvictionPolicy):
-    """Fewest touches first (counted since the page entered the tier; a rewrite keeps the count), least
-    recently used among equal counts. See https://en.wikipedia.org/wiki/Least_frequently_used."""
+    """Fewest touches first, least recently used among equal counts.
+
+    Touches are counted since the page entered the tier; a rewrite keeps the count. See
+    https://en.wikipedia.org/wiki/Least_frequently_used."""
 
     name: ClassVar[str] = "lfu"
     uses: np.ndarray = field(init=False, factory=_empty)  # [slots]
