@@ -70,14 +70,20 @@ class BudgetPolicy:
         """The least budget a KV head may have: its sinks and window."""
         return self.config.sink_tokens + self.config.window_tokens
 
+    def layer_floor(self) -> int:
+        """The least budget a sparse layer may have: its sinks and window, at least one token, and a
+        page when there are neither (a selector refuses less: its selection could be empty)."""
+        floor = self.floor()
+        return max(floor, 1) if floor else self.config.page_size
+
     def check(self, num_layers: int) -> None:
         """Composition-time checks; :class:`BudgetError` / :class:`ConfigError` name the bad value."""
         layers = self.sparse_layers(num_layers)
         budgets = [self.layer_budget(i, num_layers) for i in layers]
         for i, b in zip(layers, budgets, strict=True):
-            if not isinstance(b, int) or isinstance(b, bool) or b < self.floor() or b < 1:
+            if not isinstance(b, int) or isinstance(b, bool) or b < self.layer_floor():
                 raise BudgetError(f"{self.name} budget policy gives layer {i} a budget of {b!r}, below "
-                                  f"sink_tokens + window_tokens = {self.floor()}")
+                                  f"{self._floor_words()}")
             try:
                 evolve(self.config, budget=b)
             except ConfigError as exc:
@@ -98,6 +104,11 @@ class BudgetPolicy:
             raise BudgetError(f"{self.name} budget policy gives the {len(budgets)} sparse layers {total} "
                               f"tokens per KV head in all, more than {len(budgets)} x budget "
                               f"{self.config.budget} = {allowed} (layer budgets {budgets})")
+
+    def _floor_words(self) -> str:
+        if self.floor():
+            return f"sink_tokens + window_tokens = {self.floor()}"
+        return f"page_size = {self.config.page_size} (no sink or window tokens)"
 
     def checked_head_budgets(self, layer_idx: int, num_layers: int, *, keys: Tensor,
                              queries: Tensor | None = None, start: Tensor | None = None) -> Tensor | None:

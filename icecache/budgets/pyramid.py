@@ -3,7 +3,8 @@
 Based on PyramidKV (Cai et al., 2024, https://arxiv.org/abs/2406.02069): attention is spread wide in
 the lower layers and concentrated in the higher ones, so the budget falls in an arithmetic
 progression from the first sparse layer to the last. Here the first sparse layer gets about
-``(1 + taper) * budget`` and the last ``(1 - taper) * budget`` (never below ``sink + window``), rounded
+``(1 + taper) * budget`` and the last ``(1 - taper) * budget`` (never below ``sink + window``, nor
+below a page without sinks and window), rounded
 so that the sparse layers' budgets sum exactly to ``budget`` times their number. PyramidKV also
 selects by the observation window's attention; here only the allocation is taken, any selector can
 use it.
@@ -37,7 +38,8 @@ class PyramidBudget(BudgetPolicy):
         """The sparse layers' budgets, first to last."""
         if num_layers not in self._cache:
             n = len(self.sparse_layers(num_layers))
-            b, floor = self.config.budget, self.floor()
+            b = self.config.budget
+            floor = min(self.layer_floor(), b)  # NOTE: a budget below it is refused by the selectors
             pos = torch.linspace(1.0, -1.0, n, dtype=torch.float64) if n > 1 else \
                 torch.zeros(n, dtype=torch.float64)
             raw = b * (1 + self.taper * pos)  # [n], mean b

@@ -163,6 +163,7 @@ def test_a_host_cap_with_a_disk_tier_holds_and_decodes_the_same_tokens(tmp_path,
 
 
 @pytest.mark.model
+@pytest.mark.slow  # NOTE: two eval runs (~30 s); the default run covers the same path via IceCache.for_model
 def test_tiers_and_tier_options_from_the_cli_reach_the_store(tmp_path, tasks_file):
     """``--tiers``, ``--tier-options`` and ``--eviction`` compose the stack the cache builds: the device
     tier's LFU order and the host's FIFO show in the results, the answers are the default run's."""

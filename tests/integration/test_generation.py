@@ -231,7 +231,7 @@ class _Ledgers:
         self.seen.setdefault(layer_idx, set()).add(ledger.budget)
 
 
-@pytest.mark.parametrize("selector", ["quest", "icecache"])
+@pytest.mark.parametrize("selector", ["quest", pytest.param("icecache", marks=pytest.mark.slow)])
 def test_a_pyramid_budget_decodes_with_each_layer_within_its_own_budget(model_and_tokenizer, snapshot,
                                                                          selector):
     model, _ = model_and_tokenizer

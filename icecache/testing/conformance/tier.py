@@ -334,6 +334,23 @@ class TierContract(RuleBasedStateMachine):
             self.pins.pop(i, None)
         self._forget(gone)
 
+    @precondition(lambda self: self.order is not None and len(set(self.ready) - self.busy) >= 2)
+    @rule(data=st.data())
+    def order_after_touch(self, data: Any) -> None:
+        """Touch one evictable page, then ask for every victim: the order must follow the policy."""
+        evictable = set(self.ready) - self.busy
+        page = data.draw(st.sampled_from(sorted(evictable)), label="touched")
+        self._call(f"touch([{page}])", self.tier.touch, _ids([page]))
+        self._stamp([page], stored=False)
+        proposed = self._call(f"victims({len(evictable)})", self.tier.victims, len(evictable)).tolist()
+        if not set(proposed) <= evictable:
+            _fail("in-flight", f"{self.name}.victims({len(evictable)}) proposed "
+                               f"{sorted(set(proposed) - evictable)}, which are in flight or absent")
+        if set(proposed) != evictable:
+            _fail("state", f"{self.name}.victims({len(evictable)}) = {proposed}, expected every evictable "
+                           f"page {sorted(evictable)}")
+        self._check_order(len(evictable), proposed, evictable)
+
     @precondition(lambda self: bool(self.ready))
     @rule(data=st.data(), count=st.integers(1, 5))
     def evict_while_loading(self, data: Any, count: int) -> None:
