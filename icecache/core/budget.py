@@ -1,8 +1,9 @@
 """The budget ledger: where each attended token of a decode step came from.
 
 One ledger per selection, with counts per (batch row, KV head). The invariant
-``sink + window + selected + extra <= budget`` is checked at construction; a selector that
-breaks it raises :class:`BudgetError` instead of silently attending more.
+``sink + window + selected + extra <= budget`` (and, under a per-head budget policy,
+``<= limit[b, h]`` for each row) is checked at construction; a selector that breaks it raises
+:class:`BudgetError` instead of silently attending more.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ class BudgetLedger:
     """Token counts per ``[B, H_kv]``: ``sink``, ``window``, ``selected`` and ``extra``.
 
     ``extra`` holds tokens attended outside the three named parts (a selector's outliers, say).
-    ``budget`` is the most tokens one KV head may attend. A dense step (layer kept dense, or the
-    ``full`` selector) sets ``dense=True`` and its budget is the context length.
+    ``budget`` is the most tokens one KV head may attend. ``limit`` (int64 ``[B, H_kv]``, each
+    ``<= budget``) is each row's own budget when a budget policy gives heads different ones
+    (:mod:`icecache.budgets`); ``None``: ``budget`` everywhere. A dense step (layer kept dense, or
+    the ``full`` selector) sets ``dense=True`` and its budget is the context length.
     """
 
     budget: int
@@ -33,6 +36,7 @@ class BudgetLedger:
     selected: Tensor = field(converter=_as_counts)
     extra: Tensor = field(converter=_as_counts, default=0)
     dense: bool = False
+    limit: Tensor | None = field(default=None, converter=lambda v: None if v is None else _as_counts(v))
 
     def __attrs_post_init__(self) -> None:
         total = self.total
@@ -46,6 +50,19 @@ class BudgetLedger:
                 f"{self.budget} (sink {int(self.sink.max())}, window {int(self.window.max())}, "
                 f"selected {int(self.selected.max())}, extra {int(self.extra.max())})"
             )
+        if self.limit is not None:
+            over = total > self.limit
+            if bool(over.any()):
+                where = torch.nonzero(over)[0].tolist()
+                raise BudgetError(
+                    f"selection attends {int(total[tuple(where)])} tokens at [batch, kv_head]={where}, over "
+                    f"that head's budget of {int(self.limit[tuple(where)])}"
+                )
+
+    @property
+    def row_budget(self) -> Tensor:
+        """Each row's budget, int64 ``[B, H_kv]`` (``limit``, else ``budget`` everywhere)."""
+        return self.limit if self.limit is not None else torch.full_like(self.total, self.budget)
 
     @property
     def total(self) -> Tensor:

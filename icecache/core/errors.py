@@ -53,3 +53,27 @@ class DiskFullError(StorageError):
 
 class ChecksumError(StorageError):
     """A page read back from disk does not match the checksum written with it."""
+
+
+def message_of(exc: BaseException) -> str:
+    """The message of ``exc`` for a user: attrs validators raise ``TypeError`` / ``ValueError`` with
+    ``(message, attribute, expected, value)``, whose ``str()`` is that raw tuple; this returns the
+    message (it names the option and the value)."""
+    args = exc.args
+    if len(args) > 1 and isinstance(args[0], str):
+        return args[0]
+    return str(exc)
+
+
+def from_attrs_validator(exc: BaseException) -> bool:
+    """Whether ``exc`` came from an attrs validator: ``args`` = (message, the ``Attribute``, ...)
+    (``instance_of``, ``in_``), or raised inside ``attr.validators`` (``ge``, ``le``...)."""
+    import attr.validators
+    import attrs
+
+    if len(exc.args) > 1 and isinstance(exc.args[0], str) and isinstance(exc.args[1], attrs.Attribute):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename == attr.validators.__file__

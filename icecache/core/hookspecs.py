@@ -61,6 +61,26 @@ def icecache_register_tiers(register):
 
 
 @hookspec
+def icecache_register_evictions(register):
+    """Register tier eviction policies (the order in which a tier gives up ready, unpinned pages).
+
+    ``register(name, factory, description="")`` where ``factory()`` returns a fresh
+    :class:`icecache.storage.eviction.EvictionPolicy` (one per tier). A tier built with
+    ``eviction=name`` (or ``TierConfig(eviction=name)``) uses it.
+    """
+
+
+@hookspec
+def icecache_register_budgets(register):
+    """Register budget policies (how the token budget is spread over sparse layers and KV heads).
+
+    ``register(name, factory, description="")`` where ``factory(config: CacheConfig, **options)``
+    returns an :class:`icecache.budgets.base.BudgetPolicy`; ``compose_policy(budget_policy=name)``
+    builds it once and checks it against the model's layers.
+    """
+
+
+@hookspec
 def icecache_register_kernels(register):
     """Register kernel backends.
 

@@ -1,7 +1,8 @@
 """A fresh plugin manager per call: no global state, nothing loaded at import time.
 
 Set ``ICECACHE_PLUGINS`` to a comma-separated list of entry-point names to load only those
-(empty string: none); unset, every installed ``icecache`` entry point loads.
+(empty string: none; a name that is not installed raises :class:`ConfigError` naming it); unset,
+every installed ``icecache`` entry point loads.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import pluggy
 
 from icecache.core import hookspecs
+from icecache.core.errors import ConfigError
 from icecache.core.registry import KINDS, Registry
 
 #: modules holding the built-in hook implementations, registered like any plugin
@@ -22,6 +24,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "icecache.index.plugin",
     "icecache.storage.plugin",
     "icecache.kernels.plugin",
+    "icecache.budgets.plugin",
 )
 
 
@@ -50,7 +53,16 @@ def get_plugin_manager(*, load_entrypoints: bool = True, builtins: bool = True,
 def _load_entrypoints(pm: pluggy.PluginManager) -> None:
     wanted = os.environ.get("ICECACHE_PLUGINS")
     allowed = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
-    for ep in entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+    installed = entry_points(group=hookspecs.ENTRY_POINT_GROUP)
+    if allowed:
+        unknown = sorted(allowed - {ep.name for ep in installed})
+        if unknown:
+            # NOTE: a misspelled name would otherwise silently run without the plugin
+            names = ", ".join(map(repr, unknown))
+            have = ", ".join(sorted(ep.name for ep in installed)) or "(none)"
+            raise ConfigError(f"ICECACHE_PLUGINS names {names}: no installed plugin has that entry-point "
+                              f"name (group {hookspecs.ENTRY_POINT_GROUP!r}); installed: {have}")
+    for ep in installed:
         if allowed is not None and ep.name not in allowed:
             continue
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):

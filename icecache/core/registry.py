@@ -15,6 +15,8 @@ KINDS: dict[str, str] = {
     "clusterer": "icecache_register_clusterers",
     "index": "icecache_register_indexes",
     "tier": "icecache_register_tiers",
+    "eviction": "icecache_register_evictions",
+    "budget": "icecache_register_budgets",
     "kernel": "icecache_register_kernels",
 }
 

@@ -105,10 +105,16 @@ tier_stack = default_tier_stack
 
 def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", sink_tokens: int | None = None,
                  window_tokens: int | None = None, tiers: TierConfig | None = None,
-                 options: dict[str, dict[str, Any]] | None = None, page_dtype: Any = None) -> CachePolicy:
-    """The :class:`CachePolicy` of ``spec`` for a model (geometry read from its config); with a disk
-    directory in ``tiers`` the stack is device, host, disk. Budget errors (e.g. below ``sink + window``)
-    raise :class:`ConfigError` naming the values."""
+                 options: dict[str, dict[str, Any]] | None = None, page_dtype: Any = None,
+                 tier_names: tuple[str, ...] | None = None,
+                 tier_options: dict[str, dict[str, Any]] | None = None, budget_policy: str | None = None,
+                 budget_options: dict[str, Any] | None = None) -> CachePolicy:
+    """The :class:`CachePolicy` of ``spec`` for a model (geometry read from its config). The stack is
+    ``tier_names`` (``--tiers``), else device, host and, with a disk directory in ``tiers``, disk;
+    ``tier_options`` (``--tier-options``) maps tier names to their options; ``budget_policy`` and
+    ``budget_options`` (``--budget-policy``, ``--budget-options``) spread the budget over layers and
+    heads (``full`` ignores them). Budget errors (e.g. below ``sink + window``) raise
+    :class:`ConfigError` naming the values."""
     overrides: dict[str, Any] = {"device": device, "page_dtype": page_dtype}
     if sink_tokens is not None:
         overrides["sink_tokens"] = sink_tokens
@@ -123,7 +129,48 @@ def build_policy(spec: PolicySpec, model_config: Any, *, device: Any = "cpu", si
     options = dict(options or {})
     if spec.options:
         options["selector"] = {**options.get("selector", {}), **spec.options}
-    return compose_policy(selector=spec.selector, config=config, options=options, tiers=tier_stack(tiers))
+    stack = tuple(tier_names) if tier_names else tier_stack(tiers)
+    for name, opts in (tier_options or {}).items():
+        if name not in stack:
+            raise ConfigError(f"--tier-options names tier {name!r}, which is not in the stack {list(stack)} "
+                              "(set it with --tiers)")
+        options[name] = {**options.get(name, {}), **opts}
+    budget_policy = budget_policy or "uniform"
+    if spec.selector == "full":
+        budget_policy, budget_options = "uniform", None
+    if budget_options:
+        options["budget"] = dict(budget_options)
+    return compose_policy(selector=spec.selector, config=config, options=options, tiers=stack,
+                          budget_policy=budget_policy)
+
+
+def check_tier_stack(policy: CachePolicy) -> None:
+    """Build each tier of ``policy`` once, small (capacities of one page), and close it: a tier option
+    that does not fit its factory, or a bad value, fails now, naming the tier, before any model loads.
+    Errors the tiers raise on purpose (:class:`~icecache.core.errors.IceCacheError`) pass through."""
+    from attrs import evolve
+
+    from icecache.core.errors import IceCacheError, message_of
+
+    small = evolve(policy.config, tiers=evolve(policy.config.tiers, device_pages=1, host_pages=1,
+                                                disk_pages=1))
+    for name in policy.tiers:
+        options = policy.tier_options(name)
+        capacity = options.get("capacity")
+        if capacity is not None and (not isinstance(capacity, int) or isinstance(capacity, bool)
+                                     or capacity < 1):
+            raise ConfigError(f"tier {name!r}: capacity must be a positive number of pages or null, got "
+                              f"{capacity!r}")
+        if "capacity" in options:
+            options["capacity"] = 1  # NOTE: a device tier allocates its capacity up front
+        try:
+            tier = policy.registry.create("tier", name, small, **options)
+        except IceCacheError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"tier {name!r} does not take these options {sorted(options)}: "
+                              f"{message_of(exc)}") from None
+        tier.close()
 
 
 def check_capacities(policy: CachePolicy, *, batch: int, context: int, num_layers: int) -> None:
@@ -137,10 +184,13 @@ def check_capacities(policy: CachePolicy, *, batch: int, context: int, num_layer
     rows = batch * (geo.num_kv_heads if geo is not None else 1)
     S = policy.make_selector(config.dense_layers).page_size
     if tiers.device_pages is not None:
-        need = rows * -(-config.selected_budget // S)
+        sparse_layers = range(config.dense_layers, num_layers)
+        selected = max((policy.layer_config(i).selected_budget for i in sparse_layers),
+                       default=config.selected_budget)
+        need = rows * -(-selected // S)
         if tiers.device_pages < need:
             raise ConfigError(f"--device-pages {tiers.device_pages} cannot hold one layer's selection for "
-                              f"{spec_label(policy)}: {rows} rows x {config.selected_budget} selected tokens "
+                              f"{spec_label(policy)}: {rows} rows x {selected} selected tokens "
                               f"in pages of {S} need at least {need}")
     if tiers.host_pages is not None and tiers.disk_dir is None:
         sparse = max(0, num_layers - config.dense_layers)

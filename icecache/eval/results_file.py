@@ -38,9 +38,16 @@ def settings_of(args: Any, prepared: Any, *, tasks: list[str] | None, context: i
         "policies": [s.label for s in prepared.specs], "policy_options": policy_options,
         "budget": args.budget, "sink": args.sink, "window": args.window,
         "device_pages": args.device_pages, "host_pages": args.host_pages, "disk": args.disk_dir is not None,
+        "tiers": _listed(getattr(args, "tiers", None)), "tier_options": getattr(args, "tier_options", None),
+        "eviction": getattr(args, "eviction", None), "budget_policy": getattr(args, "budget_policy", None),
+        "budget_options": getattr(args, "budget_options", None),
         "batch_size": args.batch_size, "seed": args.seed, "context": context, "tasks": tasks,
         "samples": samples, "tasks_file_sha256": None if tasks_file is None else file_digest(tasks_file),
     }
+
+
+def _listed(value: Any) -> list[Any] | None:
+    return None if value is None else list(value)  # NOTE: JSON reads a tuple back as a list
 
 
 def _results(data: dict[str, Any], path: Path) -> list[SampleResult]:

@@ -12,9 +12,16 @@ import torch
 from attrs import frozen
 
 from icecache.core.config import TierConfig
-from icecache.core.errors import ConfigError
+from icecache.core.errors import ConfigError, message_of
 from icecache.eval.checks import check_counts, check_disk_dir, check_dtype, check_tokens, resolve_device
-from icecache.eval.policies import PolicySpec, build_policy, check_capacities, parse_policies
+from icecache.eval.policies import (
+    PolicySpec,
+    build_policy,
+    check_capacities,
+    check_tier_stack,
+    options_argument,
+    parse_policies,
+)
 
 #: answer tokens reserved beyond the context when checking it against the model's positions
 ANSWER_RESERVE = 64
@@ -37,6 +44,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host-pages", type=int, default=None, help="host-tier capacity in pages")
     parser.add_argument("--disk-dir", default=None,
                         help="directory of the disk tier (enables it: pages beyond --host-pages spill there)")
+    parser.add_argument("--tiers", default=None, type=_tier_names,
+                        help="comma-separated storage tiers by registered name, in order, the first one the "
+                             "device cache (default device,host, plus disk with --disk-dir); "
+                             "`icecache plugins` lists them")
+    parser.add_argument("--tier-options", type=lambda t: options_argument(t, "--tier-options"), default=None,
+                        help="JSON object (or file): tier name -> its options, e.g. "
+                             "'{\"device\": {\"eviction\": \"lfu\"}, \"host\": {\"pin_memory\": false}}'")
+    parser.add_argument("--eviction", default=None,
+                        help="eviction policy of every tier without its own: lru (default), fifo, lfu, mru "
+                             "or a plugin's")
+    parser.add_argument("--budget-policy", default=None,
+                        help="how the budget is spread over layers and KV heads: uniform (default), pyramid "
+                             "(PyramidKV), adakv (Ada-KV), per-layer, or a plugin's")
+    parser.add_argument("--budget-options", type=_budget_options, default=None,
+                        help="JSON object (or file): the budget policy's options, e.g. '{\"taper\": 0.3}'")
     parser.add_argument("--page-dtype", default=None,
                         help="float32, float16 or bfloat16: the dtype pages are stored in (default: the "
                              "model's KV dtype)")
@@ -44,6 +66,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default 1: decode runs small ops, where more threads "
                              "mostly add synchronization, and shared machines oversubscribe)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _tier_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"--tiers must be comma-separated tier names, got {text!r}")
+    return names
+
+
+def _budget_options(text: str) -> dict[str, Any]:
+    return options_argument(f'{{"budget": {text}}}' if text.lstrip().startswith("{") else text,
+                            "--budget-options").get("budget", {})
 
 
 @frozen(kw_only=True)
@@ -83,17 +117,24 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
             raise ConfigError(
                 f"--context {context} is longer than the model allows: it has {positions} positions and "
                 f"{ANSWER_RESERVE} are kept for the answer (at most {positions - ANSWER_RESERVE})")
-    tiers = TierConfig(device_pages=args.device_pages, host_pages=args.host_pages, disk_dir=args.disk_dir)
+    eviction = getattr(args, "eviction", None)
+    tiers = TierConfig(device_pages=args.device_pages, host_pages=args.host_pages, disk_dir=args.disk_dir,
+                       **({} if eviction is None else {"eviction": eviction}))
     kwargs = {"sink_tokens": args.sink, "window_tokens": args.window, "tiers": tiers,
-              "page_dtype": getattr(args, "page_dtype", None)}
+              "page_dtype": getattr(args, "page_dtype", None), "tier_names": getattr(args, "tiers", None),
+              "tier_options": getattr(args, "tier_options", None),
+              "budget_policy": getattr(args, "budget_policy", None),
+              "budget_options": getattr(args, "budget_options", None)}
     for spec in specs:  # NOTE: builds each CacheConfig now, so a budget below sink + window fails early
         policy = build_policy(spec, model_config, device=device, **kwargs)
         if spec.options:  # and one selector, so options that do not fit fail before any work
             try:
                 policy.make_selector(policy.config.dense_layers)
             except (TypeError, ValueError) as exc:
+                cause = exc.__cause__ if isinstance(exc, ConfigError) and exc.__cause__ else exc
                 raise ConfigError(f"--policy-options for {spec.name!r} do not fit the {spec.selector!r} "
-                                  f"selector: {exc}") from None
+                                  f"selector: {message_of(cause)}") from None
+        check_tier_stack(policy)
         if context is not None:  # NOTE: after the options check: it builds a selector too
             check_capacities(policy, batch=args.batch_size, context=context,
                              num_layers=model_config.num_hidden_layers)

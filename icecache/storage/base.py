@@ -22,6 +22,10 @@ A page moves through states ``absent -> storing -> ready -> (loading) -> absent`
 
 Pages in flight (prepared, not completed) are never evicted or freed. A tier does not move data
 between tiers; :class:`icecache.storage.store.TieredStore` does, with these calls.
+
+To write a tier, subclass :class:`icecache.storage.slots.SlotTier` (all of the bookkeeping; provide
+memory through its public hooks) or :class:`icecache.storage.memory.MemoryTier` (memory in one tensor);
+see ``docs/storage.md``, "Writing a tier".
 """
 
 from __future__ import annotations

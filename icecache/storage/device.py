@@ -41,10 +41,10 @@ class DeviceTier(MemoryTier):
     def is_cpu_standin(self) -> bool:
         return self.device.type == "cpu"
 
-    def _memory(self) -> str:
+    def memory_kind(self) -> str:
         return "cpu-standin" if self.is_cpu_standin else self.device.type
 
-    def _details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
         return {"device": str(self.device), "cpu_standin": self.is_cpu_standin}
 
     @classmethod

@@ -121,14 +121,14 @@ class DiskTier(SlotTier):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def _memory(self) -> str:
+    def memory_kind(self) -> str:
         return "file"
 
-    def _details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
         return {"directory": str(self.directory), "path": str(self.path), "checksum": self.checksum,
                 "file_bytes": self._file_slots * self.spec.page_nbytes}
 
-    def _resize_storage(self, num_slots: int) -> None:
+    def resize_storage(self, num_slots: int) -> None:
         # NOTE: bookkeeping only; file bytes are reserved in _take_slots for the slots actually taken.
         self._sums = np.concatenate([self._sums, np.zeros(num_slots - self._sums.size, dtype=np.uint64)])
 

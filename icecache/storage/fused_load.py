@@ -2,10 +2,14 @@
 
 ``TieredStore.load`` through the two-phase tier protocol makes ~140 small calls per load (~0.2 ms on a
 CPU core) while the bytes of 256 pages move in ~0.05-0.1 ms. When the device tier and the source tier
-are built-in memory tiers (:class:`~icecache.storage.memory.MemoryTier`) this path does the same state
-changes directly: look up, make room (LRU, never a requested page), admit, move, stamp. Anything else
-(pages on disk, pages split across source tiers, too little room) returns ``None`` before changing
-anything, and the store takes the general path, which also raises the errors.
+are memory tiers whose bookkeeping is the base class's own
+(:meth:`~icecache.storage.memory.MemoryTier.fused_moves`: a subclass that overrides ``touch``,
+``read``, ``victims``... is excluded, so this path is provably what the protocol calls would do) this
+path does the same state changes directly: look up, make room (in the tier's eviction order, never a
+requested page), admit, move, touch, through the same
+:class:`~icecache.storage.eviction.EvictionPolicy` hooks. Anything else (pages on disk, pages split
+across source tiers, too little room, a third-party or overriding tier) returns ``None`` before
+changing anything, and the store takes the general path, which also raises the errors.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
 def fused_load(store: TieredStore, ids: np.ndarray, *, pin: bool) -> np.ndarray | None:
     """Device slots of ``ids`` (distinct, checked, written), or ``None`` for the general path."""
     cache = store.cache
-    if not isinstance(cache, MemoryTier):
+    if not isinstance(cache, MemoryTier) or not cache.fused_moves():
         return None
     slots = cache.ready_slots(ids)
     miss = slots < 0
@@ -63,6 +67,8 @@ def _source(store: TieredStore, missing: np.ndarray) -> tuple[MemoryTier, np.nda
     for tier in store.backing:
         if not isinstance(tier, MemoryTier) or not (tier.device.type == "cpu" or store._uva_source(tier)):
             continue
+        if not tier.fused_moves():
+            return None  # NOTE: it may hold some of the pages: the protocol path reads them properly
         slots = tier.ready_slots(missing)
         held = slots >= 0
         if np_all(held):

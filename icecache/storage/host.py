@@ -33,10 +33,10 @@ class HostTier(MemoryTier):
             raise ConfigError("pin_memory=True needs CUDA, which is not available")
         self._ensure_slots(INITIAL_SLOTS if self.capacity is None else min(self.capacity, INITIAL_SLOTS))
 
-    def _memory(self) -> str:
+    def memory_kind(self) -> str:
         return "pinned" if self.pin_memory else "pageable"
 
-    def _details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
         return {"pinned": self.pin_memory}
 
     @classmethod

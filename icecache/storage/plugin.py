@@ -30,10 +30,18 @@ def disk_tier(config: CacheConfig, **options: Any) -> Any:
 def icecache_register_tiers(register):
     register("device", device_tier,
              description="page pool attention reads: CUDA memory, or a CPU tensor standing in without CUDA; "
-                         "capacity config.tiers.device_pages, LRU eviction")
+                         "capacity config.tiers.device_pages, eviction config.tiers.eviction (lru)")
     register("host", host_tier,
              description="CPU memory, pinned when CUDA is available (pageable otherwise); "
                          "capacity config.tiers.host_pages")
     register("disk", disk_tier,
              description="memory-mapped file under config.tiers.disk_dir with a checksum per page; "
                          "capacity config.tiers.disk_pages")
+
+
+@hookimpl
+def icecache_register_evictions(register):
+    from icecache.storage.eviction import BUILTIN_EVICTIONS
+
+    for name, cls in BUILTIN_EVICTIONS.items():
+        register(name, cls, description=(cls.__doc__ or "").strip().splitlines()[0])

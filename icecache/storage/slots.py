@@ -6,8 +6,14 @@ number of pages. NOTE: numpy, not torch, because these arrays are small and inde
 move: a numpy fancy index costs ~0.3 us where a torch one costs ~3-5 us, and that overhead is what
 separates a bulk move of 256 pages from a plain memcpy of the same bytes.
 
-Subclasses provide the memory (``_resize_storage``, ``read``, ``write``, ``view``, ``device``,
-``_memory``).
+This is the documented base class of a tier (``docs/storage.md``, "Writing a tier"). A subclass
+provides the memory through public hooks: :meth:`SlotTier.resize_storage`, ``read``, ``write``,
+``view``, ``device``, :meth:`SlotTier.memory_kind` (and optionally :meth:`SlotTier.details`,
+``close``); the eviction order is a pluggable :class:`~icecache.storage.eviction.EvictionPolicy`
+(``eviction=``). A subclass that needs the bookkeeping reads it through public methods
+(:meth:`SlotTier.checked_ids`, :meth:`SlotTier.present_slots`, :meth:`SlotTier.page_at`,
+:meth:`SlotTier.state_at`, :meth:`SlotTier.pins_at`, :meth:`SlotTier.evictable_slots`); the
+arrays behind them are private.
 """
 
 from __future__ import annotations
@@ -16,27 +22,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from attrs import define, field, setters
+from attrs import Factory, define, field, setters
 from torch import Tensor
 
-from icecache.core.errors import ConfigError, PageError, StorageError
+from icecache.core.errors import PageError, StorageError
 from icecache.core.validators import optional_positive
 from icecache.storage.base import TierStats
+from icecache.storage.eviction import BUILTIN_EVICTIONS, EvictionPolicy, make_eviction
 from icecache.storage.layout import PageSpec, as_page_ids, np_all, np_any, np_max, np_min
 
+#: slot states (:meth:`SlotTier.state_at`): a free slot, a page being stored, a ready page
 FREE, STORING, READY = 0, 1, 2
 #: NOTE: an unbounded tier grows by an eighth (doubling left up to half of the host tier unused: the
 #: largest waste after page padding); reserve() sizes it once when the need is known
 GROWTH = 8
-#: eviction orders: ``lru`` re-stamps a page on every touch, ``fifo`` only when it is stored
-EVICTION_POLICIES = ("lru", "fifo")
+#: the built-in eviction orders (:mod:`icecache.storage.eviction`; plugins register more)
+EVICTION_POLICIES = tuple(BUILTIN_EVICTIONS)
 #: slots allocated first by a tier that grows (unbounded, or lazily up to its capacity)
 INITIAL_SLOTS = 64
-
-
-def _eviction(instance: Any, attribute: Any, value: str) -> None:
-    if value not in EVICTION_POLICIES:
-        raise ConfigError(f"eviction must be one of {list(EVICTION_POLICIES)}, got {value!r}")
 
 
 def _empty(dtype: Any) -> Any:
@@ -68,26 +71,63 @@ class SlotTier:
     name: str
     spec: PageSpec
     capacity: int | None = field(default=None, validator=optional_positive)
-    eviction: str = field(default="lru", validator=_eviction)
+    #: a registered eviction policy name (``lru``, ``fifo``, ``lfu``, ``mru``, or a plugin's) or an
+    #: :class:`~icecache.storage.eviction.EvictionPolicy` instance
+    eviction: str | EvictionPolicy = field(default="lru")
+    #: the tier's eviction policy object (built from ``eviction``)
+    policy: EvictionPolicy = field(init=False, default=Factory(lambda self: make_eviction(self.eviction),
+                                                               takes_self=True))
     _num_slots: int = field(init=False, default=0)
     _used: int = field(init=False, default=0)  # slots not FREE
     _page_of: np.ndarray = field(init=False, factory=_empty(np.int64))  # [slots], -1 free
     _state: np.ndarray = field(init=False, factory=_empty(np.int8))  # [slots]
     _pins: np.ndarray = field(init=False, factory=_empty(np.int32))  # [slots]
-    _stamp: np.ndarray = field(init=False, factory=_empty(np.int64))  # [slots]
     _new: np.ndarray = field(init=False, factory=_empty(np.bool_))  # [slots]
     _slot_of: np.ndarray = field(init=False, factory=_empty(np.int64))  # [ids], -1 absent
-    _clock: int = field(init=False, default=0)
 
     # ----- memory, provided by subclasses -------------------------------------------------------
-    def _resize_storage(self, num_slots: int) -> None:
+    def resize_storage(self, num_slots: int) -> None:
+        """Hook: make room for ``num_slots`` slots (only ever grows; keep the bytes of slots below the
+        old count). May raise (e.g. :class:`~icecache.core.errors.DiskFullError`): the bookkeeping is
+        untouched then."""
         raise NotImplementedError
 
-    def _memory(self) -> str:
+    def memory_kind(self) -> str:
+        """Hook: what backs the tier, for :class:`~icecache.storage.base.TierStats` ``memory``
+        (``"cuda"``, ``"pinned"``, ``"pageable"``, ``"file"``, or the subclass's own word)."""
         raise NotImplementedError
 
-    def _details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
+        """Hook: extra entries of :class:`~icecache.storage.base.TierStats` ``details``."""
         return {}
+
+    # ----- bookkeeping, for subclasses -----------------------------------------------------------
+    @staticmethod
+    def checked_ids(page_ids: Tensor | np.ndarray, *, unique: bool = True) -> np.ndarray:
+        """``page_ids`` as an int64 numpy array; :class:`PageError` for a negative or (``unique``)
+        repeated id."""
+        return _ids(page_ids, unique=unique)
+
+    def present_slots(self, ids: np.ndarray) -> np.ndarray:
+        """Slot of each page in ``ids`` (numpy, from :meth:`checked_ids`); :class:`PageError` names one
+        absent (ready or being stored both count as present)."""
+        return self._present_slots(ids)
+
+    def page_at(self, slots: np.ndarray) -> np.ndarray:
+        """Page id in each slot, ``-1`` for a free slot."""
+        return self._page_of[slots]
+
+    def state_at(self, slots: np.ndarray) -> np.ndarray:
+        """State of each slot: :data:`FREE`, :data:`STORING` or :data:`READY` (int8)."""
+        return self._state[slots]
+
+    def pins_at(self, slots: np.ndarray) -> np.ndarray:
+        """Load pins held on each slot (int32)."""
+        return self._pins[slots]
+
+    def evictable_slots(self) -> np.ndarray:
+        """Slots of the pages :meth:`victims` may propose (ready, not pinned), ascending."""
+        return np.flatnonzero((self._state == READY) & (self._pins == 0))
 
     # ----- queries ----------------------------------------------------------------------------------
     @property
@@ -171,7 +211,7 @@ class SlotTier:
         if success:
             self._state[slots] = READY
             self._new[slots] = False
-            self._stamp_slots(slots)
+            self.policy.stored(slots)
             return
         # NOTE: a failed store drops new pages; a page that existed keeps its slot (callers reserve
         # everything that can fail, e.g. disk space, before writing, so it is not half-written).
@@ -192,7 +232,8 @@ class SlotTier:
         return np.where((slots >= 0) & (self._state[slots] == READY), slots, -1)
 
     def make_room(self, n: int, keep: np.ndarray) -> np.ndarray | None:
-        """Evict least recently used unpinned pages, none in slots ``keep``, until ``n`` slots are free.
+        """Evict unpinned pages in the eviction policy's order, none in slots ``keep``, until ``n`` slots
+        are free.
         Returns the evicted ids, or ``None`` with nothing changed when pins and ``keep`` leave too few."""
         free = self.free_slots
         if free is None or n <= free:
@@ -215,20 +256,19 @@ class SlotTier:
         self._page_of[slots] = ids
         self._state[slots] = READY
         self._used += ids.size
-        self._stamp_slots(slots)  # stored now (the order ``fifo`` keeps)
+        self.policy.stored(slots)  # stored now (the order ``fifo`` keeps)
         return slots
 
     def stamp(self, slots: np.ndarray, *, pin: bool = False) -> None:
         """:meth:`touch` by slot; ``pin`` also pins them (as ``prepare_load`` does)."""
-        if self.eviction == "lru":
-            self._stamp_slots(slots)
+        self.policy.touched(slots)
         if pin:
             self._pins[slots] += 1
 
     def bookkeeping_nbytes(self) -> int:
         """Bytes of the slot and page maps (host memory, whatever the tier's medium)."""
-        return sum(a.nbytes for a in (self._page_of, self._state, self._pins, self._stamp, self._new,
-                                      self._slot_of))
+        return self.policy.nbytes() + sum(a.nbytes for a in (self._page_of, self._state, self._pins,
+                                                             self._new, self._slot_of))
 
     def reserve(self, pages: int) -> None:
         """Allocate memory for ``pages`` more pages now (up to ``capacity``), so the writes that follow
@@ -238,22 +278,14 @@ class SlotTier:
 
     # ----- eviction ------------------------------------------------------------------------------
     def touch(self, page_ids: Tensor) -> None:
-        if self.eviction != "lru":
-            return
-        self._stamp_slots(self._present_slots(_ids(page_ids)))
+        self.policy.touched(self._present_slots(_ids(page_ids)))
 
     def victims(self, count: int) -> Tensor:
-        candidates = np.flatnonzero((self._state == READY) & (self._pins == 0))
+        candidates = self.evictable_slots()
         count = max(0, min(int(count), candidates.size))
         if count == 0:
             return torch.zeros(0, dtype=torch.int64)
-        stamps = self._stamp[candidates]
-        if count < candidates.size:
-            part = np.argpartition(stamps, count - 1)[:count]
-            order = part[np.argsort(stamps[part], kind="stable")]
-        else:
-            order = np.argsort(stamps, kind="stable")
-        return _tensor(self._page_of[candidates[order]])
+        return _tensor(self._page_of[self.policy.victims(candidates, count)])
 
     def free(self, page_ids: Tensor) -> None:
         ids = _ids(page_ids)
@@ -271,11 +303,11 @@ class SlotTier:
 
     def stats(self) -> TierStats:
         busy = (self._state == STORING) | ((self._state == READY) & (self._pins > 0))
-        return TierStats(name=self.name, memory=self._memory(), capacity_pages=self.capacity,
+        return TierStats(name=self.name, memory=self.memory_kind(), capacity_pages=self.capacity,
                          resident_pages=int(np.count_nonzero(self._state == READY)),
                          in_flight_pages=int(np.count_nonzero(busy)), page_nbytes=self.spec.page_nbytes,
                          allocated_slots=self._num_slots,
-                         details={"eviction": self.eviction, **self._details()})
+                         details={"eviction": self.policy.name, **self.details()})
 
     # ----- internals -----------------------------------------------------------------------------
     def _lookup_slots(self, ids: np.ndarray) -> np.ndarray:
@@ -293,12 +325,8 @@ class SlotTier:
             raise PageError(f"page {int(ids[missing][0])} is not in tier {self.name!r}")
         return slots
 
-    def _stamp_slots(self, slots: np.ndarray) -> None:
-        n = slots.size
-        self._stamp[slots] = np.arange(self._clock, self._clock + n, dtype=np.int64)
-        self._clock += n
-
     def _release(self, slots: np.ndarray, ids: np.ndarray) -> None:
+        self.policy.released(slots)
         self._state[slots] = FREE
         self._pins[slots] = 0
         self._page_of[slots] = -1
@@ -323,12 +351,12 @@ class SlotTier:
         old = self._num_slots
         if num_slots <= old:
             return
-        self._resize_storage(num_slots)  # may raise (disk full): bookkeeping untouched then
+        self.resize_storage(num_slots)  # may raise (disk full): bookkeeping untouched then
         extra = num_slots - old
         self._page_of = np.concatenate([self._page_of, np.full(extra, -1, dtype=np.int64)])
         self._state = np.concatenate([self._state, np.zeros(extra, dtype=np.int8)])
         self._pins = np.concatenate([self._pins, np.zeros(extra, dtype=np.int32)])
-        self._stamp = np.concatenate([self._stamp, np.zeros(extra, dtype=np.int64)])
+        self.policy.resize(num_slots)
         self._new = np.concatenate([self._new, np.zeros(extra, dtype=np.bool_)])
         self._num_slots = num_slots
 

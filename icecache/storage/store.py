@@ -33,6 +33,7 @@ from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, PageError, StorageError
 from icecache.core.page_table import PageTable
 from icecache.storage.base import Tier
+from icecache.storage.eviction import resolve_eviction_option
 from icecache.storage.fused_load import fused_load
 from icecache.storage.layout import as_page_ids, contiguous_run, np_all, np_max, np_min
 from icecache.storage.memory import MemoryTier
@@ -94,7 +95,8 @@ class TieredStore:
               plugin_manager: pluggy.PluginManager | None = None, max_pages: int | None = None,
               transfer: str = "auto") -> TieredStore:
         """Create tiers by registered name (``factory(config, **options[name])``) with capacities from
-        ``config.tiers``; ``head_dim`` overrides ``config.geometry.head_dim``."""
+        ``config.tiers``; ``head_dim`` overrides ``config.geometry.head_dim``. An ``eviction`` option may
+        name a policy registered through ``icecache_register_evictions``."""
         from icecache.core.plugins import build_registry, get_plugin_manager
 
         pm = plugin_manager or get_plugin_manager()
@@ -104,7 +106,8 @@ class TieredStore:
         made: list[Tier] = []
         try:
             for name in tiers:
-                made.append(registry.create("tier", name, config, **{**extra, **options.get(name, {})}))
+                opts = resolve_eviction_option({**extra, **options.get(name, {})}, registry)
+                made.append(registry.create("tier", name, config, **opts))
             return cls(made, hook=pm.hook, max_pages=max_pages, transfer=transfer)
         except BaseException:
             for tier in made:
@@ -122,8 +125,8 @@ class TieredStore:
                 if head_dim is None:
                     made.append(policy.make_tier(name))
                 else:
-                    made.append(policy.registry.create("tier", name, policy.config, head_dim=head_dim,
-                                                       **policy.options.get(name, {})))
+                    made.append(policy.registry.create("tier", name, policy.config,
+                                                       **{**policy.tier_options(name), "head_dim": head_dim}))
             return cls(made, hook=policy.hook, max_pages=max_pages, transfer=transfer)
         except BaseException:
             for tier in made:
@@ -286,11 +289,12 @@ class TieredStore:
             return out
         self.pool.check_written(sub.numpy())
         tier = self.backing[0]
-        if len(self.backing) == 1 and isinstance(tier, MemoryTier):
+        raw = _raw(tier)
+        if len(self.backing) == 1 and raw is not None:
             # NOTE: the usual case (one memory tier): one gather is the answer, the -1 entries read a
             # written page and are zeroed after (cheaper than zeros + index_copy_ of the rest)
             safe = torch.where(ids >= 0, ids, sub[0])
-            keys = tier.data[:, 0].index_select(0, tier.slot_of(safe).to(tier.data.device)).cpu()
+            keys = raw[:, 0].index_select(0, tier.slot_of(safe).to(raw.device)).cpu()
             if zero_missing and sub.numel() < ids.numel():
                 keys.masked_fill_((ids < 0)[:, None, None], 0)
             return keys
@@ -300,8 +304,9 @@ class TieredStore:
             if here.numel() == 0:
                 continue
             part = sub[here]
-            if isinstance(tier, MemoryTier):
-                keys = tier.data[:, 0].index_select(0, tier.slot_of(part).to(tier.data.device))
+            raw = _raw(tier)
+            if raw is not None:
+                keys = raw[:, 0].index_select(0, tier.slot_of(part).to(raw.device))
             else:
                 uniq, inv = torch.unique(part, return_inverse=True)
                 tier_slots = tier.prepare_load(uniq)
@@ -334,10 +339,11 @@ class TieredStore:
             if sub.numel() == 0:
                 continue
             sub_slot = slot if here is None else slot[here]
-            if isinstance(tier, MemoryTier):
+            raw = _raw(tier)
+            if raw is not None:
                 # NOTE: rows of [slots * 2 * S, D]: one index_select (2-D advanced indexing is ~10x slower)
                 base = tier.slot_of(sub) * (2 * S) + sub_slot
-                rows = tier.data.view(-1, D)
+                rows = raw.view(-1, D)
                 rec = rows.index_select(0, base.to(rows.device))
                 if values:
                     rec = torch.stack([rec, rows.index_select(0, (base + S).to(rows.device))], dim=1)
@@ -396,7 +402,8 @@ class TieredStore:
 
     def occupancy(self) -> list[dict[str, Any]]:
         """Per tier, in stack order: ``name``, ``role`` (``"cache"`` or ``"backing"``), ``memory`` (as in
-        :class:`~icecache.storage.base.TierStats`), ``pages`` resident, ``tokens`` (their valid slots),
+        :class:`~icecache.storage.base.TierStats`), ``eviction`` (its policy's name, ``None`` when it
+        reports none), ``pages`` resident, ``tokens`` (their valid slots),
         ``allocated_slots``, ``page_nbytes`` and ``token_nbytes`` (one slot's K and V)."""
         spec = self.spec
         token_nbytes = spec.page_nbytes // spec.page_size
@@ -406,7 +413,8 @@ class TieredStore:
             ids = tier.resident_ids()
             tokens = int(self.pool.lens(ids).long().sum()) if ids.numel() else 0
             out.append({"name": tier.name, "role": "cache" if tier is self.cache else "backing",
-                        "memory": st.memory, "pages": int(ids.numel()), "tokens": tokens,
+                        "memory": st.memory, "eviction": st.details.get("eviction"),
+                        "pages": int(ids.numel()), "tokens": tokens,
                         "allocated_slots": st.allocated_slots, "page_nbytes": st.page_nbytes,
                         "token_nbytes": token_nbytes})
         return out
@@ -603,7 +611,7 @@ class TieredStore:
 
     def _uva_source(self, tier: Tier) -> bool:
         """Whether ``transfer="uva"`` can read ``tier``'s pages from the device (pinned or same device)."""
-        if self.transfer != "uva" or not isinstance(tier, MemoryTier):
+        if self.transfer != "uva" or _raw(tier) is None or _raw(self.tiers[0]) is None:
             return False
         device = self.tiers[0].device
         return tier.pin_memory or tier.device == device or device.type == "cpu"
@@ -623,6 +631,11 @@ class TieredStore:
                                             copies=0))
         if self.hook is not None and self.hook.icecache_pages_evicted.get_hookimpls():
             self.hook.icecache_pages_evicted(tier=tier.name, page_ids=ids)
+
+
+def _raw(tier: Tier) -> Tensor | None:
+    """The records tensor of a memory tier the store may read in place of ``read``, else ``None``."""
+    return tier.raw_records() if isinstance(tier, MemoryTier) else None
 
 
 def _distinct(a: np.ndarray) -> tuple[np.ndarray, Tensor | None]:

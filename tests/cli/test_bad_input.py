@@ -53,9 +53,40 @@ def _fails(argv, message, capsys):
     (["--disk-dir", "/no/such/dir"], "--disk-dir '/no/such/dir' does not exist"),
     (["--disk-dir", "/etc/hostname"], "--disk-dir '/etc/hostname' is not a directory"),
     (["--resume"], "--resume needs --json PATH"),
+    (["--tiers", "device,nope"], "unknown tier 'nope'; available tiers: device, disk, host"),
+    (["--tiers", "device,host,host"], "tiers must be distinct"),
+    (["--eviction", "weird"], "unknown eviction 'weird'; available evictions: fifo, lfu, lru, mru"),
+    (["--tier-options", '{"disk": {"eviction": "lfu"}}'],
+     "--tier-options names tier 'disk', which is not in the stack ['device', 'host']"),
+    (["--tier-options", '{"device": {"eviction": "lfux"}}'], "unknown eviction 'lfux'"),
+    (["--tier-options", '{"host": {"bogus": 1}}'],
+     "tier 'host' does not take these options ['bogus']: HostTier.from_config() got an unexpected keyword "
+     "argument 'bogus'"),
+    (["--tier-options", '{"device": {"capacity": "3"}}'],
+     "tier 'device': capacity must be a positive number of pages or null, got '3'"),
+    (["--budget-policy", "nope"],
+     "unknown budget 'nope'; available budgets: adakv, per-layer, pyramid, uniform"),
+    (["--budget-policy", "pyramid", "--budget-options", '{"taper": 2}'],
+     "taper must be a number in [0, 1), got 2"),
+    (["--budget-policy", "per-layer", "--budget-options", '{"budgets": [999]}'],
+     "per-layer budgets lists 1 budgets for 28 sparse layers (layers 2..29): [999]"),
+    (["--policy-options", '{"icecache": {"rank_by": "x"}}'],
+     "do not fit the 'icecache' selector: 'rank_by' must be in ('density', 'mass') (got 'x')"),
 ])
 def test_bad_eval_options(tasks_file, capsys, extra, message):
     _fails(["eval", "--tasks-file", str(tasks_file), "--policy", "full,icecache", *extra], message, capsys)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--tiers", "device,,host"], "--tiers must be comma-separated tier names, got 'device,,host'"),
+    (["--tier-options", '{"device": 3}'], "--tier-options must map names to option objects"),
+])
+def test_bad_tier_flags_are_argparse_errors_naming_them(tasks_file, capsys, extra, message):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--tasks-file", str(tasks_file), *extra])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_cuda_without_cuda(tasks_file, capsys):

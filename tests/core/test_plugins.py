@@ -83,3 +83,29 @@ def test_icecache_plugins_env_var_limits_entry_points(monkeypatch):
     monkeypatch.setenv("ICECACHE_PLUGINS", "example")
     names = [n for n, _ in get_plugin_manager().list_name_plugin()]
     assert any(n.startswith("entrypoint:example") for n in names)
+
+
+def test_an_unknown_name_in_icecache_plugins_is_an_error_naming_it(monkeypatch, capsys):
+    from icecache.cli.main import main
+    from icecache.core.errors import ConfigError
+
+    monkeypatch.setenv("ICECACHE_PLUGINS", "exampel, example")
+    with pytest.raises(ConfigError, match=r"ICECACHE_PLUGINS names 'exampel': no installed plugin"):
+        get_plugin_manager()
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "icecache plugins: error: ICECACHE_PLUGINS names 'exampel'" in err and "Traceback" not in err
+    monkeypatch.setenv("ICECACHE_PLUGINS", "exampel")
+    assert get_plugin_manager(load_entrypoints=False) is not None  # nothing read when not loading them
+
+
+def test_a_bad_option_value_is_a_config_error_naming_option_and_value_not_an_attrs_tuple():
+    from icecache.core.errors import ConfigError
+    from icecache.core.policy import compose_policy
+
+    policy = compose_policy(selector="icecache", options={"selector": {"rank_by": "x"}})
+    with pytest.raises(ConfigError) as info:
+        policy.make_selector(policy.config.dense_layers)
+    assert str(info.value) == ("options of selector 'icecache': 'rank_by' must be in ('density', 'mass') "
+                               "(got 'x')")
+    assert "Attribute(" not in str(info.value)

@@ -168,3 +168,22 @@ def test_a_host_cap_with_a_disk_tier_holds_and_decodes_the_same_tokens(tmp_path,
             cap * tiers["host"]["page_nbytes"])
         assert m["disk"]["kv_payload"] > 0 and m["disk_bytes"] >= m["disk"]["kv_payload"]
     assert not any(disk.iterdir())  # the page file is removed when the cache closes
+
+
+@pytest.mark.model
+@pytest.mark.slow  # NOTE: two eval runs (~30 s); the default run covers the same path via IceCache.for_model
+def test_tiers_and_tier_options_from_the_cli_reach_the_store(tmp_path, tasks_file):
+    """``--tiers``, ``--tier-options`` and ``--eviction`` compose the stack the cache builds: the device
+    tier's LFU order and the host's FIFO show in the results, the answers are the default run's."""
+    base = ["eval", "--tasks-file", str(tasks_file), "--policy", "icecache@64", "--no-progress",
+            "--batch-size", "2"]
+    assert main([*base, "--json", str(tmp_path / "plain.json")]) == 0
+    argv = [*base, "--json", str(tmp_path / "lfu.json"), "--tiers", "device,host", "--eviction", "fifo",
+            "--tier-options", '{"device": {"eviction": "lfu"}, "host": {"pin_memory": false}}']
+    assert main(argv) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    lfu = json.loads((tmp_path / "lfu.json").read_text())
+    assert [r["output"] for r in lfu["samples_detail"]] == [r["output"] for r in plain["samples_detail"]]
+    tiers = {t["name"]: t for t in lfu["samples_detail"][0]["memory"]["tiers"]}
+    assert tiers["device"]["eviction"] == "lfu" and tiers["host"]["eviction"] == "fifo"
+    assert lfu["settings"]["tiers"] == ["device", "host"] and lfu["settings"]["eviction"] == "fifo"

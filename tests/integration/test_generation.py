@@ -180,3 +180,71 @@ def test_tier_layout_does_not_change_generation(model_and_tokenizer, snapshot, t
     assert caches[2].store.where(caches[2].layers[-1].sparse.phys[0, 0, :1]) in (["host"], ["disk"])
     assert caches[2].memory_report()["device_kv_bytes"] < caches[1].memory_report()["device_kv_bytes"]
     caches[2].close()
+
+
+def test_tier_options_and_plugin_tiers_reach_the_store_the_cache_builds(model_and_tokenizer, snapshot):
+    """``IceCache.for_model(tiers={...})`` hands each tier its options (they were dropped before), and a
+    plugin's tiers compose by name into a policy: an LFU device tier by subclassing, bf16 host pages."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
+    from plugin_tiers import BF16HostTier, CountingLFUDeviceTier, Plugin
+
+    model, _ = model_and_tokenizer
+
+    def run(cache):
+        for layer, k, v in zip(cache.layers, snapshot.keys, snapshot.values, strict=True):
+            layer.load_prefill(k, v, snapshot.start)
+        return decode(model, cache, snapshot, 4)
+
+    base = _cache(model, "icecache", 128)
+    plain = run(base)
+    base.close()
+    options = {"device": {"eviction": "lfu"}, "host": {"pin_memory": False}}
+    cache = _cache(model, "icecache", 128, tiers=options)
+    assert run(cache) == plain  # the device tier's eviction order does not change what is attended
+    assert cache.store.cache.stats().details["eviction"] == "lfu"
+    assert cache.store.backing[0].pin_memory is False
+    cache.close()
+
+    pm = get_plugin_manager(load_entrypoints=False, extra=(Plugin,))
+    config = CacheConfig.from_model_config(model.config, budget=128)
+    policy = compose_policy(selector="icecache", config=config, tiers=("lfu-device", "bf16-host"),
+                            plugin_manager=pm)
+    cache = IceCache(policy, model.config.num_hidden_layers)
+    out = run(cache)
+    assert isinstance(cache.store.cache, CountingLFUDeviceTier)
+    assert isinstance(cache.store.backing[0], BF16HostTier)
+    assert cache.store.stats().moves["load"]["pages"] > 0 and len(out) == len(plain)
+    cache.close()
+
+
+class _Ledgers:
+    def __init__(self):
+        self.seen = {}
+
+    @hookimpl
+    def icecache_selection_made(self, layer_idx, selection):
+        ledger = selection.ledger
+        assert bool((ledger.total <= ledger.row_budget).all())
+        self.seen.setdefault(layer_idx, set()).add(ledger.budget)
+
+
+@pytest.mark.parametrize("selector", ["quest", pytest.param("icecache", marks=pytest.mark.slow)])
+def test_a_pyramid_budget_decodes_with_each_layer_within_its_own_budget(model_and_tokenizer, snapshot,
+                                                                         selector):
+    model, _ = model_and_tokenizer
+    recorder = _Ledgers()
+    config = CacheConfig.from_model_config(model.config, budget=128)
+    policy = compose_policy(selector=selector, config=config, budget_policy="pyramid",
+                            plugin_manager=get_plugin_manager(extra=(recorder,)))
+    cache = IceCache.from_snapshot(snapshot, policy)
+    out = decode(model, cache, snapshot, 3)
+    assert len(out) == len(snapshot.keys[0]) and all(len(row) == 3 for row in out)
+    n = model.config.num_hidden_layers
+    want = {i: {policy.budgets.layer_budget(i, n)} for i in range(config.dense_layers, n)}
+    assert recorder.seen == want  # each layer's ledger carries its own budget
+    first, last = want[config.dense_layers].pop(), want[n - 1].pop()
+    assert first > 128 > last
+    cache.close()

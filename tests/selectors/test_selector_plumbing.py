@@ -25,11 +25,17 @@ from icecache.testing.strategies.selectors import FillProblem, fill_problems, to
 FAST = settings(max_examples=60, deadline=None, database=None)
 
 
+def _takeable(x: float) -> bool:
+    """+inf: take first; -inf and NaN: never take."""
+    return not math.isnan(x) and x > -math.inf
+
+
 def greedy_reference(scores: list[float], lens: list[int], budget: int) -> list[int]:
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))  # stable, best first
+    candidates = [i for i in range(len(scores)) if _takeable(scores[i])]
+    order = sorted(candidates, key=lambda i: (-scores[i], i))  # stable, best (+inf) first
     taken, left = [], budget
     for i in order:
-        if math.isfinite(scores[i]) and 0 < lens[i] <= left:
+        if 0 < lens[i] <= left:
             taken.append(i)
             left -= lens[i]
     return taken
@@ -61,12 +67,23 @@ def test_greedy_fill_skips_a_page_that_would_overflow_and_takes_a_smaller_one():
 def test_topk_tokens_takes_the_best_finite_scores_up_to_each_budget(problem: FillProblem):
     ids, count = topk_tokens(problem.scores, problem.max_tokens)
     for r in range(problem.scores.shape[0]):
-        finite = [i for i in range(problem.scores.shape[1]) if math.isfinite(float(problem.scores[r, i]))]
+        finite = [i for i in range(problem.scores.shape[1]) if _takeable(float(problem.scores[r, i]))]
         got = [i for i in ids[r].tolist() if i >= 0]
         assert len(got) == int(count[r]) == min(len(finite), int(problem.max_tokens[r]))
         if got:
             worst_taken = min(float(problem.scores[r, i]) for i in got)
             assert all(float(problem.scores[r, i]) <= worst_taken for i in finite if i not in got)
+
+
+def test_a_plus_inf_score_means_take_first_and_nan_never():
+    scores = torch.tensor([[1.0, float("inf"), 5.0, float("nan"), float("-inf")]])
+    lens = torch.full((1, 5), 4)
+    ids, count = greedy_fill(scores, lens, torch.tensor([8]))
+    assert ids.tolist() == [[1, 2]] and count.tolist() == [8]  # +inf before the best finite score
+    ids, count = greedy_fill(scores, lens, torch.tensor([100]))
+    assert ids.tolist() == [[1, 2, 0]]  # NaN and -inf never, however large the budget
+    ids, count = topk_tokens(scores, torch.tensor([5]))
+    assert ids.tolist() == [[1, 2, 0, -1, -1]] and count.tolist() == [3]
 
 
 def test_compact_moves_padding_to_the_end_and_trims():

@@ -55,7 +55,7 @@ steps = st.lists(st.tuples(st.lists(st.integers(0, N_PAGES - 1), min_size=1, max
 
 
 @settings(max_examples=60)
-@given(steps=steps, device_pages=st.integers(1, 12), eviction=st.sampled_from(["lru", "fifo"]))
+@given(steps=steps, device_pages=st.integers(1, 12), eviction=st.sampled_from(["lru", "fifo", "lfu", "mru"]))
 def test_fused_and_protocol_paths_agree(steps, device_pages, eviction):
     fused, ids = _store(True, device_pages, eviction)
     protocol, _ = _store(False, device_pages, eviction)

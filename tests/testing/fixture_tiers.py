@@ -34,9 +34,12 @@ class EvictsPinnedTier(HostTier):
     """Proposes (and evicts) pages pinned by a load first."""
 
     def victims(self, count):
-        ready = np.flatnonzero(self._state == READY)
-        order = np.argsort(-self._pins[ready], kind="stable")  # pinned first
-        return torch.from_numpy(self._page_of[ready][order][:count].astype(np.int64))
+        slots = np.arange(self.num_slots)
+        ready = slots[self.state_at(slots) == READY]
+        pinned = ready[self.pins_at(ready) > 0]
+        rest = self.evictable_slots()
+        order = np.concatenate([pinned, self.policy.victims(rest, rest.size)])[:count]  # pinned first
+        return torch.from_numpy(self.page_at(order).astype(np.int64))
 
     def free(self, page_ids):
         ids = torch.as_tensor(page_ids, dtype=torch.int64)
@@ -86,3 +89,15 @@ BROKEN_TIERS = {
     IgnoresCapacityTier: "capacity",
     LaxIdsTier: "bad-ids",
 }
+
+
+class EvictsNewestTier(HostTier):
+    """Reports ``lru`` but proposes the most recently used pages first (written with public names only)."""
+
+    def victims(self, count):
+        slots = self.evictable_slots()
+        order = self.policy.victims(slots, slots.size)[::-1][:count]  # NOTE: lru order, reversed
+        return torch.from_numpy(self.page_at(order).copy())
+
+
+BROKEN_TIERS[EvictsNewestTier] = "eviction-order"

@@ -72,7 +72,16 @@ class IceCache(Cache):
             return config.tiers.device_pages
         sparse = max(1, sum(1 for layer in self.layers if not layer.dense and layer.window is None))
         rows = batch * kv_heads
-        per_layer = -(-config.selected_budget // (page_size or config.page_size))
+        S = page_size or config.page_size
+        budgets = getattr(self.policy, "budgets", None)
+        if budgets is not None and not budgets.uniform:
+            # NOTE: a budget policy: each layer's mean selected share, a page more per row for the split
+            # over heads; one layer's worst case is its rows' whole share at one token per page
+            floor = config.sink_tokens + config.window_tokens
+            shares = [budgets.layer_budget(i, len(self.layers)) - floor
+                      for i in range(config.dense_layers, len(self.layers))] or [config.selected_budget]
+            return max(rows * sum(-(-s // S) + 1 for s in shares), rows * max(shares), 1)
+        per_layer = -(-config.selected_budget // S)
         return max(sparse * rows * per_layer, rows * config.selected_budget, 1)
 
     def make_sparse(self, layer_idx: int, shape: tuple[int, ...], dtype: torch.dtype, *,
@@ -88,7 +97,10 @@ class IceCache(Cache):
         if self.store is None:
             tiers = evolve(config.tiers, device_pages=self.device_pages(B, H, page_size))
             store_config = evolve(config, tiers=tiers, page_size=page_size, dtype=config.page_dtype or dtype)
-            self.store = TieredStore.build(store_config, tiers=self.policy.tiers, head_dim=D,
+            # NOTE: the policy's per-tier options (``options[tier name]``) reach the tiers; the device
+            # tier's capacity comes from the sized config unless its options give one
+            options = {name: self.policy.tier_options(name) for name in self.policy.tiers}
+            self.store = TieredStore.build(store_config, tiers=self.policy.tiers, head_dim=D, options=options,
                                            plugin_manager=self.policy.plugin_manager)
             self.kernels = self.policy.make_kernels()
         elif self.store.spec.page_size != page_size:
@@ -123,19 +135,40 @@ class IceCache(Cache):
     @classmethod
     def for_model(cls, model: Any, selector: str = "icecache", budget: int = 256, *,
                   options: dict[str, dict[str, Any]] | None = None, timing: bool = True,
-                  tier_names: tuple[str, ...] | None = None, **config: Any) -> IceCache:
+                  tiers: Any = None, tier_names: tuple[str, ...] | None = None,
+                  budget_policy: str = "uniform", **config: Any) -> IceCache:
         """A cache for ``model`` (its geometry read from ``model.config``), composing ``selector`` at
-        ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields (e.g.
-        ``tiers=TierConfig(host_pages=..., disk_dir=...)``); ``tier_names`` is the stack of tiers by name
-        (default device and host, and disk when ``tiers`` names a disk directory). A model whose attention
-        the cache cannot reproduce is refused (:class:`ConfigError` naming the feature)."""
+        ``budget`` tokens per KV head; ``config`` overrides other :class:`CacheConfig` fields.
+
+        ``tiers``: the storage stack, as tier names in order (``("device", "host", "my-tier")``), or a
+        dict of names to their options in order (``{"device": {"eviction": "lfu"}, "host": {}}``), or a
+        :class:`TierConfig` (capacities, disk directory, eviction; the stack is then the default:
+        device and host, and disk when it names a disk directory). ``tier_names`` is the older
+        spelling of a list of names. Tier options may also come in ``options[tier name]``.
+        ``budget_policy`` spreads ``budget`` over layers and KV heads (``options["budget"]``: its
+        options; see :mod:`icecache.budgets`). A model whose attention the cache cannot reproduce is
+        refused (:class:`ConfigError` naming the feature)."""
+        from icecache.core.config import TierConfig
         from icecache.integrations.hf.features import attention_features
 
         features = attention_features(model)
+
+        names, options = tier_names, dict(options or {})
+        if isinstance(tiers, TierConfig):
+            config["tiers"] = tiers
+        elif isinstance(tiers, dict):
+            names = tuple(tiers)
+            for name, opts in tiers.items():
+                options[name] = {**options.get(name, {}), **(opts or {})}
+        elif tiers is not None:
+            if isinstance(tiers, str) or not all(isinstance(t, str) for t in tiers):
+                raise ConfigError(f"tiers must be tier names in order, a dict of names to options, or a "
+                                  f"TierConfig, got {tiers!r}")
+            names = tuple(tiers)
         config.setdefault("device", model.device)
         cfg = CacheConfig.from_model_config(model.config, budget=budget, **config)
-        policy = compose_policy(selector=selector, config=cfg, options=options,
-                                tiers=tier_names if tier_names is not None else default_tier_stack(cfg.tiers))
+        policy = compose_policy(selector=selector, config=cfg, options=options, budget_policy=budget_policy,
+                                tiers=names if names is not None else default_tier_stack(cfg.tiers))
         return cls(policy, model.config.num_hidden_layers, timing=timing, windows=features.windows)
 
     @classmethod

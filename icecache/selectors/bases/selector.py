@@ -67,6 +67,8 @@ class SelectorBase:
     _shape: tuple[int, int, int] = field(default=(0, 0, 0), init=False, repr=False)  # (B, H_kv, D)
     _dtype: torch.dtype = field(default=torch.float32, init=False, repr=False)
     _pos: Positions | None = field(default=None, init=False, repr=False)
+    #: per-(row, KV head) budgets from the policy's budget policy at prefill (None: config.budget)
+    _limit: Tensor | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         c = self.config
@@ -99,12 +101,16 @@ class SelectorBase:
         self._shape, self._dtype = (B, H, D), keys.dtype
         self._own = KeyCopy.from_keys(keys) if reader is None else None
         self._reader = self._own if reader is None else reader
+        self._limit = self._head_budgets(keys, queries, start)
+        flush = self.effective_flush_tokens
+        if self._limit is not None:  # NOTE: the window must fit the smallest head's budget
+            flush = max(1, min(flush, int(self._limit.min()) - c.sink_tokens - c.window_tokens + 1))
         self._pos = Positions.after_prefill(
             start,
             N,
             sink_tokens=c.sink_tokens,
             window_tokens=c.window_tokens,
-            flush_tokens=self.effective_flush_tokens,
+            flush_tokens=flush,
         )
         ids = self._pos.paged_ids(0, N)[:, None].expand(B, H, N)  # [B, H_kv, N]
         self._build(keys, ids, queries)
@@ -133,10 +139,14 @@ class SelectorBase:
         pos = self._pos
         B, H = q.shape[:2]
         sink_n, window_n = pos.sink_count(), pos.window_count()  # [B]
-        max_tokens = (self.config.budget - sink_n - window_n)[:, None].expand(B, H)
+        if self._limit is None:
+            max_tokens = (self.config.budget - sink_n - window_n)[:, None].expand(B, H)
+        else:
+            max_tokens = self._limit - (sink_n + window_n)[:, None]  # [B, H_kv]
         assert bool((max_tokens >= 0).all()), "flush size keeps sinks + window within the budget"
         tokens, pages, count = self._choose(q, max_tokens.contiguous())
-        selection = self._assemble(tokens, pages, count, sink_n, window_n, budget=self.config.budget)
+        selection = self._assemble(tokens, pages, count, sink_n, window_n, budget=self.config.budget,
+                                   limit=self._limit)
         self._notify(selection)
         return selection
 
@@ -241,6 +251,21 @@ class SelectorBase:
         logits = torch.einsum("bhgd,bhrd->bhgr", query.to(k.dtype), k) * self.attention_scale(D)
         return torch.where((ids >= 0)[:, None, None, :], logits, float("-inf"))
 
+    def _head_budgets(self, keys: Tensor, queries: Tensor | None, start: Tensor) -> Tensor | None:
+        """Per-head budgets ``[B, H_kv]`` from the policy's budget policy (``None``: uniform)."""
+        budgets = getattr(self.policy, "budgets", None)
+        geo = self.config.geometry
+        if budgets is None or budgets.uniform or geo is None or self.layer_idx < self.config.dense_layers:
+            return None
+        return budgets.checked_head_budgets(self.layer_idx, geo.num_layers, keys=keys, queries=queries,
+                                            start=start)
+
+    @property
+    def head_budgets(self) -> Tensor | None:
+        """int64 ``[B, H_kv]``: each row's budget set at prefill by the budget policy, or ``None`` when
+        every row has ``config.budget``."""
+        return self._limit
+
     def _group(self, query: Tensor) -> Tensor:
         if not isinstance(query, Tensor) or query.dim() != 3 or not query.is_floating_point():
             raise TensorSpecError(
@@ -264,6 +289,7 @@ class SelectorBase:
         *,
         budget: int,
         dense: bool = False,
+        limit: Tensor | None = None,
     ) -> Selection:
         B, H = count.shape
         resident = self.resident_ids()[:, None].expand(B, H, -1)  # [B, H_kv, R]
@@ -274,6 +300,7 @@ class SelectorBase:
             window=window_n[:, None].expand(B, H),
             selected=count,
             dense=dense,
+            limit=limit,
         )
         return Selection(token_ids=token_ids, page_ids=pages.to(torch.int64), ledger=ledger)
 

@@ -16,15 +16,17 @@ from torch import Tensor
 def greedy_fill(scores: Tensor, lens: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor]:
     """Pick pages best-first while their token count fits.
 
-    ``scores``: float ``[R..., P]`` (``-inf`` or NaN: never take); ``lens``: int64 ``[R..., P]``
-    (0: never take); ``max_tokens``: int64 ``[R...]``. Returns ``page_ids`` int64 ``[R..., K]``
+    ``scores``: float ``[R..., P]`` (``+inf``: take before every finite score, in page order among
+    themselves, while they fit; ``-inf`` or NaN: never take); ``lens``: int64 ``[R..., P]`` (0: never
+    take); ``max_tokens``: int64 ``[R...]``. Returns ``page_ids`` int64 ``[R..., K]``
     (best first, ``-1`` padded, ``K`` the most pages any row took) and ``num_tokens`` int64 ``[R...]``.
     """
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)
     s = scores.gather(-1, order)
     lens_sorted = lens.gather(-1, order)
     remaining = max_tokens.to(torch.int64).clone()
-    active = torch.isfinite(s) & (lens_sorted > 0) & (lens_sorted <= remaining[..., None])
+    # NOTE: ``s > -inf`` is False for NaN too; +inf sorts first (NaN sorts first as well, but is inactive)
+    active = (s > float("-inf")) & (lens_sorted > 0) & (lens_sorted <= remaining[..., None])
     take = torch.zeros_like(active)
     for _ in range(lens.shape[-1] + 1):
         if not bool(active.any()):
@@ -39,7 +41,8 @@ def greedy_fill(scores: Tensor, lens: Tensor, max_tokens: Tensor) -> tuple[Tenso
 
 
 def topk_tokens(scores: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Token-level budget: the ``max_tokens[r]`` best finite scores of each row.
+    """Token-level budget: the ``max_tokens[r]`` best scores of each row (``+inf`` first; ``-inf`` and
+    NaN never taken).
 
     ``scores``: float ``[R..., N]``; ``max_tokens``: int64 ``[R...]``. Returns ``token_ids`` int64
     ``[R..., K]`` best first, ``-1`` padded, and the count taken ``[R...]``.
@@ -48,9 +51,11 @@ def topk_tokens(scores: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor]:
     if k <= 0:
         empty = torch.full((*scores.shape[:-1], 0), -1, dtype=torch.int64, device=scores.device)
         return empty, torch.zeros(scores.shape[:-1], dtype=torch.int64, device=scores.device)
-    vals, idx = torch.topk(scores, k, dim=-1)
+    # NOTE: topk ranks NaN above everything: made -inf first, so it cannot crowd out real scores
+    vals, idx = torch.topk(torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"),
+                                            neginf=float("-inf")), k, dim=-1)
     rank = torch.arange(k, device=scores.device)
-    ok = torch.isfinite(vals) & (rank < max_tokens[..., None])
+    ok = (vals > float("-inf")) & (rank < max_tokens[..., None])
     return torch.where(ok, idx, -1), ok.sum(-1)
 
 

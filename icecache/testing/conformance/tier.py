@@ -9,7 +9,10 @@ whichever field is its own. The machine then runs random sequences of the two-ph
 and checks after every step:
 
 ``round-trip``   ``read`` returns exactly the bytes written (bit-identical, any dtype; records are
-                 random bytes, so NaN payloads, ``-0.0`` and subnormals must survive);
+                 random bytes, so NaN payloads, ``-0.0`` and subnormals must survive); a lossy tier
+                 (one that stores fewer bits, e.g. bfloat16 host pages of a float32 store) declares
+                 ``tolerance=(rtol, atol)``: records are then finite random values and a read must be
+                 within the tolerance of what was written;
 ``state``        ``lookup``, ``resident_ids``, ``in_flight``, ``slot_of``, ``evictable`` and
                  ``stats`` agree with the model; slots of present pages are distinct;
 ``capacity``     present pages never exceed ``tier.capacity``; ``free_slots`` is what is left; a
@@ -18,7 +21,13 @@ and checks after every step:
 ``in-flight``    pages being stored or pinned by a load are never proposed as victims, evicted or
                  freed (``free`` raises :class:`~icecache.core.errors.PageError`);
 ``bad-ids``      absent, negative, repeated or wrongly-staged ids raise ``PageError`` naming the id,
-                 and change nothing.
+                 and change nothing;
+``eviction-order`` for a tier whose ``stats().details["eviction"]`` is a built-in policy (``lru``,
+                 ``fifo``, ``lfu``, ``mru``; ``eviction_order`` names it otherwise, ``None`` skips the
+                 check), ``victims(count)`` are the ``count`` evictable pages that policy evicts first,
+                 in its order. The model stamps a page when a store completes (rewrites included) and
+                 when it is touched; loads and reads do not count; ties (pages stamped by one call) may
+                 come in any order. ``lfu`` counts touches since the page entered the tier.
 """
 
 from __future__ import annotations
@@ -38,7 +47,10 @@ from icecache.testing.conformance._runner import ContractViolation, guarded, run
 from icecache.testing.strategies.tiers import random_records
 
 CONTRACT = "tier"
-TIER_PROPERTIES: tuple[str, ...] = ("round-trip", "state", "capacity", "in-flight", "bad-ids")
+TIER_PROPERTIES: tuple[str, ...] = ("round-trip", "state", "capacity", "in-flight", "bad-ids",
+                                    "eviction-order")
+#: eviction policies whose order the suite models
+MODELED_EVICTIONS: tuple[str, ...] = ("lru", "fifo", "lfu", "mru")
 TierFactory = Callable[[CacheConfig], Any]
 
 
@@ -68,7 +80,10 @@ class TierContract(RuleBasedStateMachine):
     ``TestMyTier = MyMachine.TestCase`` under pytest or :func:`check_tier`.
 
     Class attributes: ``page_size``, ``head_dim``, ``dtype``, ``max_id`` (ids are drawn from
-    ``[0, max_id)``), ``capacities`` (a strategy of ``int | None``).
+    ``[0, max_id)``), ``capacities`` (a strategy of ``int | None``), ``tolerance`` (``None``: reads
+    are bit-identical; ``(rtol, atol)`` for a lossy tier), ``eviction_order`` (``"auto"``: the
+    policy named in ``stats().details["eviction"]`` when the suite models it; a name; ``None``: not
+    checked).
     """
 
     page_size: int = 4
@@ -76,6 +91,8 @@ class TierContract(RuleBasedStateMachine):
     dtype: torch.dtype = torch.float32
     max_id: int = 12
     capacities: st.SearchStrategy[int | None] = st.one_of(st.none(), st.integers(1, 8))
+    tolerance: tuple[float, float] | None = None
+    eviction_order: str | None = "auto"
 
     def make_tier(self, config: CacheConfig) -> Any:
         raise NotImplementedError("set make_tier, or build the machine with make_tier_machine(factory)")
@@ -88,6 +105,11 @@ class TierContract(RuleBasedStateMachine):
         self.storing: dict[int, tuple[list[Tensor] | None, Tensor]] = {}  # id -> (old contents, written)
         self.pins: dict[int, int] = {}
         self.gen = torch.Generator().manual_seed(0)
+        # eviction-order model: a logical clock per call; per page its last store, last stamp, touches
+        self.clock = 0
+        self.stored_at: dict[int, int] = {}
+        self.used_at: dict[int, int] = {}
+        self.uses: dict[int, int] = {}
 
     @initialize(data=st.data(), seed=st.integers(0, 2**16))
     def build(self, data: Any, seed: int) -> None:
@@ -99,6 +121,13 @@ class TierContract(RuleBasedStateMachine):
         self.tier = guarded(CONTRACT, "factory(config)", self.make_tier, config)
         self.name = getattr(self.tier, "name", type(self.tier).__name__)
         self.capacity = self.tier.capacity
+        self.order = self.eviction_order
+        if self.order == "auto":
+            named = self._call("stats", self.tier.stats).details.get("eviction")
+            self.order = named if named in MODELED_EVICTIONS else None
+        elif self.order is not None and self.order not in MODELED_EVICTIONS:
+            raise ValueError(f"eviction_order must be 'auto', None or one of {list(MODELED_EVICTIONS)}, "
+                             f"got {self.order!r}")
         # NOTE: start most runs with a few ready pages, so short runs still load, evict and free
         room = 4 if self.capacity is None else min(4, self.capacity)
         first = data.draw(st.integers(0, room), label="initial pages")
@@ -108,7 +137,8 @@ class TierContract(RuleBasedStateMachine):
             records = self._records(first)
             self._call(f"write(slots of {ids})", self.tier.write, torch.as_tensor(slots), records)
             self._call(f"complete_store({ids})", self.tier.complete_store, _ids(ids))
-            self.ready.update({i: [_bits(records[i])] for i in ids})
+            self.ready.update({i: [self._kept(records[i])] for i in ids})
+            self._stamp(ids, stored=True)
 
     def teardown(self) -> None:
         if self.tier is not None:
@@ -123,9 +153,68 @@ class TierContract(RuleBasedStateMachine):
         return set(self.storing) | {i for i, n in self.pins.items() if n > 0}
 
     def _records(self, n: int) -> Tensor:
-        """Random *bytes* as records: NaN payloads, infinities, ``-0.0`` and subnormals included."""
+        """Random *bytes* as records: NaN payloads, infinities, ``-0.0`` and subnormals included (a lossy
+        tier, ``tolerance`` set: finite random values instead)."""
         spec = PageSpec(page_size=self.page_size, head_dim=self.head_dim, dtype=self.dtype)
+        if self.tolerance is not None:
+            return torch.randn((n, *spec.record_shape), generator=self.gen).to(self.dtype)
         return random_records(spec, n, int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)))
+
+    def _kept(self, record: Tensor) -> Tensor:
+        """What the model keeps of a written record: its bytes, or (lossy) its values."""
+        return _bits(record) if self.tolerance is None else record.detach().to("cpu").clone()
+
+    def _matches(self, got: Tensor, want: Tensor) -> bool:
+        if self.tolerance is None:
+            return torch.equal(_bits(got), want)
+        rtol, atol = self.tolerance
+        got = got.detach().to("cpu")
+        return got.shape == want.shape and torch.allclose(got.double(), want.double(), rtol=rtol, atol=atol)
+
+    def _mismatch(self, got: Tensor, want: Tensor) -> str:
+        if self.tolerance is None:
+            return f"{int((_bits(got) != want).sum())} byte(s) differing from what was written"
+        err = (got.detach().to("cpu").double() - want.double()).abs().max()
+        return f"values off by up to {float(err):.3g} (tolerance rtol, atol = {self.tolerance})"
+
+    # ----- eviction-order model ----------------------------------------------------------------------
+    def _stamp(self, ids: list[int], *, stored: bool) -> None:
+        self.clock += 1
+        for i in ids:
+            if stored:
+                self.stored_at[i] = self.clock
+                self.uses.setdefault(i, 0)
+            else:
+                self.uses[i] = self.uses.get(i, 0) + 1
+            self.used_at[i] = self.clock
+
+    def _forget(self, ids: list[int]) -> None:
+        for i in ids:
+            self.stored_at.pop(i, None)
+            self.used_at.pop(i, None)
+            self.uses.pop(i, None)
+
+    def _order_key(self, i: int) -> tuple[int, int]:
+        """Lower goes first under the modeled policy."""
+        if self.order == "fifo":
+            return (self.stored_at[i], 0)
+        if self.order == "mru":
+            return (-self.used_at[i], 0)
+        if self.order == "lfu":
+            return (self.uses[i], self.used_at[i])
+        return (self.used_at[i], 0)  # lru
+
+    def _check_order(self, count: int, proposed: list[int], evictable: set[int]) -> None:
+        if self.order is None or not proposed:
+            return
+        keys = [self._order_key(i) for i in proposed]
+        if keys != sorted(keys):
+            _fail("eviction-order", f"{self.name}.victims({count}) = {proposed} is not in {self.order} "
+                                    f"order (model keys {keys})")
+        left = sorted(evictable - set(proposed), key=self._order_key)
+        if left and self._order_key(left[0]) < keys[-1]:
+            _fail("eviction-order", f"{self.name}.victims({count}) = {proposed} passed over page {left[0]}, "
+                                    f"which {self.order} evicts before page {proposed[-1]}")
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return guarded(CONTRACT, f"{self.name}.{what}", fn, *args, **kwargs)
@@ -172,7 +261,7 @@ class TierContract(RuleBasedStateMachine):
         records = self._records(len(ids))
         self._call(f"write(slots of {ids})", self.tier.write, slots, records)
         for k, i in enumerate(ids):
-            self.storing[i] = (self.ready.pop(i, None), _bits(records[k]))
+            self.storing[i] = (self.ready.pop(i, None), self._kept(records[k]))
 
     @precondition(lambda self: bool(self.storing))
     @rule(data=st.data(), success=st.booleans())
@@ -186,6 +275,10 @@ class TierContract(RuleBasedStateMachine):
             elif old is not None:
                 # NOTE: a failed rewrite keeps the page; its bytes may be the old or the new ones
                 self.ready[i] = old + [written]
+            else:
+                self._forget([i])
+        if success:
+            self._stamp(ids, stored=True)
 
     # ----- loads -------------------------------------------------------------------------------------
     @precondition(lambda self: bool(self.ready))
@@ -197,11 +290,9 @@ class TierContract(RuleBasedStateMachine):
             self.pins[i] = self.pins.get(i, 0) + 1
         got = self._call(f"read(slots of {ids})", self.tier.read, torch.as_tensor(slots))
         for k, i in enumerate(ids):
-            if not any(torch.equal(_bits(got[k]), ok) for ok in self.ready[i]):
-                diff = int((_bits(got[k]) != self.ready[i][-1]).sum())
-                _fail("round-trip", f"{self.name}.read returned page {i} with {diff} byte(s) differing "
-                                    f"from what "
-                                    f"was written")
+            if not any(self._matches(got[k], ok) for ok in self.ready[i]):
+                _fail("round-trip", f"{self.name}.read returned page {i} with "
+                                    f"{self._mismatch(got[k], self.ready[i][-1])}")
 
     @precondition(lambda self: any(n > 0 for n in self.pins.values()))
     @rule(data=st.data())
@@ -217,12 +308,14 @@ class TierContract(RuleBasedStateMachine):
     def touch(self, data: Any) -> None:
         ids = data.draw(st.lists(st.sampled_from(sorted(self.ready)), min_size=1, unique=True), label="ids")
         self._call(f"touch({ids})", self.tier.touch, _ids(ids))
+        self._stamp(ids, stored=False)
 
     # ----- eviction ----------------------------------------------------------------------------------
     @rule(count=st.integers(0, 5))
     def evict(self, count: int) -> None:
         evictable = set(self.ready) - self.busy
-        proposed = set(self._call(f"victims({count})", self.tier.victims, count).tolist())
+        proposed_list = self._call(f"victims({count})", self.tier.victims, count).tolist()
+        proposed = set(proposed_list)
         if not proposed <= evictable:
             _fail("in-flight", f"{self.name}.victims({count}) proposed {sorted(proposed - evictable)}, "
                                f"which are in "
@@ -231,6 +324,7 @@ class TierContract(RuleBasedStateMachine):
             _fail("state", f"{self.name}.victims({count}) proposed {len(proposed)} pages with "
                            f"{len(evictable)} "
                            f"evictable")
+        self._check_order(count, proposed_list, evictable)
         gone = self._call(f"evict({count})", self.tier.evict, count).tolist()
         if not set(gone) <= evictable or len(gone) != min(count, len(evictable)):
             _fail("in-flight", f"{self.name}.evict({count}) dropped {sorted(gone)}; evictable were "
@@ -238,6 +332,24 @@ class TierContract(RuleBasedStateMachine):
         for i in gone:
             self.ready.pop(i)
             self.pins.pop(i, None)
+        self._forget(gone)
+
+    @precondition(lambda self: self.order is not None and len(set(self.ready) - self.busy) >= 2)
+    @rule(data=st.data())
+    def order_after_touch(self, data: Any) -> None:
+        """Touch one evictable page, then ask for every victim: the order must follow the policy."""
+        evictable = set(self.ready) - self.busy
+        page = data.draw(st.sampled_from(sorted(evictable)), label="touched")
+        self._call(f"touch([{page}])", self.tier.touch, _ids([page]))
+        self._stamp([page], stored=False)
+        proposed = self._call(f"victims({len(evictable)})", self.tier.victims, len(evictable)).tolist()
+        if not set(proposed) <= evictable:
+            _fail("in-flight", f"{self.name}.victims({len(evictable)}) proposed "
+                               f"{sorted(set(proposed) - evictable)}, which are in flight or absent")
+        if set(proposed) != evictable:
+            _fail("state", f"{self.name}.victims({len(evictable)}) = {proposed}, expected every evictable "
+                           f"page {sorted(evictable)}")
+        self._check_order(len(evictable), proposed, evictable)
 
     @precondition(lambda self: bool(self.ready))
     @rule(data=st.data(), count=st.integers(1, 5))
@@ -277,6 +389,7 @@ class TierContract(RuleBasedStateMachine):
         for i in ids:
             self.ready.pop(i)
             self.pins.pop(i, None)
+        self._forget(ids)
 
     # ----- calls that must fail ------------------------------------------------------------------------
     @rule(data=st.data(),
@@ -311,10 +424,9 @@ class TierContract(RuleBasedStateMachine):
         finally:
             self._call(f"complete_load({ids})", self.tier.complete_load, _ids(ids))
         for k, i in enumerate(ids):
-            if not any(torch.equal(_bits(got[k]), ok) for ok in self.ready[i]):
-                diff = int((_bits(got[k]) != self.ready[i][-1]).sum())
-                _fail("round-trip", f"{self.name}.read returned page {i} with {diff} byte(s) differing "
-                                    f"from what was written")
+            if not any(self._matches(got[k], ok) for ok in self.ready[i]):
+                _fail("round-trip", f"{self.name}.read returned page {i} with "
+                                    f"{self._mismatch(got[k], self.ready[i][-1])}")
 
     @invariant()
     def agrees_with_model(self) -> None:
@@ -358,11 +470,18 @@ class TierContract(RuleBasedStateMachine):
 
 def make_tier_machine(factory: TierFactory, *, page_size: int = 4, head_dim: int = 8,
                       dtype: torch.dtype = torch.float32, max_id: int = 12,
-                      capacities: st.SearchStrategy[int | None] | None = None) -> type[TierContract]:
+                      capacities: st.SearchStrategy[int | None] | None = None,
+                      tolerance: tuple[float, float] | None = None,
+                      eviction_order: str | None = "auto") -> type[TierContract]:
     """A :class:`TierContract` subclass that builds tiers with ``factory(config)``; use its ``TestCase``
-    under pytest (``TestMyTier = make_tier_machine(f).TestCase``) or pass it to :func:`check_tier`."""
+    under pytest (``TestMyTier = make_tier_machine(f).TestCase``) or pass it to :func:`check_tier`.
+    ``tolerance=(rtol, atol)`` for a lossy tier; ``eviction_order`` as on :class:`TierContract`."""
+    if tolerance is not None and (len(tolerance) != 2 or min(tolerance) < 0):
+        raise ValueError(f"tolerance must be (rtol, atol), both >= 0, got {tolerance!r}")
     attrs: dict[str, Any] = {"make_tier": lambda self, config: factory(config), "page_size": page_size,
-                             "head_dim": head_dim, "dtype": dtype, "max_id": max_id}
+                             "head_dim": head_dim, "dtype": dtype, "max_id": max_id,
+                             "tolerance": None if tolerance is None else tuple(map(float, tolerance)),
+                             "eviction_order": eviction_order}
     if capacities is not None:
         attrs["capacities"] = capacities
     name = getattr(factory, "__name__", "tier").replace("<", "").replace(">", "")

@@ -12,6 +12,7 @@
   :func:`apply_tier_ops`
 * index and clusterers (:mod:`.kv`): :func:`point_groups`, :func:`index_histories`
 * selector plumbing (:mod:`.selectors`): :func:`fill_problems`, :func:`token_groups`
+* budget policies (:mod:`.budgets`): :func:`budget_configs`, :func:`budget_options`
 * scenarios the suites run: :func:`icecache.testing.conformance.selector_cases`,
   :func:`icecache.testing.conformance.index_cases`
 
@@ -19,6 +20,7 @@ Every tensor strategy draws parameters and a seed and calls a plain-torch genera
 :mod:`icecache.testing.synthetic`), so a failing example can be rebuilt without hypothesis.
 """
 
+from icecache.testing.strategies.budgets import BUDGET_POLICIES, budget_configs, budget_options
 from icecache.testing.strategies.clustered import ClusterQuery, cluster_queries, clustered_kv, left_paddings
 from icecache.testing.strategies.config import cache_configs, model_geometries, tier_configs
 from icecache.testing.strategies.kernels import PagedCase, ScoringCase, paged_attention_cases, scoring_cases
@@ -51,4 +53,6 @@ __all__ = [
     "IndexHistory", "PointGroups", "index_histories", "point_groups",
     # selector plumbing
     "FillProblem", "fill_problems", "token_groups",
+    # budget policies
+    "BUDGET_POLICIES", "budget_configs", "budget_options",
 ]

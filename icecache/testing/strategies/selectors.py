@@ -46,14 +46,17 @@ def fill_problems(
     page_size: Any = st.sampled_from([1, 2, 4, 16]),
     ties: Any = st.booleans(),
 ) -> FillProblem:
-    """Random budget-fill problems: partial and empty pages, ``-inf`` scores, tied scores, budgets
-    from 0 to more than every page together."""
+    """Random budget-fill problems: partial and empty pages, ``-inf`` (never take), ``+inf`` (take
+    first) and NaN (never take) scores, tied scores, budgets from 0 to more than every page together."""
     R, P, S = draw_value(draw, rows), draw_value(draw, pages), draw_value(draw, page_size)
     g = torch.Generator().manual_seed(draw(seeds))
     scores = torch.randn(R, P, generator=g)
     if draw_value(draw, ties):
         scores = scores.round()  # many equal scores
-    scores = torch.where(torch.rand(R, P, generator=g) < 0.1, float("-inf"), scores)
+    special = torch.rand(R, P, generator=g)
+    scores = torch.where(special < 0.1, float("-inf"), scores)
+    scores = torch.where((special >= 0.1) & (special < 0.15), float("inf"), scores)
+    scores = torch.where((special >= 0.15) & (special < 0.2), float("nan"), scores)
     lens = torch.randint(0, S + 1, (R, P), generator=g)
     lens = torch.where(torch.rand(R, P, generator=g) < 0.6, S, lens)  # mostly full pages
     max_tokens = torch.randint(0, max(1, S * P + S), (R,), generator=g)
