@@ -8,7 +8,6 @@ is scored against dense attention over the same keys. Figures are means over lay
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from icecache.metrics import (
     touched_page_ids,
 )
 from icecache.selectors.plumbing.positions import Positions
+from icecache.selectors.plumbing.prompt_queries import prefill_queries
 
 
 @frozen(kw_only=True)
@@ -73,9 +73,10 @@ def build_selectors(
     out, seconds = {}, 0.0
     for layer in spec.layers:
         sel = registry.create("selector", name, config, layer_idx=layer, policy=None, **options)
-        kwargs = {}
-        if capture.prompt_queries is not None and "queries" in inspect.signature(sel.prefill).parameters:
-            kwargs["queries"] = capture.prompt_queries[layer, None].float()
+        # NOTE: the same observation window run / eval / generate() hand the selector
+        queries = None if capture.prompt_queries is None else capture.prompt_queries[layer, None]
+        kwargs = prefill_queries(sel, queries)
+        kwargs = {k: v.float() for k, v in kwargs.items()}
         keys = capture.keys[layer, None, :, :N].contiguous()  # [1, H_kv, N, D]
         _sync(keys.device)
         t0 = time.perf_counter()

@@ -63,7 +63,8 @@ def icecache_attention_forward(module: Any, query: Tensor, key: Tensor, value: T
     out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale,
                                           dropout=dropout, **kwargs)
     if not layer.prefilled:
-        layer.finish_prefill(start_from_mask(attention_mask, query.shape[0], key.shape[2], query.device))
+        layer.finish_prefill(start_from_mask(attention_mask, query.shape[0], key.shape[2], query.device),
+                             query)
     return out, weights
 
 

@@ -20,6 +20,7 @@ from icecache.integrations.hf.dense import attend_with_lse
 from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.store import GrowableKV
 from icecache.selectors.bases.token_score import TokenScoreSelector
+from icecache.selectors.plumbing.prompt_queries import prefill_queries
 
 if TYPE_CHECKING:
     from icecache.integrations.hf.cache import IceCache
@@ -121,9 +122,12 @@ class IceCacheLayer(CacheLayerMixin):
         raise NotImplementedError("IceCache does not support batch selection")
 
     # -- prefill ----------------------------------------------------------------------------------
-    def finish_prefill(self, start: Tensor) -> None:
+    def finish_prefill(self, start: Tensor, queries: Tensor | None = None) -> None:
         """Build the selector from the prompt's keys and write the prompt's pages (called once, after the
-        dense prefill attention). ``start``: int64 ``[B]``, first real position of each row."""
+        dense prefill attention). ``start``: int64 ``[B]``, first real position of each row; ``queries``:
+        float ``[B, H_q, n, D]``, the queries of the prompt's last ``n`` positions (all of them live, a
+        snapshot's window otherwise): the selector gets its observation window of them
+        (:mod:`~icecache.selectors.plumbing.prompt_queries`)."""
         if self.prefilled:
             return
         self.start = start.to(torch.int64).cpu()
@@ -137,6 +141,8 @@ class IceCacheLayer(CacheLayerMixin):
                                                  page_size=self.selector.page_size)
             self.sparse.begin(keys, values, self.start)
             kwargs = {"reader": self.sparse} if accepts_keyword(self.selector.prefill, "reader") else {}
+            window = prefill_queries(self.selector, queries, self.start, num_positions=num_tokens)
+            kwargs.update({k: v.to(device) for k, v in window.items()})
             try:
                 self.selector.prefill(keys.to(device), start=self.start.to(device), **kwargs)
                 self.owner.reserve_pages(self.layer_idx, self.selector.layout.token_ids)
@@ -159,13 +165,15 @@ class IceCacheLayer(CacheLayerMixin):
         self._paged_end = end
         return changed
 
-    def load_prefill(self, keys: Tensor, values: Tensor, start: Tensor) -> None:
-        """Fill the layer from a prefill snapshot (``[B, H_kv, N, D]`` each) without running the model."""
+    def load_prefill(self, keys: Tensor, values: Tensor, start: Tensor, queries: Tensor | None = None
+                     ) -> None:
+        """Fill the layer from a prefill snapshot (``[B, H_kv, N, D]`` each; ``queries``: the prompt's
+        last queries ``[B, H_q, n, D]`` or None) without running the model."""
         if self.is_initialized:
             raise ConfigError(f"layer {self.layer_idx} already holds {self.n} tokens")
         self.update(keys, values)
         self.device = self.owner.policy.config.device
-        self.finish_prefill(start)
+        self.finish_prefill(start, queries)
 
     # -- decode -----------------------------------------------------------------------------------
     def decode_attention(self, query: Tensor, scale: float) -> Tensor:
