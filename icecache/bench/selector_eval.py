@@ -69,6 +69,10 @@ def build_selectors(
         from icecache.selectors.policies.icecache_reuse import ReuseGroup
 
         options["shared"] = ReuseGroup()
+    if name == "omnikv" and "shared" not in options:
+        from icecache.selectors.policies.omnikv import FilterGroup
+
+        options["shared"] = FilterGroup()
     N = capture.prompt_len
     out, seconds = {}, 0.0
     for layer in spec.layers:
