@@ -86,3 +86,21 @@ def test_run_and_eval_hand_icecache_its_prompt_queries(tmp_path, seen, command):
     assert seen, "no selector was prefilled"
     for layer, qs in seen.items():
         assert all(q is not None and q.shape[2] == 64 for q in qs), layer
+
+
+@pytest.mark.parametrize("selector", ["snapkv", "pqcache", "magicpig", "shadowkv", "omnikv"])
+def test_every_baseline_decodes_through_the_hf_path(model_and_tokenizer, passkey_prompts, selector, seen):
+    model, _ = model_and_tokenizer
+    ids = _prompt(passkey_prompts)
+    cache = IceCache.for_model(model, selector=selector, budget=64)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False, past_key_values=cache)
+    assert out.shape[1] == len(ids) + 3
+    window = policy_query_window(cache.policy)
+    assert window == (32 if selector == "snapkv" else 0)
+    for qs in seen.values():
+        assert (qs[-1] is None) == (window == 0)
+    ledgers = [layer.last_selection.ledger for layer in cache.layers if not layer.dense]
+    if selector == "omnikv":  # the filter layers attend everything, the others their budget
+        assert any(ledger.dense for ledger in ledgers) and not all(ledger.dense for ledger in ledgers)
+    for ledger in ledgers:
+        assert ledger.dense or int(ledger.total.max()) <= 64
