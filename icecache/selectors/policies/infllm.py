@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 from attrs import define, field, frozen
-from attrs.validators import ge
+from attrs.validators import ge, optional
 from torch import Tensor
 
 from icecache.core.errors import ConfigError
@@ -40,7 +40,9 @@ class InfLLMSelector(PageScoreSelector):
     (the block's most typical keys). NOTE (simplification): runners hand ``prefill`` only the prompt's
     last ``local_window`` queries (a bounded observation window, not every prompt query), so only the
     tokens of the prompt's last ``2 * local_window`` positions are scored by queries; earlier ones by
-    typicality. A block spans ``block_size // page_size`` pages that share its
+    typicality. ``prompt_queries`` (default: ``local_window``) asks for another window; the prompt's
+    length gives every prompt token a query-based score, at the price of keeping that many queries per
+    layer in a prefill snapshot (``H_q / H_kv`` times the keys' bytes for the whole prompt). A block spans ``block_size // page_size`` pages that share its
     score; a block that does not fit the budget whole is taken in part (its first pages).
     """
 
@@ -48,6 +50,7 @@ class InfLLMSelector(PageScoreSelector):
     block_size: int = field(default=128, validator=ge(1))
     representatives: int = field(default=4, validator=ge(1))
     local_window: int = field(default=512, validator=ge(1))
+    prompt_queries: int | None = field(default=None, validator=optional(ge(0)))
 
     _rep: Tensor | None = field(default=None, init=False, repr=False)
 
@@ -60,7 +63,7 @@ class InfLLMSelector(PageScoreSelector):
 
     @property
     def prompt_query_window(self) -> int:  # NOTE: shadows the base's ClassVar (runners read it)
-        return self.local_window
+        return self.local_window if self.prompt_queries is None else self.prompt_queries
 
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
         B, H, N, D = keys.shape
