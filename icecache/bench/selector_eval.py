@@ -26,6 +26,7 @@ from icecache.metrics import (
     output_rel_error,
     touched_page_ids,
 )
+from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
 from icecache.selectors.plumbing.positions import Positions
 from icecache.selectors.plumbing.prompt_queries import prefill_queries
 
@@ -148,6 +149,10 @@ def evaluate(
             selection = sel.select(q)
             _sync(dev)
             select_s += time.perf_counter() - t0
+            if wants_feedback(sel):
+                ids = selection.token_ids
+                picked = keys.gather(2, ids.clamp(min=0)[..., None].expand(*ids.shape, keys.shape[-1]))
+                sel.observe(attention_feedback(q, picked, ids, sel.attention_scale(keys.shape[-1])))
             mask = selection.token_mask(n)  # [1, H_kv, n]
             probs = attention_probs(q, keys)
             H = keys.shape[1]

@@ -105,6 +105,11 @@ BUILTIN_SELECTORS: dict[str, tuple[str, str, str]] = {
         "ShadowKVSelector",
         "chunks ranked by their landmark (mean key), outlier chunks always attended (ShadowKV)",
     ),
+    "h2o": (
+        "h2o",
+        "H2OSelector",
+        "heavy hitters: tokens with the most attention accumulated through the feedback hook (H2O)",
+    ),
     "streamingllm": ("streamingllm", "StreamingLLMSelector", "attention sinks plus the most recent tokens"),
     "oracle": ("oracle", "OracleSelector", "exact top-k tokens by attention weight (the ceiling)"),
     "random": ("random_pages", "RandomSelector", "random pages of consecutive tokens (a control)"),

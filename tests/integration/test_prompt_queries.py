@@ -1,4 +1,6 @@
-"""The prompt's observation window reaches every selector's ``prefill`` the same way in ``icecache
+"""Prefill state and feedback in every runner.
+
+The prompt's observation window reaches every selector's ``prefill`` the same way in ``icecache
 run`` / ``eval`` (prefill snapshots), ``model.generate()`` (the live HF path) and the selector bench.
 
 A spy wraps the real ``SelectorBase.prefill`` (the real method still runs) and records what each layer
@@ -12,9 +14,14 @@ import pytest
 import torch
 
 from icecache.cli.main import main
+from icecache.core.config import CacheConfig
+from icecache.core.hookspecs import hookimpl
+from icecache.core.plugins import get_plugin_manager
+from icecache.core.policy import compose_policy
 from icecache.integrations.hf import IceCache, prefill_snapshot
 from icecache.selectors.bases.selector import SelectorBase
 from icecache.selectors.plumbing.prompt_queries import policy_query_window
+from icecache.selectors.policies.quest import QuestSelector
 
 pytestmark = pytest.mark.model
 
@@ -104,3 +111,46 @@ def test_every_baseline_decodes_through_the_hf_path(model_and_tokenizer, passkey
         assert any(ledger.dense for ledger in ledgers) and not all(ledger.dense for ledger in ledgers)
     for ledger in ledgers:
         assert ledger.dense or int(ledger.total.max()) <= 64
+
+
+def test_a_selector_that_asks_gets_each_steps_attention_in_generate(model_and_tokenizer, passkey_prompts):
+    model, _ = model_and_tokenizer
+    ids = _prompt(passkey_prompts)
+    cache = IceCache.for_model(model, selector="h2o", budget=64, options={"selector": {"window": 0}})
+    model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False, past_key_values=cache)
+    geo = cache.policy.config.geometry
+    group = geo.num_q_heads // geo.num_kv_heads
+    for layer in cache.layers:
+        if not layer.dense:
+            # two decode steps after the prefill, each head's weights summing to one
+            total = layer.selector._mass.sum(-1)
+            torch.testing.assert_close(total, torch.full_like(total, 2.0 * group))
+
+
+class _FeedbackQuest(QuestSelector):
+    wants_feedback = True
+
+    def observe(self, feedback):
+        self.fed = [*getattr(self, "fed", []), feedback]
+
+
+class _Plugin:
+    @hookimpl
+    def icecache_register_selectors(self, register):
+        register("feedback-quest", lambda config, **kw: _FeedbackQuest(config=config, **kw),
+                 description="quest that records its feedback (test)")
+
+
+def test_the_paged_path_feeds_back_the_selected_tokens(model_and_tokenizer, passkey_prompts):
+    model, _ = model_and_tokenizer
+    ids = _prompt(passkey_prompts)
+    config = CacheConfig.from_model_config(model.config, budget=64)
+    policy = compose_policy(selector="feedback-quest", config=config,
+                            plugin_manager=get_plugin_manager(extra=(_Plugin(),)))
+    cache = IceCache(policy, model.config.num_hidden_layers)
+    model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False, past_key_values=cache)
+    layer = cache.layers[-1]
+    assert len(layer.selector.fed) == 2
+    fb = layer.selector.fed[-1]
+    assert torch.equal(fb.token_ids, layer.last_selection.token_ids)
+    torch.testing.assert_close(fb.weights.sum(-1), torch.ones_like(fb.weights.sum(-1)))

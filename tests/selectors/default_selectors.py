@@ -28,12 +28,14 @@ DEFAULT_SELECTORS: list[tuple[str, dict[str, Any]]] = [
     ("magicpig", {"bits": 4, "tables": 8}),
     ("shadowkv", {"outliers": 1}),
     ("omnikv", {}),
+    ("h2o", {"window": 4}),
 ]
 
 #: selectors that attend dense (no budget)
 DENSE = {"full"}
 #: token-level selectors (no pages in their selection)
-TOKEN_LEVEL = {"streamingllm", "oracle", "full", "snapkv", "snapkv:refresh", "pqcache", "magicpig", "omnikv"}
+TOKEN_LEVEL = {"streamingllm", "oracle", "full", "snapkv", "snapkv:refresh", "pqcache", "magicpig", "omnikv",
+               "h2o"}
 
 _REGISTRY = None
 

@@ -100,7 +100,8 @@ def test_shadowkv_attends_its_outlier_chunks_every_step():
 def test_omnikv_followers_take_the_filter_layers_best_tokens():
     config = CacheConfig(budget=24, page_size=4, sink_tokens=2, window_tokens=4, dense_layers=2)
     group = FilterGroup()
-    layers = {i: make_selector("omnikv", config, layer_idx=i, shared=group, filter_every=3) for i in range(2, 7)}
+    layers = {i: make_selector("omnikv", config, layer_idx=i, shared=group, filter_every=3)
+              for i in range(2, 7)}
     assert {i for i, s in layers.items() if s.is_filter} == {2, 5}
     N, D = 80, 8
     per_layer = {i: _randn(1, 2, N, D) for i in layers}
@@ -122,3 +123,39 @@ def test_omnikv_followers_take_the_filter_layers_best_tokens():
         s.append(_randn(1, 2, 1, D))
     with pytest.raises(SelectorStateError, match="filter layer 2"):
         layers[3].select(q)
+
+
+def test_feedback_weights_are_the_softmax_over_the_selected_keys():
+    from icecache.selectors.plumbing.feedback import attention_feedback
+
+    B, H, Gq, T, D = 2, 2, 3, 7, 8
+    q, k = _randn(B, H * Gq, D), _randn(B, H, T, D)
+    ids = torch.tensor([[0, 3, 5, 9, -1, -1, -1], [1, 2, 4, 6, 8, 10, 12]])[:, None].expand(B, H, T)
+    fb = attention_feedback(q, k, ids, 0.3)
+    for b in range(B):
+        real = ids[b, 0] >= 0
+        want = torch.softmax(torch.einsum("hgd,htd->hgt", q[b].view(H, Gq, D), k[b, :, real]) * 0.3, -1)
+        torch.testing.assert_close(fb.weights[b][..., real], want)
+        assert bool((fb.weights[b][..., ~real] == 0).all())
+    by_pos = fb.mass_by_position(13)
+    torch.testing.assert_close(by_pos.sum(-1), torch.full((B, H), float(Gq)))
+    pages = torch.arange(16).view(1, 1, 4, 4).expand(B, H, 4, 4).clone()
+    torch.testing.assert_close(fb.page_mass(pages).sum(-1), torch.full((B, H), float(Gq)))
+    torch.testing.assert_close(fb.page_mass(pages)[..., 0], by_pos[..., :4].sum(-1))
+
+
+def test_h2o_accumulates_the_attention_it_is_fed():
+    from icecache.selectors.plumbing.feedback import AttentionFeedback
+
+    N, D = 60, 8
+    config = CacheConfig(budget=16, page_size=4, sink_tokens=1, window_tokens=4)
+    sel = make_selector("h2o", config, window=0)
+    sel.prefill(_randn(1, 1, N, D))
+    hot = torch.tensor([[[10, 20, 30]]])
+    fb = AttentionFeedback(token_ids=hot, weights=torch.tensor([[[[0.5, 0.3, 0.2]]]]))
+    for _ in range(2):
+        sel.observe(fb)
+    assert sel.wants_feedback
+    mask = _chosen(sel.select(_randn(1, 1, D)), N)[0, 0]
+    assert bool(mask[hot[0, 0]].all())
+    torch.testing.assert_close(sel._mass[0, 0, hot[0, 0]], torch.tensor([1.0, 0.6, 0.4]))

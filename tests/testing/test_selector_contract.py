@@ -100,7 +100,7 @@ def test_the_suite_hands_a_selector_its_observation_window_of_prompt_queries():
 
     check_selector(lambda c: WindowedSelector(config=c), max_examples=8)
     assert seen
-    for (B, H, N, D), start, queries in seen:
+    for (B, _, N, D), start, queries in seen:
         Q = min(5, N)
         assert queries is not None and queries.shape[0] == B and queries.shape[2:] == (Q, D)
         pos = torch.arange(N - Q, N)

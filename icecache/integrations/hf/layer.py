@@ -20,6 +20,7 @@ from icecache.integrations.hf.dense import attend_with_lse
 from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.store import GrowableKV
 from icecache.selectors.bases.token_score import TokenScoreSelector
+from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
 from icecache.selectors.plumbing.prompt_queries import prefill_queries
 
 if TYPE_CHECKING:
@@ -200,6 +201,7 @@ class IceCacheLayer(CacheLayerMixin):
         if paged and selection.page_ids.shape[-1] > 0:
             self.owner.note_attended(int(selection.ledger.selected.sum()))
             out = self.sparse.attend(query[:, :, 0, :], selection, scale, timings)
+            self._feedback(query, selection, scale)
             return out[:, None]  # [B, 1, H_q, D]
         # token-level selectors (oracle, streamingllm): gather the chosen tokens from their pages
         with timings.part("page_load"):
@@ -207,4 +209,15 @@ class IceCacheLayer(CacheLayerMixin):
         self.owner.note_device_tokens(self.layer_idx, int(selection.token_ids.shape[-1]))
         with timings.part("attention"):
             out, _ = attend_with_lse(q, keys, values, selection.token_ids.to(q.device) >= 0, scale)
+        self._feedback(query, selection, scale, keys)
         return out.reshape(B, H_q, D)[:, None]  # [B, 1, H_q, D]
+
+    def _feedback(self, query: Tensor, selection: Any, scale: float, keys: Tensor | None = None) -> None:
+        """Hand a selector that asks for it the step's attention weights over what it selected
+        (:mod:`~icecache.selectors.plumbing.feedback`); ``keys``: the selected keys when in hand."""
+        if not wants_feedback(self.selector):
+            return
+        if keys is None:
+            keys, _ = self.sparse.gather(selection.token_ids)
+        ids = selection.token_ids.to(keys.device)
+        self.selector.observe(attention_feedback(query[:, :, 0, :].to(keys.device), keys, ids, scale))

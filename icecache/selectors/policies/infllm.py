@@ -42,8 +42,10 @@ class InfLLMSelector(PageScoreSelector):
     tokens of the prompt's last ``2 * local_window`` positions are scored by queries; earlier ones by
     typicality. ``prompt_queries`` (default: ``local_window``) asks for another window; the prompt's
     length gives every prompt token a query-based score, at the price of keeping that many queries per
-    layer in a prefill snapshot (``H_q / H_kv`` times the keys' bytes for the whole prompt). A block spans ``block_size // page_size`` pages that share its
-    score; a block that does not fit the budget whole is taken in part (its first pages).
+    layer in a prefill snapshot (``H_q / H_kv`` times the keys' bytes for the whole prompt). A block
+    spans ``block_size // page_size`` pages that share its score; a block that does not fit the budget
+    whole is taken in part (its first pages). Measured at 4k (docs/benchmarks.md): recall@1024 0.854
+    with the default window, 0.963 with every prompt query, 0.866 with none.
     """
 
     name: ClassVar[str] = "infllm"

@@ -21,7 +21,8 @@ def pq_encode(keys: Tensor, codebooks: Tensor) -> Tensor:
     B, H, n, D = keys.shape
     M, K, d = codebooks.shape[2:]
     sub = keys.float().reshape(B, H, n, M, d).permute(0, 1, 3, 2, 4)  # [B, H, M, n, d]
-    dist = (codebooks * codebooks).sum(-1)[..., None, :] - 2 * sub @ codebooks.transpose(-1, -2)  # [B,H,M,n,K]
+    c2 = (codebooks * codebooks).sum(-1)[..., None, :]  # [B, H, M, 1, K]
+    dist = c2 - 2 * sub @ codebooks.transpose(-1, -2)  # [B, H, M, n, K]
     return dist.argmin(-1).permute(0, 1, 3, 2).to(torch.uint8)
 
 

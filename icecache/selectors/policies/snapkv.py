@@ -29,7 +29,8 @@ def window_votes(queries: Tensor, query_pos: Tensor, keys: Tensor, start: Tensor
     B, H, N, _ = keys.shape
     logits = torch.einsum("bhgqd,bhnd->bhgqn", queries.float(), keys.float()) * scale
     pos = torch.arange(N, device=keys.device)
-    seen = (pos[None, :] <= query_pos[:, None])[None] & (pos[None, None, :] >= start[:, None, None])  # [B,Q,N]
+    causal = (pos[None, :] <= query_pos[:, None])[None]  # [1, Q, N]
+    seen = causal & (pos[None, None, :] >= start[:, None, None])  # [B, Q, N]
     logits = logits.masked_fill(~seen[:, None, None], float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a query that sees nothing votes nothing
     real_q = (query_pos[None, :] >= start[:, None]).to(probs.dtype)  # [B, Q]

@@ -27,7 +27,9 @@ query that favours one cluster) and checks, after every ``select``:
 A selector that declares a ``prompt_query_window`` gets the prompt's queries of that many last positions
 at ``prefill`` (zeros at padding, as every runner hands them:
 :mod:`~icecache.selectors.plumbing.prompt_queries`), so every property is checked with its prefill-time
-scoring on. ``append`` is covered by re-checking everything after every decode step. A factory may refuse a
+scoring on. A selector that sets ``wants_feedback`` gets ``observe(feedback)`` after every ``select``
+(:mod:`~icecache.selectors.plumbing.feedback`). ``append`` is covered by re-checking everything after
+every decode step. A factory may refuse a
 config it does not support by raising :class:`~icecache.core.errors.ConfigError`: that example is
 skipped (the suite fails if every example is refused). Any other error is a violation.
 """
@@ -44,6 +46,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from icecache.core.config import CacheConfig
+from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
 from icecache.selectors.plumbing.prompt_queries import observation_window, query_window
 from icecache.selectors.types import Selection
 from icecache.testing.conformance._runner import (
@@ -359,6 +362,14 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
         context += n
         where = f"{name}, decode step {i} (context {context})"
         results = [guarded(CONTRACT, f"{name}.select() at step {i}", s.select, q.clone()) for s in sels]
+        for s, sel in zip(sels, results, strict=True):
+            if wants_feedback(s) and isinstance(sel, Selection):
+                ids = sel.token_ids.clamp(0, context - 1)
+                picked = keys[:, :, :context].gather(2, ids[..., None].expand(*ids.shape, keys.shape[-1]))
+                D = q.shape[-1]
+                scale = s.attention_scale(D) if hasattr(s, "attention_scale") else D**-0.5
+                feedback = attention_feedback(q, picked, sel.token_ids, scale)
+                guarded(CONTRACT, f"{name}.observe() at step {i}", s.observe, feedback)
         layout = guarded(CONTRACT, f"{name}.layout", lambda s=sels[0]: s.layout) if "pages" in props else None
         layout_ids = None if layout is None else layout.token_ids.cpu()
         check_selection(results[0], config=case.config, shape=case.shape, context=context, start=start,
