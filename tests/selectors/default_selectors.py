@@ -32,7 +32,7 @@ DEFAULT_SELECTORS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 #: selectors that attend dense (no budget)
-DENSE = {"full"}
+DENSE = {"full", "omnikv"}  # NOTE: omnikv built alone (no shared group) is a filter layer: dense
 #: token-level selectors (no pages in their selection)
 TOKEN_LEVEL = {"streamingllm", "oracle", "full", "snapkv", "snapkv:refresh", "pqcache", "magicpig", "omnikv",
                "h2o"}
