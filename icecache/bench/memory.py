@@ -60,6 +60,7 @@ def model_rows(args: argparse.Namespace, specs: list[Any]) -> list[dict[str, Any
     from icecache.integrations.hf.generation import decode
     from icecache.integrations.hf.loader import load_model
     from icecache.integrations.hf.snapshot import prefill_snapshot
+    from icecache.selectors.plumbing.prompt_queries import policy_query_window
     from icecache.tasks import generate_suite
     from icecache.tasks.sample import prompt_ids
 
@@ -74,9 +75,10 @@ def model_rows(args: argparse.Namespace, specs: list[Any]) -> list[dict[str, Any
             continue
         sample = generate_suite([args.task], n=1, context=context, tokenizer=tokenizer, seed=0)[0]
         print(f"prefill {context} tokens", file=sys.stderr)
-        snapshot = prefill_snapshot(model, [prompt_ids(tokenizer, sample)])
-        for spec in specs:
-            policy = build_policy(spec, model.config, device=model.device)
+        policies = [build_policy(spec, model.config, device=model.device) for spec in specs]
+        window = max(policy_query_window(policy) for policy in policies)
+        snapshot = prefill_snapshot(model, [prompt_ids(tokenizer, sample)], query_window=window)
+        for spec, policy in zip(specs, policies, strict=True):
             t0 = time.perf_counter()
             cache = IceCache.from_snapshot(snapshot, policy)
             build_s = time.perf_counter() - t0

@@ -8,7 +8,6 @@ is scored against dense attention over the same keys. Figures are means over lay
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -27,7 +26,9 @@ from icecache.metrics import (
     output_rel_error,
     touched_page_ids,
 )
+from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
 from icecache.selectors.plumbing.positions import Positions
+from icecache.selectors.plumbing.prompt_queries import prefill_queries
 
 
 @frozen(kw_only=True)
@@ -69,13 +70,18 @@ def build_selectors(
         from icecache.selectors.policies.icecache_reuse import ReuseGroup
 
         options["shared"] = ReuseGroup()
+    if name == "omnikv" and "shared" not in options:
+        from icecache.selectors.policies.omnikv import FilterGroup
+
+        options["shared"] = FilterGroup()
     N = capture.prompt_len
     out, seconds = {}, 0.0
     for layer in spec.layers:
         sel = registry.create("selector", name, config, layer_idx=layer, policy=None, **options)
-        kwargs = {}
-        if capture.prompt_queries is not None and "queries" in inspect.signature(sel.prefill).parameters:
-            kwargs["queries"] = capture.prompt_queries[layer, None].float()
+        # NOTE: the same observation window run / eval / generate() hand the selector
+        queries = None if capture.prompt_queries is None else capture.prompt_queries[layer, None]
+        kwargs = prefill_queries(sel, queries)
+        kwargs = {k: v.float() for k, v in kwargs.items()}
         keys = capture.keys[layer, None, :, :N].contiguous()  # [1, H_kv, N, D]
         _sync(keys.device)
         t0 = time.perf_counter()
@@ -143,6 +149,10 @@ def evaluate(
             selection = sel.select(q)
             _sync(dev)
             select_s += time.perf_counter() - t0
+            if wants_feedback(sel):
+                ids = selection.token_ids
+                picked = keys.gather(2, ids.clamp(min=0)[..., None].expand(*ids.shape, keys.shape[-1]))
+                sel.observe(attention_feedback(q, picked, ids, sel.attention_scale(keys.shape[-1])))
             mask = selection.token_mask(n)  # [1, H_kv, n]
             probs = attention_probs(q, keys)
             H = keys.shape[1]

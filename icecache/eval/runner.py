@@ -15,6 +15,7 @@ from icecache.eval.policies import PolicySpec, build_policy
 from icecache.integrations.hf.cache import IceCache
 from icecache.integrations.hf.generation import decode
 from icecache.integrations.hf.snapshot import prefill_snapshot
+from icecache.selectors.plumbing.prompt_queries import policy_query_window
 from icecache.tasks.sample import TaskSample, prompt_ids
 from icecache.tasks.scoring import is_correct, match_fraction
 
@@ -116,7 +117,8 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
             continue
         if progress is not None:
             progress(0, f"prefill {batch[0].task} x{len(batch)}")
-        snapshot = prefill_snapshot(model, [prompts[i] for i in idx])
+        window = max(policy_query_window(policy) for _, policy in todo)
+        snapshot = prefill_snapshot(model, [prompts[i] for i in idx], query_window=window)
         for spec, policy in todo:
             chunk: list[SampleResult] = []
             t0 = time.perf_counter()

@@ -11,19 +11,32 @@ from typing import Any
 
 from icecache.core.hookspecs import hookimpl
 
-#: id(policy) -> the ReuseGroup its icecache-reuse layers share (dropped with the policy)
-_REUSE_GROUPS: dict[int, Any] = {}
+#: (id(policy), kind) -> the state its layers share (icecache-reuse's ReuseGroup, omnikv's FilterGroup);
+#: dropped with the policy
+_REUSE_GROUPS: dict[tuple[int, str], Any] = {}
+
+
+def _shared_group(policy: Any, kind: str, make: Any) -> Any:
+    key = (id(policy), kind)
+    group = _REUSE_GROUPS.get(key)
+    if group is None:
+        group = _REUSE_GROUPS[key] = make()
+        weakref.finalize(policy, _REUSE_GROUPS.pop, key, None)
+    return group
 
 
 def _reuse_group(policy: Any) -> Any:
     from icecache.selectors.policies.icecache_reuse import ReuseGroup
 
-    key = id(policy)
-    group = _REUSE_GROUPS.get(key)
-    if group is None:
-        group = _REUSE_GROUPS[key] = ReuseGroup()
-        weakref.finalize(policy, _REUSE_GROUPS.pop, key, None)
-    return group
+    return _shared_group(policy, "icecache-reuse", ReuseGroup)
+
+
+def _omnikv(config: Any, *, layer_idx: int = 0, policy: Any = None, **options: Any) -> Any:
+    from icecache.selectors.policies.omnikv import FilterGroup, OmniKVSelector
+
+    if "shared" not in options and policy is not None:
+        options["shared"] = _shared_group(policy, "omnikv", FilterGroup)
+    return OmniKVSelector(config=config, layer_idx=layer_idx, policy=policy, **options)
 
 
 def _factory(module: str, cls: str):
@@ -72,6 +85,31 @@ BUILTIN_SELECTORS: dict[str, tuple[str, str, str]] = {
         "InfLLMSelector",
         "blocks of consecutive tokens ranked by representative keys (InfLLM)",
     ),
+    "snapkv": (
+        "snapkv",
+        "SnapKVSelector",
+        "tokens voted for by the prompt's observation window, pooled (SnapKV)",
+    ),
+    "pqcache": (
+        "pqcache",
+        "PQCacheSelector",
+        "tokens ranked by product-quantized keys' asymmetric q.k (PQCache)",
+    ),
+    "magicpig": (
+        "magicpig",
+        "MagicPIGSelector",
+        "tokens colliding with the query in the most SimHash tables (MagicPIG, top-k not sampling)",
+    ),
+    "shadowkv": (
+        "shadowkv",
+        "ShadowKVSelector",
+        "chunks ranked by their landmark (mean key), outlier chunks always attended (ShadowKV)",
+    ),
+    "h2o": (
+        "h2o",
+        "H2OSelector",
+        "heavy hitters: tokens with the most attention accumulated through the feedback hook (H2O)",
+    ),
     "streamingllm": ("streamingllm", "StreamingLLMSelector", "attention sinks plus the most recent tokens"),
     "oracle": ("oracle", "OracleSelector", "exact top-k tokens by attention weight (the ceiling)"),
     "random": ("random_pages", "RandomSelector", "random pages of consecutive tokens (a control)"),
@@ -88,4 +126,9 @@ def icecache_register_selectors(register):
         _icecache_reuse,
         description="IceCache(r): from layer 3, the first layer of each cycle of n layers searches, "
         "the others reuse its pages",
+    )
+    register(
+        "omnikv",
+        _omnikv,
+        description="filter layers attend everything and choose the tokens the next layers attend (OmniKV)",
     )

@@ -27,7 +27,7 @@ BAD = [
     (["eval", "--model", "/no/such/model"], "model path '/no/such/model' does not exist"),
     (["eval", "--context", "9000"], "--context 9000 is longer than the model allows"),
     (["eval", "--tasks", "niah_single,haystack"], "unknown task 'haystack'; available tasks: common_words"),
-    (["eval", "--policy", "full,snapkv"], "unknown selector 'snapkv'; available selectors: arkvale"),
+    (["eval", "--policy", "full,h3o"], "unknown selector 'h3o'; available selectors: arkvale"),
     (["eval", "--policy", "icecache", "--budget", "0"], "budget must be positive, got 0"),
     (["eval", "--policy", "quest@-5"], "budget must be positive, got -5 in 'quest@-5'"),
     (["eval", "--policy", "icecache", "--budget", "40", "--window", "60"],

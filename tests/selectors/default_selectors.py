@@ -22,12 +22,20 @@ DEFAULT_SELECTORS: list[tuple[str, dict[str, Any]]] = [
     ("infllm", {"block_size": 32, "local_window": 8}),
     ("icecache", {}),
     ("icecache-reuse", {}),
+    ("snapkv", {"window": 8, "kernel_size": 3}),
+    ("snapkv:refresh", {"window": 4, "kernel_size": 3, "refresh_every": 2}),
+    ("pqcache", {"subspaces": 2, "centroids": 8, "iters": 3}),
+    ("magicpig", {"bits": 4, "tables": 8}),
+    ("shadowkv", {"outliers": 1}),
+    ("omnikv", {}),
+    ("h2o", {"window": 4}),
 ]
 
 #: selectors that attend dense (no budget)
-DENSE = {"full"}
+DENSE = {"full", "omnikv"}  # NOTE: omnikv built alone (no shared group) is a filter layer: dense
 #: token-level selectors (no pages in their selection)
-TOKEN_LEVEL = {"streamingllm", "oracle", "full"}
+TOKEN_LEVEL = {"streamingllm", "oracle", "full", "snapkv", "snapkv:refresh", "pqcache", "magicpig", "omnikv",
+               "h2o"}
 
 _REGISTRY = None
 
@@ -43,6 +51,7 @@ def make_selector(name: str, config: CacheConfig, *, layer_idx: int = 2, **optio
     """A selector built through the registry; skips the test when an optional part (the page index
     backend) is not available in this checkout."""
     opts = dict(dict(DEFAULT_SELECTORS).get(name, {}), **options)
+    name = name.split(":")[0]  # NOTE: "name:variant" rows run the same selector with other options
     try:
         return registry().create("selector", name, config, layer_idx=layer_idx, policy=None, **opts)
     except (ModuleNotFoundError, ImportError) as exc:  # pragma: no cover - depends on the checkout
@@ -52,7 +61,7 @@ def make_selector(name: str, config: CacheConfig, *, layer_idx: int = 2, **optio
 def available(name: str) -> bool:
     """Whether ``name`` can be built in this checkout (its optional backend is importable)."""
     try:
-        registry().create("selector", name, CacheConfig(), layer_idx=2, policy=None)
+        registry().create("selector", name.split(":")[0], CacheConfig(), layer_idx=2, policy=None)
     except (ModuleNotFoundError, ImportError):
         return False
     return True

@@ -20,8 +20,8 @@ BAD = [
     ('samples = "3"\n', "spec.toml:1: samples must be a positive integer, got '3'"),
     ("contexts = [256,\n  true]\n", "spec.toml:2: contexts: each entry must be a positive integer, got True"),
     ("seeds = [0, 1, 0]\n", "spec.toml:1: seeds: 0 is listed twice"),
-    ('samples = 1\npolicies = [\n  "full",\n  "snapkv",\n]\n',
-     "spec.toml:4: policies: unknown selector 'snapkv'; available selectors: arkvale"),
+    ('samples = 1\npolicies = [\n  "full",\n  "h3o",\n]\n',
+     "spec.toml:4: policies: unknown selector 'h3o'; available selectors: arkvale"),
     ('policies = ["full", "quest@-5"]\n', "spec.toml:1: policies: budget must be positive, got -5"),
     ('policies = ["icecache:wide"]\n', "spec.toml:1: policies: 'icecache:wide' is a variant of 'icecache': "
                                        "give its options in a [policy_options.\"icecache:wide\"] table"),

@@ -82,3 +82,28 @@ def test_sinks_are_required_only_when_configured():
     configs = cache_configs(sink_tokens=0, window_tokens=st.just(2), page_size=4)
     check_selector(lambda c: ExactPagesSelector(c, bug="attends-padding"), max_examples=5, configs=configs,
                    properties=["sinks-recent"])
+
+
+def test_the_suite_hands_a_selector_its_observation_window_of_prompt_queries():
+    import torch
+
+    from icecache.selectors.policies.streamingllm import StreamingLLMSelector
+
+    seen = []
+
+    class WindowedSelector(StreamingLLMSelector):
+        prompt_query_window = 5
+
+        def prefill(self, keys, *, start=None, queries=None, reader=None):
+            seen.append((keys.shape, start.clone(), queries))
+            super().prefill(keys, start=start, queries=queries, reader=reader)
+
+    check_selector(lambda c: WindowedSelector(config=c), max_examples=8)
+    assert seen
+    for (B, _, N, D), start, queries in seen:
+        Q = min(5, N)
+        assert queries is not None and queries.shape[0] == B and queries.shape[2:] == (Q, D)
+        pos = torch.arange(N - Q, N)
+        padding = pos[None, :] < start[:, None]  # [B, Q]
+        assert bool((queries.abs().sum((1, 3)) == 0)[padding].all())
+        assert bool((queries.abs().sum((1, 3)) > 0)[~padding].all())

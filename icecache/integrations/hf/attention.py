@@ -68,7 +68,8 @@ def icecache_attention_forward(module: Any, query: Tensor, key: Tensor, value: T
                                       sinks=kwargs.get("s_aux")), None
     out, weights = dense_attention(module, query, key, value, attention_mask, scale, dropout, kwargs)
     if not layer.prefilled:
-        layer.finish_prefill(start_from_mask(attention_mask, query.shape[0], key.shape[2], query.device))
+        layer.finish_prefill(start_from_mask(attention_mask, query.shape[0], key.shape[2], query.device),
+                             query)
     return out, weights
 
 

@@ -174,11 +174,12 @@ class IceCache(Cache):
     @classmethod
     def from_snapshot(cls, snapshot: Any, policy: CachePolicy, *, timing: bool = True) -> IceCache:
         """A cache holding a :class:`~icecache.integrations.hf.snapshot.PrefillSnapshot`'s prompt, its
-        selectors built, ready to decode (the model's prefill is not re-run); its sliding-window layers
-        are the snapshot's."""
+        selectors built (from its keys and its prompt queries' window), ready to decode (the model's
+        prefill is not re-run); its sliding-window layers are the snapshot's."""
         cache = cls(policy, len(snapshot.keys), timing=timing, windows=snapshot.windows)
-        for layer, k, v in zip(cache.layers, snapshot.keys, snapshot.values, strict=True):
-            layer.load_prefill(k, v, snapshot.start)
+        queries = snapshot.queries or (None,) * len(snapshot.keys)
+        for layer, k, v, q in zip(cache.layers, snapshot.keys, snapshot.values, queries, strict=True):
+            layer.load_prefill(k, v, snapshot.start, q)
         return cache
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any

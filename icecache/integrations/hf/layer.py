@@ -26,6 +26,8 @@ from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.store import GrowableKV
 from icecache.integrations.hf.window import WindowKV
 from icecache.selectors.bases.token_score import TokenScoreSelector
+from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
+from icecache.selectors.plumbing.prompt_queries import prefill_queries
 
 if TYPE_CHECKING:
     from icecache.integrations.hf.cache import IceCache
@@ -141,9 +143,12 @@ class IceCacheLayer(CacheLayerMixin):
         raise NotImplementedError("IceCache does not support batch selection")
 
     # -- prefill ----------------------------------------------------------------------------------
-    def finish_prefill(self, start: Tensor) -> None:
+    def finish_prefill(self, start: Tensor, queries: Tensor | None = None) -> None:
         """Build the selector from the prompt's keys and write the prompt's pages (called once, after the
-        dense prefill attention). ``start``: int64 ``[B]``, first real position of each row."""
+        dense prefill attention). ``start``: int64 ``[B]``, first real position of each row; ``queries``:
+        float ``[B, H_q, n, D]``, the queries of the prompt's last ``n`` positions (all of them live, a
+        snapshot's window otherwise): the selector gets its observation window of them
+        (:mod:`~icecache.selectors.plumbing.prompt_queries`)."""
         if self.prefilled:
             return
         self.start = start.to(torch.int64).cpu()
@@ -157,6 +162,8 @@ class IceCacheLayer(CacheLayerMixin):
                                                  page_size=self.selector.page_size)
             self.sparse.begin(keys, values, self.start)
             kwargs = {"reader": self.sparse} if accepts_keyword(self.selector.prefill, "reader") else {}
+            window = prefill_queries(self.selector, queries, self.start, num_positions=num_tokens)
+            kwargs.update({k: v.to(device) for k, v in window.items()})
             try:
                 self.selector.prefill(keys.to(device), start=self.start.to(device), **kwargs)
                 self.owner.reserve_pages(self.layer_idx, self.selector.layout.token_ids)
@@ -179,13 +186,15 @@ class IceCacheLayer(CacheLayerMixin):
         self._paged_end = end
         return changed
 
-    def load_prefill(self, keys: Tensor, values: Tensor, start: Tensor) -> None:
-        """Fill the layer from a prefill snapshot (``[B, H_kv, N, D]`` each) without running the model."""
+    def load_prefill(self, keys: Tensor, values: Tensor, start: Tensor, queries: Tensor | None = None
+                     ) -> None:
+        """Fill the layer from a prefill snapshot (``[B, H_kv, N, D]`` each; ``queries``: the prompt's
+        last queries ``[B, H_q, n, D]`` or None) without running the model."""
         if self.is_initialized:
             raise ConfigError(f"layer {self.layer_idx} already holds {self.n} tokens")
         self.update(keys, values)
         self.device = self.owner.policy.config.device
-        self.finish_prefill(start)
+        self.finish_prefill(start, queries)
 
     # -- decode -----------------------------------------------------------------------------------
     def decode_attention(self, query: Tensor, scale: float, *, key: Tensor | None = None,
@@ -224,6 +233,7 @@ class IceCacheLayer(CacheLayerMixin):
             self.owner.note_attended(int(selection.ledger.selected.sum()))
             out = self.sparse.attend(query[:, :, 0, :], selection, scale, timings, softcap=softcap,
                                      sinks=sinks)
+            self._feedback(query, selection, scale)
             return out[:, None]  # [B, 1, H_q, D]
         # token-level selectors (oracle, streamingllm): gather the chosen tokens from their pages
         with timings.part("page_load"):
@@ -232,4 +242,15 @@ class IceCacheLayer(CacheLayerMixin):
         with timings.part("attention"):
             out, lse = attend_with_lse(q, keys, values, selection.token_ids.to(q.device) >= 0, scale, softcap)
             out = apply_sinks(out.reshape(B, H_q, D), lse.reshape(B, H_q), sinks)
+        self._feedback(query, selection, scale, keys)
         return out[:, None]  # [B, 1, H_q, D]
+
+    def _feedback(self, query: Tensor, selection: Any, scale: float, keys: Tensor | None = None) -> None:
+        """Hand a selector that asks for it the step's attention weights over what it selected
+        (:mod:`~icecache.selectors.plumbing.feedback`); ``keys``: the selected keys when in hand."""
+        if not wants_feedback(self.selector):
+            return
+        if keys is None:
+            keys, _ = self.sparse.gather(selection.token_ids)
+        ids = selection.token_ids.to(keys.device)
+        self.selector.observe(attention_feedback(query[:, :, 0, :].to(keys.device), keys, ids, scale))

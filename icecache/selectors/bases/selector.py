@@ -55,6 +55,8 @@ class SelectorBase:
     """
 
     name: ClassVar[str] = "base"
+    #: how many of the prompt's last queries ``prefill`` wants (0: none); see ``prefill``
+    prompt_query_window: ClassVar[int] = 0
 
     config: CacheConfig = field()
     layer_idx: int = 0
@@ -84,18 +86,21 @@ class SelectorBase:
     def prefill(self, keys: Tensor, *, start: Tensor | None = None, queries: Tensor | None = None,
                 reader: KeyReader | None = None) -> None:
         """Index the prompt. ``keys``: float ``[B, H_kv, N, D]`` post-RoPE; ``start``: int64 ``[B]``
-        first real position per row (left padding); ``queries``: optional float ``[B, H_q, N, D]``
-        prompt queries (used by selectors that score with them, e.g. InfLLM; others ignore it);
+        first real position per row (left padding); ``queries``: optional float ``[B, H_q, Q, D]``, the
+        queries of the prompt's last ``Q <= N`` positions (the observation window; zeros at padding;
+        runners pass ``prompt_query_window`` of them: :mod:`~icecache.selectors.plumbing.prompt_queries`);
         ``reader``: where every key of this layer (these and the appended ones) can be read back by
         position later; without one the selector keeps its own copy."""
         self._check_keys(keys, "keys")
         B, H, N, D = keys.shape
         start = self._check_start(start, B, N, keys.device)
         if queries is not None and (
-            queries.dim() != 4 or queries.shape[0] != B or queries.shape[2] != N or queries.shape[1] % H
+            queries.dim() != 4 or queries.shape[0] != B or queries.shape[2] > N or queries.shape[1] % H
+            or queries.shape[3] != D
         ):
             raise TensorSpecError(
-                f"queries must be [B={B}, H_q (multiple of {H}), N={N}, D], got {tuple(queries.shape)}"
+                f"queries must be [B={B}, H_q (multiple of {H}), Q <= N={N}, D={D}], got "
+                f"{tuple(queries.shape)}"
             )
         c = self.config
         self._shape, self._dtype = (B, H, D), keys.dtype

@@ -76,6 +76,11 @@ class IceCacheSelector(SelectorBase):
             self.page_index = make_index(self.config, self.policy, self.index, self.index_options)
 
     @property
+    def prompt_query_window(self) -> int:  # NOTE: shadows the base's ClassVar (runners read it)
+        index = self.page_index
+        return self.prompt_queries if index is not None and accepts_keyword(index.build, "queries") else 0
+
+    @property
     def needs_index(self) -> bool:
         return True
 
@@ -129,6 +134,7 @@ class IceCacheSelector(SelectorBase):
             # page nothing at prefill); until then there is nothing to search.
             self.page_index.build(keys, token_ids, **self._build_kwargs)
             self._built = True
+            self._build_kwargs.pop("queries", None)  # NOTE: used once; not kept with the index
 
     def _choose(self, query: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         scale = self.attention_scale(query.shape[-1])

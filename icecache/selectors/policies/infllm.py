@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 from attrs import define, field, frozen
-from attrs.validators import ge
+from attrs.validators import ge, optional
 from torch import Tensor
 
 from icecache.core.errors import ConfigError
@@ -37,14 +37,22 @@ class InfLLMSelector(PageScoreSelector):
     representativeness is the attention it received from the prompt queries of the next
     ``local_window`` positions (``sum_j q_{m+j} . k_m``, GQA group averaged) when ``prefill`` is given
     ``queries``; without them, and for tokens paged during decode, it is ``k_m . mean(block keys)``
-    (the block's most typical keys). A block spans ``block_size // page_size`` pages that share its
-    score; a block that does not fit the budget whole is taken in part (its first pages).
+    (the block's most typical keys). NOTE (simplification): runners hand ``prefill`` only the prompt's
+    last ``local_window`` queries (a bounded observation window, not every prompt query), so only the
+    tokens of the prompt's last ``2 * local_window`` positions are scored by queries; earlier ones by
+    typicality. ``prompt_queries`` (default: ``local_window``) asks for another window; the prompt's
+    length gives every prompt token a query-based score, at the price of keeping that many queries per
+    layer in a prefill snapshot (``H_q / H_kv`` times the keys' bytes for the whole prompt). A block
+    spans ``block_size // page_size`` pages that share its score; a block that does not fit the budget
+    whole is taken in part (its first pages). Measured at 4k (docs/benchmarks.md): recall@1024 0.854
+    with the default window, 0.963 with every prompt query, 0.866 with none.
     """
 
     name: ClassVar[str] = "infllm"
     block_size: int = field(default=128, validator=ge(1))
     representatives: int = field(default=4, validator=ge(1))
     local_window: int = field(default=512, validator=ge(1))
+    prompt_queries: int | None = field(default=None, validator=optional(ge(0)))
 
     _rep: Tensor | None = field(default=None, init=False, repr=False)
 
@@ -55,15 +63,22 @@ class InfLLMSelector(PageScoreSelector):
                 f"block_size={self.block_size} is not a multiple of page_size={self.config.page_size}"
             )
 
+    @property
+    def prompt_query_window(self) -> int:  # NOTE: shadows the base's ClassVar (runners read it)
+        return self.local_window if self.prompt_queries is None else self.prompt_queries
+
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
         B, H, N, D = keys.shape
         self._rep = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=keys.device)
         if queries is not None:
-            qm = queries.view(B, H, -1, N, D).float().mean(2)  # [B, H_kv, N, D]
-            cs = torch.cat([qm.new_zeros(B, H, 1, D), qm.cumsum(2)], dim=2)  # [B, H_kv, N+1, D]
+            Q = queries.shape[2]  # the queries of positions N - Q .. N - 1
+            qm = queries.view(B, H, -1, Q, D).float().mean(2)  # [B, H_kv, Q, D]
+            cs = torch.cat([qm.new_zeros(B, H, 1, D), qm.cumsum(2)], dim=2)  # [B, H_kv, Q+1, D]
             m = torch.arange(N, device=keys.device)
-            ahead = cs[:, :, (m + 1 + self.local_window).clamp(max=N)] - cs[:, :, m + 1]  # next queries' sum
-            self._rep = (ahead * keys.float()).sum(-1)
+            lo = (m + 1 - (N - Q)).clamp(0, Q)  # window index of the first query after m
+            hi = (m + 1 + self.local_window - (N - Q)).clamp(0, Q)
+            ahead = cs[:, :, hi] - cs[:, :, lo]  # the sum of the next local_window queries seen
+            self._rep = torch.where(hi > lo, (ahead * keys.float()).sum(-1), float("nan"))
         super()._build(keys, token_ids, queries)
 
     def _extend(self, keys: Tensor, token_ids: Tensor) -> None:

@@ -24,7 +24,12 @@ query that favours one cluster) and checks, after every ``select``:
 ``deterministic``  a second selector built from the same config (same seed) given the same inputs
                    selects the same positions, pages and ledger.
 
-``append`` is covered by re-checking everything after every decode step. A factory may refuse a
+A selector that declares a ``prompt_query_window`` gets the prompt's queries of that many last positions
+at ``prefill`` (zeros at padding, as every runner hands them:
+:mod:`~icecache.selectors.plumbing.prompt_queries`), so every property is checked with its prefill-time
+scoring on. A selector that sets ``wants_feedback`` gets ``observe(feedback)`` after every ``select``
+(:mod:`~icecache.selectors.plumbing.feedback`). ``append`` is covered by re-checking everything after
+every decode step. A factory may refuse a
 config it does not support by raising :class:`~icecache.core.errors.ConfigError`: that example is
 skipped (the suite fails if every example is refused). Any other error is a violation.
 """
@@ -41,6 +46,8 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from icecache.core.config import CacheConfig
+from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
+from icecache.selectors.plumbing.prompt_queries import observation_window, query_window
 from icecache.selectors.types import Selection
 from icecache.testing.conformance._runner import (
     ContractViolation,
@@ -112,6 +119,23 @@ class SelectorCase:
             for i in range(len(self.steps))
         ]
         return kv.keys, start, queries
+
+    def prompt_queries(self, window: int) -> Tensor | None:
+        """The prompt's last ``min(window, prompt_len)`` queries ``[B, H_q, Q, D]`` (each favouring a
+        random cluster; zeros at padding), or None for ``window == 0``."""
+        if window <= 0:
+            return None
+        s = self.shape
+        total = self.prompt_len + sum(self.steps)
+        kv = make_clustered_kv(s.batch, s.num_kv_heads, total, s.head_dim, num_clusters=self.num_clusters,
+                               spread=self.spread, dtype=self.config.dtype, seed=self.seed)
+        start = left_padding(s.batch, self.prompt_len, max_pad=self.max_pad, seed=self.seed + 1)
+        Q = min(window, self.prompt_len)
+        g = torch.Generator().manual_seed(self.seed + 7)
+        targets = torch.randint(0, self.num_clusters, (Q, s.batch, s.num_kv_heads), generator=g)
+        q = torch.stack([query_for_cluster(kv, targets[i], group_size=s.group_size, seed=self.seed + 11 + i)
+                         for i in range(Q)], dim=2)  # [B, H_q, Q, D]
+        return observation_window(q, Q, start, num_positions=self.prompt_len)
 
 
 @st.composite
@@ -323,9 +347,13 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
     sels = [build_or_reject(CONTRACT, factory, case.config) for _ in range(copies)]
     name = getattr(sels[0], "name", type(sels[0]).__name__)
     N = case.prompt_len
+    window = query_window(sels[0])
+    prompt_q = case.prompt_queries(window)
+    extra = {} if prompt_q is None else {"queries": prompt_q}
+    what = "" if prompt_q is None else f", queries=[{prompt_q.shape[2]} last positions]"
     for s in sels:
-        guarded(CONTRACT, f"{name}.prefill(keys[:, :, :{N}], start={start.tolist()})", s.prefill,
-                keys[:, :, :N].clone(), start=start.clone())
+        guarded(CONTRACT, f"{name}.prefill(keys[:, :, :{N}], start={start.tolist()}{what})", s.prefill,
+                keys[:, :, :N].clone(), start=start.clone(), **{k: v.clone() for k, v in extra.items()})
     context = N
     for i, (n, q) in enumerate(zip(case.steps, queries, strict=True)):
         new = keys[:, :, context: context + n]
@@ -334,6 +362,14 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
         context += n
         where = f"{name}, decode step {i} (context {context})"
         results = [guarded(CONTRACT, f"{name}.select() at step {i}", s.select, q.clone()) for s in sels]
+        for s, sel in zip(sels, results, strict=True):
+            if wants_feedback(s) and isinstance(sel, Selection):
+                ids = sel.token_ids.clamp(0, context - 1)
+                picked = keys[:, :, :context].gather(2, ids[..., None].expand(*ids.shape, keys.shape[-1]))
+                D = q.shape[-1]
+                scale = s.attention_scale(D) if hasattr(s, "attention_scale") else D**-0.5
+                feedback = attention_feedback(q, picked, sel.token_ids, scale)
+                guarded(CONTRACT, f"{name}.observe() at step {i}", s.observe, feedback)
         layout = guarded(CONTRACT, f"{name}.layout", lambda s=sels[0]: s.layout) if "pages" in props else None
         layout_ids = None if layout is None else layout.token_ids.cpu()
         check_selection(results[0], config=case.config, shape=case.shape, context=context, start=start,
