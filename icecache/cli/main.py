@@ -22,6 +22,7 @@ BENCHES: dict[str, str] = {
     "decode": "icecache.bench.decode",
     "memory": "icecache.bench.memory",
     "index": "icecache.index.bench",
+    "continuation": "icecache.bench.continuation",
 }
 
 
