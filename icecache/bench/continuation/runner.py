@@ -41,9 +41,13 @@ def run_continuation(model: Any, splits: Sequence[Split], specs: Sequence[Policy
         raise ValueError(f"documents must share prompt and continuation lengths, got {sorted(lengths)}")
     ref_policy = build_policy(FULL, model.config, device=model.device, **kwargs)
     policies = [build_policy(spec, model.config, device=model.device, **kwargs) for spec in specs]
+    # NOTE: the reference is keyed apart from the policies: ``full`` may be one of them (full vs full)
+    REF = "reference"
     metrics: dict[str, dict[str, list[torch.Tensor]]] = {s.label: {m: [] for m in METRICS}
-                                                         for s in (FULL, *specs)}
-    timings: dict[str, list[dict[str, float]]] = {s.label: [] for s in (FULL, *specs)}
+                                                         for s in specs}
+    metrics[REF] = {m: [] for m in METRICS}
+    timings: dict[str, list[dict[str, float]]] = {s.label: [] for s in specs}
+    timings[REF] = []
     fractions: dict[str, list[float]] = {s.label: [] for s in specs}
     free: dict[str, list[dict[str, float]]] = {s.label: [] for s in specs}
     tick = progress or (lambda n, what: None)
@@ -52,8 +56,8 @@ def run_continuation(model: Any, splits: Sequence[Split], specs: Sequence[Policy
         def rows(label: str) -> dict[str, torch.Tensor]:
             return {m: torch.cat(v, dim=1) for m, v in metrics[label].items()}
 
-        ref = rows(FULL.label)
-        reference = {**summarize(ref, segments), "step_s": _mean_steps(timings[FULL.label])}
+        ref = rows(REF)
+        reference = {**summarize(ref, segments), "step_s": _mean_steps(timings[REF])}
         out = []
         for spec in specs:
             m = rows(spec.label)
@@ -75,10 +79,10 @@ def run_continuation(model: Any, splits: Sequence[Split], specs: Sequence[Policy
         tokens = torch.tensor([s.continuation for s in batch], dtype=torch.long)  # [B, M + 1]
         cache = IceCache.from_snapshot(snapshot, ref_policy)
         ref_logp = reference_run(model, cache, snapshot, tokens, lambda n: tick(n, "full (reference)"))
-        timings[FULL.label].append(cache.timings.mean(skip=1))
+        timings[REF].append(cache.timings.mean(skip=1))
         cache.close()
         for name, value in _self_metrics(ref_logp, tokens).items():
-            metrics[FULL.label][name].append(value)
+            metrics[REF][name].append(value)
         ref_free: list[list[int]] = []
         if free_tokens:
             cache = IceCache.from_snapshot(snapshot, ref_policy)
