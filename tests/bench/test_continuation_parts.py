@@ -77,3 +77,20 @@ def test_drift_is_last_minus_first_segment():
     s = summarize({"kl": values + 0.01 * torch.rand(128, 2)}, 2)
     assert s["kl_drift"] == pytest.approx(0.2, abs=0.02)
     assert s["kl_drift_z"] > 2
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--segments", "0"], "--segments must be positive"),
+    (["--continuation-tokens", "8", "--segments", "9"], "--segments 9 is more than"),
+    (["--free-tokens", "-1"], "--free-tokens must be non-negative"),
+    (["--continuation-tokens", "4096"], "--continuation-tokens must be in 1..2048"),
+    (["--prompt-tokens", "8000", "--continuation-tokens", "1000"], "positions"),
+    (["--policy", "nosuch@64"], "nosuch"),
+    (["--docs", "0"], "--docs must be a positive"),
+])
+def test_cli_bad_arguments_fail_before_loading(argv, message, capsys):
+    from icecache.cli.main import main
+
+    assert main(["bench", "continuation", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
