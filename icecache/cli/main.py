@@ -23,6 +23,7 @@ BENCHES: dict[str, str] = {
     "memory": "icecache.bench.memory",
     "e2e": "icecache.bench.e2e",
     "index": "icecache.index.bench",
+    "continuation": "icecache.bench.continuation",
 }
 
 

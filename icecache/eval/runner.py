@@ -11,12 +11,13 @@ import torch
 from attrs import asdict, field, frozen
 
 from icecache.core.errors import ConfigError
+from icecache.eval.forced import force_tokens
 from icecache.eval.policies import PolicySpec, build_policy
 from icecache.integrations.hf.cache import IceCache
 from icecache.integrations.hf.generation import decode
 from icecache.integrations.hf.snapshot import prefill_snapshot
 from icecache.selectors.plumbing.prompt_queries import policy_query_window
-from icecache.tasks.sample import TaskSample, prompt_ids
+from icecache.tasks.sample import TaskSample, split_prompt_ids
 from icecache.tasks.scoring import is_correct, match_fraction
 
 
@@ -73,12 +74,14 @@ def check_prompts(samples: Sequence[TaskSample], prompts: Sequence[list[int]],
                 f"exceeds the model's {max_positions} positions")
 
 
-def batches(samples: Sequence[TaskSample], batch_size: int) -> list[list[int]]:
-    """Indices of samples in batches of at most ``batch_size``, one task per batch (same answer length)."""
+def batches(samples: Sequence[TaskSample], batch_size: int,
+            decoded: Sequence[int] | None = None) -> list[list[int]]:
+    """Indices of samples in batches of at most ``batch_size``, one task per batch (same answer length)
+    and, given ``decoded`` (tokens teacher-forced per sample), one such length per batch."""
     out: list[list[int]] = []
-    by_task: dict[str, list[int]] = {}
+    by_task: dict[tuple[str, int], list[int]] = {}
     for i, s in enumerate(samples):
-        by_task.setdefault(s.task, []).append(i)
+        by_task.setdefault((s.task, decoded[i] if decoded is not None else 0), []).append(i)
     for idx in by_task.values():
         out += [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
     return out
@@ -102,12 +105,13 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
         raise ConfigError("no samples to evaluate")
     kwargs = policy_kwargs or {}
     policies = [build_policy(spec, model.config, device=model.device, **kwargs) for spec in specs]
-    prompts = [prompt_ids(tokenizer, s) for s in samples]
+    split = [split_prompt_ids(tokenizer, s) for s in samples]
+    prompts = [p + d for p, d in split]
     check_prompts(samples, prompts, getattr(model.config, "max_position_embeddings", None))
     eos = eos_ids(tokenizer)
     results: list[SampleResult] = []
     done = set(done)
-    for batch_no, idx in enumerate(batches(samples, batch_size)):
+    for batch_no, idx in enumerate(batches(samples, batch_size, [len(d) for _, d in split])):
         batch = [samples[i] for i in idx]
         todo = [(spec, policy) for spec, policy in zip(specs, policies, strict=True)
                 if not all((s.id, spec.label) in done for s in batch)]
@@ -118,13 +122,16 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
         if progress is not None:
             progress(0, f"prefill {batch[0].task} x{len(batch)}")
         window = max(policy_query_window(policy) for _, policy in todo)
-        snapshot = prefill_snapshot(model, [prompts[i] for i in idx], query_window=window)
+        snapshot = prefill_snapshot(model, [split[i][0] for i in idx], query_window=window)
+        forced = [split[i][1] for i in idx]
         for spec, policy in todo:
             chunk: list[SampleResult] = []
             t0 = time.perf_counter()
             cache = IceCache.from_snapshot(snapshot, policy)
             build_s = time.perf_counter() - t0
-            outs = decode(model, cache, snapshot, [s.max_new_tokens for s in batch], eos_token_ids=eos,
+            # NOTE: a task's decoded text reaches the cache through decode steps, as generated text would
+            state = force_tokens(model, cache, snapshot, forced) if forced[0] else snapshot
+            outs = decode(model, cache, state, [s.max_new_tokens for s in batch], eos_token_ids=eos,
                           temperature=temperature, seed=seed)
             texts = tokenizer.batch_decode(outs, skip_special_tokens=True)
             step_s = cache.timings.mean(skip=1)

@@ -8,6 +8,7 @@ from typing import Any
 
 from icecache.core.errors import ConfigError, UnknownComponentError
 from icecache.tasks.common_words import common_words
+from icecache.tasks.decode_fact import decode_fact, decode_fact_lookalike
 from icecache.tasks.niah import (
     niah_multikey,
     niah_multiquery,
@@ -29,6 +30,8 @@ TASKS: dict[str, Callable[..., TaskSample]] = {
     "variable_tracking": variable_tracking,
     "common_words": common_words,
     "passkey": passkey,
+    "decode_fact": decode_fact,
+    "decode_fact_lookalike": decode_fact_lookalike,
 }
 
 #: what ``icecache run`` evaluates: the tasks the embedded 135M model solves in part with full KV at

@@ -27,6 +27,10 @@ class TaskSample:
     ``answer_prefix`` (possibly empty) opens the assistant turn, as RULER does, so a small model
     answers in a predictable form. A sample is correct when every string of ``answers`` appears
     in the generated text (case-insensitive).
+
+    ``decoded`` (possibly empty) is text that follows ``context`` in the same user turn but reaches the
+    cache through the decode path, one token per step, instead of the prefill: what the model "wrote"
+    during decoding (see :func:`split_prompt_ids`). Only pages inserted during decode hold it.
     """
 
     id: str = field(validator=instance_of(str))
@@ -36,6 +40,7 @@ class TaskSample:
     answers: tuple[str, ...] = field(converter=_answers)
     answer_prefix: str = field(default="", validator=instance_of(str))
     max_new_tokens: int = field(default=32)
+    decoded: str = field(default="", validator=instance_of(str))
     meta: dict[str, Any] = field(factory=dict, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -46,7 +51,7 @@ class TaskSample:
 def render_prompt(tokenizer: Any, sample: TaskSample) -> str:
     """The full prompt text: the model's chat template around ``context + question``, then the
     assistant turn opened with ``answer_prefix``. Falls back to plain text without a template."""
-    user = f"{sample.context}\n\n{sample.question}"
+    user = f"{sample.context}{sample.decoded}\n\n{sample.question}"
     template = getattr(tokenizer, "chat_template", None)
     if template:
         text = tokenizer.apply_chat_template(
@@ -60,3 +65,16 @@ def render_prompt(tokenizer: Any, sample: TaskSample) -> str:
 def prompt_ids(tokenizer: Any, sample: TaskSample) -> list[int]:
     """Token ids of :func:`render_prompt` (no extra special tokens: the template has them)."""
     return tokenizer(render_prompt(tokenizer, sample), add_special_tokens=False).input_ids
+
+
+def split_prompt_ids(tokenizer: Any, sample: TaskSample) -> tuple[list[int], list[int]]:
+    """``(prefilled, decoded)`` token ids of :func:`render_prompt`: everything up to the end of
+    ``context``, then the rest (``decoded``, the question, the answer prefix), which is teacher-forced
+    through the cache's decode steps. Without ``decoded`` the second list is empty and the first is
+    :func:`prompt_ids`."""
+    if not sample.decoded:
+        return prompt_ids(tokenizer, sample), []
+    text = render_prompt(tokenizer, sample)
+    cut = text.index(sample.context) + len(sample.context)
+    encode = lambda t: tokenizer(t, add_special_tokens=False).input_ids  # noqa: E731
+    return encode(text[:cut]), encode(text[cut:])
