@@ -344,9 +344,11 @@ class TieredStore:
                 # NOTE: rows of [slots * 2 * S, D]: one index_select (2-D advanced indexing is ~10x slower)
                 base = tier.slot_of(sub) * (2 * S) + sub_slot
                 rows = raw.view(-1, D)
-                rec = rows.index_select(0, base.to(rows.device))
-                if values:
-                    rec = torch.stack([rec, rows.index_select(0, (base + S).to(rows.device))], dim=1)
+                if values:  # K and V rows interleaved: one gather, no stack
+                    pair = torch.stack([base, base + S], dim=1).reshape(-1)  # [2M]
+                    rec = rows.index_select(0, pair.to(rows.device)).view(-1, 2, D)
+                else:
+                    rec = rows.index_select(0, base.to(rows.device))
             else:
                 uniq, inv = torch.unique(sub, return_inverse=True)
                 tier_slots = tier.prepare_load(uniq)
