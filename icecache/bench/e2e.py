@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write results here (and a plot beside it)")
     parser.add_argument("--plot", default=None, help="plot path (default: the JSON path with .png)")
     parser.add_argument("--model", default=None,
-                        help="local llama-family checkpoint (default: embedded SmolLM2)")
+                        help="embedded model short name or local checkpoint (default: embedded SmolLM2)")
     parser.add_argument("--shape", default=None,
                         help="time a randomly initialised model of this shape with a synthetic prefill "
                              "(smollm2-135m, llama-3.2-1b, llama-3.1-8b) instead of --model")

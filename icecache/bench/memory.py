@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--plot", default=None, help="plot path (default: the JSON path with .png)")
     parser.add_argument("--model", default=None,
-                        help="local llama-family checkpoint (default: embedded SmolLM2)")
+                        help="embedded model short name or local checkpoint (default: embedded SmolLM2)")
     parser.add_argument("--contexts", default="4096,8000",
                         help="prompt lengths (default 4096,8000: the embedded model has 8192 positions)")
     parser.add_argument("--policies", default=DEFAULT_POLICIES, help=f"policies (default {DEFAULT_POLICIES})")
