@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot", type=Path, default=None, help="recall-vs-budget plot (default: JSON path .png)"
     )
     parser.add_argument(
-        "--model", default=None, help="embedded model short name or local checkpoint (default: embedded SmolLM2)"
+        "--model", default=None,
+        help="embedded model short name or local checkpoint (default: embedded SmolLM2)"
     )
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
