@@ -22,8 +22,10 @@ def test_shape_run_writes_rows_for_every_case(tmp_path, capsys):
     for r in rows:
         parts = r["index_query_ms"] + r["page_load_ms"] + r["attention_ms"] + r["rest_ms"]
         assert r["total_ms"] > 0 and parts == pytest.approx(r["total_ms"], rel=0.05)
+        # NOTE: one torch thread: the process's CPU time per step cannot exceed the step's wall time by much
+        assert 0 < r["cpu_ms"] <= 1.5 * r["total_ms"] + 1
         if r["policy"] == "full":
-            assert r["vs_full"] == 1.0 and r["index_query_ms"] == 0.0
+            assert r["vs_full"] == 1.0 and r["cpu_vs_full"] == 1.0 and r["index_query_ms"] == 0.0
         else:
             assert r["index_query_ms"] > 0  # the sparse layer (layer 2) selected every step
     held = {(r["policy"], r["context"], r["batch"]): r["held"] for r in rows}

@@ -57,11 +57,13 @@ def query_pages(ix: HierarchyIndex, query: Tensor, max_tokens: int | Tensor, *, 
     cell_target = (ix.cell_candidates * budget.float()).ceil()
     bounded = ix.bound_candidates > 0 and ix.scoring == "exact"
     gaussian = ix.page_estimate == "gaussian"
+    keep = None
     if st.num_cells > 1 and bool((cell_target < lens.sum(1)).any()):
         # NOTE: descend: only pages of the kept cells are scored at all, so the centroid scan
         # costs the kept tokens, not the context.
         keep = _cells_kept(ix, q, scale, cell_target)  # [G, P]
         width = max(1, int(keep.sum(1).max()))
+    if keep is not None and width <= P // 2:
         sub = keep.float().topk(width, dim=1, sorted=False).indices  # [G, K0] page ids
         sub_ok = keep.gather(1, sub) & (lens.gather(1, sub) > 0)
         cent_sub = gather_rows(st.page_mean, sub)  # [G, K0, D]
@@ -69,7 +71,10 @@ def query_pages(ix: HierarchyIndex, query: Tensor, max_tokens: int | Tensor, *, 
         kmin = gather_rows(st.page_min, sub) if bounded else None
         kmax = gather_rows(st.page_max, sub) if bounded else None
     else:
+        # NOTE: when the kept cells hold most pages (contexts up to ~8k at budget 256), scanning every
+        # page with the others masked is cheaper than gathering the kept pages' summaries.
         sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens > 0
+        sub_ok = sub_ok if keep is None else sub_ok & keep
         cent_sub = st.page_mean[:, :P].float()
         var_sub = st.page_var[:, :P].float() if gaussian else None
         kmin = st.page_min[:, :P].float() if bounded else None
@@ -171,13 +176,14 @@ def _rescore(ix: HierarchyIndex, q: Tensor, scale: float, coarse: Tensor, target
             2, by_head, torch.arange(by_head.shape[-1], device=by_head.device).expand_as(by_head))
         best = rank.amin(1).float()  # [G, K0]
         est = est / (Gq + 1) - best  # NOTE: est / (Gq + 1) < 1 only orders pages of equal best rank
-    est = est.masked_fill(~torch.isfinite(coarse).any(1), -float(coarse.shape[-1]) - 2)
+    floor = -float(coarse.shape[-1]) - 2  # NOTE: below every estimate, per-head ranks included
+    est = est.masked_fill(~torch.isfinite(coarse).any(1), floor)
+    if forced is not None:  # forced pages first, each group still in estimate order: one sort
+        est = est + forced * 2.0 * (Gq + 2 - floor)  # NOTE: estimates span (floor, Gq]
     order = est.argsort(dim=-1, descending=True)
-    if forced is not None:  # forced pages first, each group still in estimate order
-        order = order.gather(1, (~forced.gather(1, order)).to(torch.uint8).argsort(dim=1, stable=True))
     ltok = lens.gather(1, order)
     before = ltok.cumsum(1) - ltok
-    need = ((before < target[:, None]) & (est.gather(1, order) > -float(coarse.shape[-1]) - 1)).sum(1)
+    need = ((before < target[:, None]) & (est.gather(1, order) > floor + 1)).sum(1)
     K = max(1, int(need.max()))  # NOTE: the one host sync of the rescoring
     cand = sub.gather(1, order[:, :K])  # [G, K] page ids
     beyond = torch.arange(K, device=q.device)[None] >= need[:, None]

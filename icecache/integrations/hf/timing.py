@@ -17,6 +17,8 @@ class DecodeTimings:
 
     ``steps`` holds one dict per finished step with ``index_query``, ``page_load``, ``attention``,
     ``rest`` and ``total``; ``rest`` is everything else in the step (projections, MLPs, sampling).
+    ``cpu`` is the process's CPU seconds over the step (all its threads): on a busy machine it moves
+    far less than the wall-clock parts, so ratios of it stay comparable when others share the cores.
     On CUDA each measured part synchronizes the device (timing costs some speed; turn it off with
     ``enabled=False``).
     """
@@ -25,6 +27,7 @@ class DecodeTimings:
     steps: list[dict[str, float]] = field(factory=list)
     _current: dict[str, float] = field(factory=lambda: dict.fromkeys(PARTS, 0.0))
     _step_start: float | None = None
+    _step_cpu: float = 0.0
 
     @contextmanager
     def part(self, name: str):
@@ -46,7 +49,7 @@ class DecodeTimings:
         now = time.perf_counter()
         if self._step_start is not None:
             self._close(now)
-        self._step_start = now
+        self._step_start, self._step_cpu = now, time.process_time()
 
     def end_step(self) -> None:
         """Close the running step (call after the step's sampling, or before reading ``steps``)."""
@@ -60,6 +63,7 @@ class DecodeTimings:
         parts = dict(self._current)
         parts["rest"] = max(0.0, total - sum(parts.values()))
         parts["total"] = total
+        parts["cpu"] = time.process_time() - self._step_cpu
         self.steps.append(parts)
         self._current = dict.fromkeys(PARTS, 0.0)
 
