@@ -35,7 +35,9 @@ class KeyReader(Protocol):
     A reader may also offer ``page_keys(page_ids [B, H_kv, K]) -> [B, H_kv, K, S, D]``: the keys of its
     layout's pages as last stored, in one gather of whole pages (an index's exact rescoring uses it);
     if it takes ``zero_missing=False``, the index asks for it and ``-1`` pages may then read as any finite
-    values (the rescoring masks them).
+    values (the rescoring masks them). It may also offer ``resident_keys(token_ids [B, H_kv, R])``: the
+    keys of sink and recent-window positions only (never paged ones), from wherever it keeps them apart
+    (a selector's resident logits use it every step).
     """
 
     @property

@@ -49,6 +49,8 @@ def test_every_position_reads_back_what_was_written(tmp_path_factory, selector, 
             want = layer.sparse.keys(layout)
             assert torch.equal(stored[layout >= 0], want[layout >= 0])
         assert bool((got_k[~real] == 0).all())  # padding reads as zeros
+        resident = layer.selector.resident_ids()[:, None].expand(batch, heads, -1)  # sinks + window
+        assert torch.equal(layer.sparse.resident_keys(resident), layer.sparse.keys(resident)), step
         k, v = torch.randn(2, batch, heads, 1, D, generator=gen)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
         for each in cache.layers:

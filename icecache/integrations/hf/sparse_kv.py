@@ -78,6 +78,23 @@ class SparseLayerKV:
         keys = self.store.read_keys(phys.reshape(-1), zero_missing=zero_missing)
         return keys.view(B, H, K, self.S, -1).to(self.device, self.dtype)
 
+    def resident_keys(self, token_ids: Tensor) -> Tensor:
+        """Keys of sink and window positions ``token_ids`` int64 ``[B, H_kv, R]`` (``-1``: zeros) straight
+        from the sink buffer and the ring of recent positions, ``[B, H_kv, R, D]``: a handful of ops where
+        :meth:`keys` looks every position up in the store first (a selector's resident logits, every
+        layer and step). Positions that are neither (paged ones) are the caller's error."""
+        B, H, R = token_ids.shape
+        D = self.ring[0].shape[-1]
+        pos = token_ids.to(self.device)
+        start = self.start.to(self.device)[:, None, None]
+        ring = self.ring[0].gather(2, pos.remainder(self.keep_recent)[..., None].expand(B, H, R, D))
+        if self.sink_tokens:
+            in_sink = (pos >= start) & (pos < start + self.sink_tokens)
+            slot = (pos - start).clamp(0, self.sink_tokens - 1)
+            sink = self.sinks[0].gather(2, slot[..., None].expand(B, H, R, D))
+            ring = torch.where(in_sink[..., None], sink, ring)
+        return ring.masked_fill((pos < 0)[..., None], 0).to(self.dtype)
+
     def gather(self, token_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values at ``token_ids`` int64 ``[B, H_kv, T]`` (``-1``: zeros), ``[B, H_kv, T, D]``."""
         return self._fetch(token_ids, values=True)

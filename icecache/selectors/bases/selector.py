@@ -252,7 +252,10 @@ class SelectorBase:
         ``[B, H_kv, G, R]``, ``-inf`` at padding."""
         ids = self.resident_ids()  # [B, R]
         B, H, G, D = query.shape
-        k = self.keys_at(ids[:, None].expand(B, H, ids.shape[1]))  # [B, H_kv, R, D]
+        ids_bh = ids[:, None].expand(B, H, ids.shape[1])
+        direct = getattr(self._reader, "resident_keys", None)
+        # NOTE: a reader that holds sinks and window apart serves them without a store lookup
+        k = direct(ids_bh) if callable(direct) else self.keys_at(ids_bh)  # [B, H_kv, R, D]
         logits = torch.einsum("bhgd,bhrd->bhgr", query.to(k.dtype), k) * self.attention_scale(D)
         return torch.where((ids >= 0)[:, None, None, :], logits, float("-inf"))
 
