@@ -66,29 +66,29 @@ def query_pages(ix: HierarchyIndex, query: Tensor, max_tokens: int | Tensor, *, 
     if keep is not None and width <= P // 2:
         sub = keep.float().topk(width, dim=1, sorted=False).indices  # [G, K0] page ids
         sub_ok = keep.gather(1, sub) & (lens.gather(1, sub) > 0)
-        cent_sub = gather_rows(st.page_mean, sub)  # [G, K0, D]
-        var_sub = gather_rows(st.page_var, sub) if gaussian else None
-        kmin = gather_rows(st.page_min, sub) if bounded else None
-        kmax = gather_rows(st.page_max, sub) if bounded else None
+        stats = gather_rows(st.page_stats, sub)  # [G, K0, F, D]
     else:
         # NOTE: when the kept cells hold most pages (contexts up to ~8k at budget 256), scanning every
         # page with the others masked is cheaper than gathering the kept pages' summaries.
         sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens > 0
         sub_ok = sub_ok if keep is None else sub_ok & keep
-        cent_sub = st.page_mean[:, :P].float()
-        var_sub = st.page_var[:, :P].float() if gaussian else None
-        kmin = st.page_min[:, :P].float() if bounded else None
-        kmax = st.page_max[:, :P].float() if bounded else None
+        stats = st.page_stats[:, :P].float()
+    K0 = sub.shape[1]
     loglen_sub = lens.gather(1, sub).clamp_min(1).float().log()
     # log-mass estimate per head from the centroid: scale * q.c + log(len)
-    coarse = scale * (q @ cent_sub.transpose(1, 2)) + loglen_sub[:, None]  # [G, Gq, K0]
     if gaussian:
         # NOTE: + s^2/2 q^T diag(var) q, the log of E[exp(s q.k)] for Gaussian keys: a page whose
-        # keys spread along q (one needle token among others) is not ranked by its mean alone.
-        coarse = coarse + 0.5 * scale**2 * ((q * q) @ var_sub.transpose(1, 2))
-    coarse = coarse.masked_fill(~sub_ok[:, None], float("-inf"))
+        # keys spread along q (one needle token among others) is not ranked by its mean alone. Mean
+        # and variance sit side by side: one product over [2D]-long rows.
+        left = torch.cat([scale * q, 0.5 * scale**2 * (q * q)], dim=-1)  # [G, Gq, 2D]
+        coarse = left @ stats[:, :, :2].reshape(G, K0, 2 * D).transpose(1, 2)
+    else:
+        coarse = scale * (q @ stats[:, :, 0].transpose(1, 2))
+    coarse = (coarse + loglen_sub[:, None]).masked_fill(~sub_ok[:, None], float("-inf"))  # [G, Gq, K0]
     if ix.scoring == "exact":
-        forced = _bound_pages(ix, q, kmin, kmax, sub_ok) if bounded else None
+        # max and min side by side: the bound in one product, [q+, q-] . [max, min]
+        bound = _signed(q) @ stats[:, :, -2:].reshape(G, K0, 2 * D).transpose(1, 2) if bounded else None
+        forced = _top_bound(ix, bound, sub_ok) if bounded else None
         cand, logmass = _rescore(ix, q, scale, coarse, target, sub, forced)
     else:
         cand, logmass = sub, coarse
@@ -140,15 +140,20 @@ def _cells_kept(ix: HierarchyIndex, q: Tensor, scale: float, target: Tensor) -> 
     keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
     if ix.bound_candidates > 0 and ix.scoring == "exact":
         # each query head's best cells by the bound join: a needle's cell is diluted in the estimate
-        keep |= _bound_pages(ix, q, cmin, cmax, count > 0)
+        bound = _signed(q) @ torch.cat([cmax, cmin], dim=-1).transpose(1, 2)  # [G, Gq, C]
+        keep |= _top_bound(ix, bound, count > 0)
     return keep.gather(1, st.page_cell[:, :P].long().clamp_min(0)) & (st.page_len[:, :P] > 0)
 
 
-def _bound_pages(ix: HierarchyIndex, q: Tensor, kmin: Tensor, kmax: Tensor, ok: Tensor) -> Tensor:
+def _signed(q: Tensor) -> Tensor:
+    """``[q+, q-]`` ``[G, Gq, 2D]``: ``_signed(q) @ [max, min]^T`` is the upper bound
+    ``sum_d max(q_d min_d, q_d max_d)`` of ``q.k`` over keys within ``[min, max]``."""
+    return torch.cat([q.clamp_min(0), q.clamp_max(0)], dim=-1)
+
+
+def _top_bound(ix: HierarchyIndex, bound: Tensor, ok: Tensor) -> Tensor:
     """Bool ``[G, K0]``: each query head's ``bound_candidates`` pages (or cells) with the highest
-    upper bound ``sum_d max(q_d min_d, q_d max_d)`` of ``q.k`` over their keys (``kmin``/``kmax``
-    ``[G, K0, D]``; ``ok`` ``[G, K0]`` those that hold keys)."""
-    bound = q.clamp_min(0) @ kmax.transpose(1, 2) + q.clamp_max(0) @ kmin.transpose(1, 2)  # [G, Gq, K0]
+    bound (``bound`` ``[G, Gq, K0]``; ``ok`` ``[G, K0]`` those that hold keys)."""
     bound = bound.masked_fill(~ok[:, None], float("-inf"))
     k = min(ix.bound_candidates, bound.shape[-1])
     top = bound.topk(k, dim=-1).indices  # [G, Gq, k]

@@ -47,9 +47,13 @@ class IndexState:
     * ``m2`` ``[G]``: running max of the clustering-space squared key norms (the MIPS ``M^2``).
     * ``pages`` int32 ``[G, Pcap, S]`` slots (valid first, ``-1`` padded); ``page_len`` int32
       ``[G, Pcap]``; ``page_cell`` int32 ``[G, Pcap]`` (``-1``: unused page); ``group_pages`` ``[G]``.
-    * page summaries in ``summary_dtype`` ``[G, Pcap, D]``: ``page_mean``, ``page_min``, ``page_max``;
-      ``page_var`` only for the Gaussian page estimate; ``page_smean`` (clustering-space mean) and
-      ``page_extra`` (mean MIPS extra coordinate) only for ``insert_mode="assign"``.
+    * page summaries in ``summary_dtype``, side by side in ``page_stats`` ``[G, Pcap, F, D]``: the mean,
+      the variance (only for the Gaussian page estimate: ``F = 4``, else ``F = 3``), the max and the min
+      (views: ``page_mean``, ``page_var``, ``page_max``, ``page_min``, each ``[G, Pcap, D]``). NOTE: side
+      by side so a query converts them in one op and scores mean + variance, and the bound (max, min),
+      in one matrix product each (``[2D]``-long rows), half the ops of four separate scans.
+      ``page_smean`` (clustering-space mean) and ``page_extra`` (mean MIPS extra coordinate) only for
+      ``insert_mode="assign"``.
     * cells ``[G, C, ...]`` float32: ``cell_sum``, ``cell_sqsum``, ``cell_min``, ``cell_max``,
       ``cell_count``; ``cell_ssum`` (clustering-space sums, routing inserts) only with whitening.
     * ``num_cells``; ``whiten`` ``[G, D, D]`` or None.
@@ -63,10 +67,7 @@ class IndexState:
     page_len: Tensor
     page_cell: Tensor
     group_pages: Tensor
-    page_mean: Tensor
-    page_min: Tensor
-    page_max: Tensor
-    page_var: Tensor | None
+    page_stats: Tensor
     page_smean: Tensor | None
     page_extra: Tensor | None
     cell_sum: Tensor
@@ -78,7 +79,29 @@ class IndexState:
     num_cells: int
     whiten: Tensor | None
 
-    PAGE_FIELDS = ("page_mean", "page_min", "page_max", "page_var", "page_smean", "page_extra")
+    PAGE_FIELDS = ("page_stats", "page_smean", "page_extra")
+
+    @staticmethod
+    def empty_page_stats(G: int, P: int, D: int, *, gaussian: bool, dtype: torch.dtype,
+                         device: torch.device) -> Tensor:
+        """Zeroed ``page_stats`` ``[G, P, F, D]`` (``F = 4`` with the variance, else 3)."""
+        return torch.zeros(G, P, 4 if gaussian else 3, D, dtype=dtype, device=device)
+
+    @property
+    def page_mean(self) -> Tensor:
+        return self.page_stats[:, :, 0]
+
+    @property
+    def page_var(self) -> Tensor | None:
+        return self.page_stats[:, :, 1] if self.page_stats.shape[2] == 4 else None
+
+    @property
+    def page_max(self) -> Tensor:
+        return self.page_stats[:, :, -2]
+
+    @property
+    def page_min(self) -> Tensor:
+        return self.page_stats[:, :, -1]
 
     @property
     def num_pages(self) -> int:
