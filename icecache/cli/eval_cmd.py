@@ -101,18 +101,21 @@ def _decode(args: argparse.Namespace, prepared: Any, task_names: list[str], file
             out: Any, load: Any) -> None:
     """Load the model, build the samples and decode what ``out`` lacks, writing as results arrive."""
     from icecache.eval.runner import evaluate
-    from icecache.eval.session import progress_bar
+    from icecache.eval.session import progress_bar, snapshot_store
     from icecache.tasks import generate_suite
 
     model, tokenizer = load(prepared)
     samples = file_samples or generate_suite(task_names, n=args.samples, context=args.context,
                                              tokenizer=tokenizer, seed=args.seed)
     bar, update = progress_bar(len(samples) * len(prepared.specs), not args.no_progress, "eval")
+    snapshots = snapshot_store(prepared, "eval")
     try:
         with bar:
             evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
                      policy_kwargs=prepared.policy_kwargs, progress=update, done=out.done,
-                     on_results=out.add)
+                     on_results=out.add, snapshots=snapshots)
+        if snapshots is not None:
+            print(f"snapshots: {snapshots.stats.summary(prepared.snapshot_dir)}", file=sys.stderr)
     except KeyboardInterrupt:
         if out.path is not None:
             print(f"\n{len(out.results)} results kept in {out.path}; add --resume to continue",
