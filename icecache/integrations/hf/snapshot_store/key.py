@@ -24,7 +24,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 #: bytes hashed at each of a weight file's start, middle and end
 SAMPLE_BYTES = 4 << 20
 
-_IDENTITIES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+#: model -> (checkpoint folder, dtype) -> its weights' part of the identity (hashing takes a while)
+_IDENTITIES: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], dict[str, Any]]] = weakref.WeakKeyDictionary()
 
 
 def _sha256(data: bytes) -> str:
@@ -59,30 +60,34 @@ def _parameters_digest(model: Any) -> str:
 def model_identity(model: Any, model_id: str | None = None) -> dict[str, Any]:
     """The model's part of a key: its config (private fields such as the checkpoint path left out),
     dtype, software versions, and ``model_id`` if given, else a fingerprint of its checkpoint's weight
-    files (or, without any, a hash of its parameters). Computed once per model object."""
-    cached = _IDENTITIES.get(model)
-    if cached is not None and cached.get("model_id") == model_id:
-        return cached
+    files (or, without any, a hash of its parameters). NOTE: the weights' part is computed once per
+    model object and dtype; a model whose weights change in place needs its own ``model_id``."""
     import torch
     import transformers
 
     config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_")}
+    dtype = str(model.dtype).removeprefix("torch.")
     identity: dict[str, Any] = {
         "model_type": config.get("model_type"),
         "config_sha256": _sha256(json.dumps(config, sort_keys=True, default=str).encode()),
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": dtype,
         "software": {"torch": torch.__version__, "transformers": transformers.__version__},
         "model_id": model_id,
     }
     if model_id is None:
-        folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
-        files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
-        if files:
-            identity["weights"] = [_file_fingerprint(p) for p in files]
-        else:
-            identity["parameters_sha256"] = _parameters_digest(model)
-    _IDENTITIES[model] = identity
+        identity.update(_weights(model, dtype))
     return identity
+
+
+def _weights(model: Any, dtype: str) -> dict[str, Any]:
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+    cached = _IDENTITIES.setdefault(model, {})
+    memo = (str(folder), dtype)
+    if memo not in cached:
+        files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+        cached[memo] = ({"weights": [_file_fingerprint(p) for p in files]} if files
+                        else {"parameters_sha256": _parameters_digest(model)})
+    return cached[memo]
 
 
 @frozen(kw_only=True)
