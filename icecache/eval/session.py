@@ -188,5 +188,7 @@ def snapshot_store(prepared: Prepared, command: str) -> Any:
 
     from icecache.integrations.hf.snapshot_store import SnapshotStore
 
-    return SnapshotStore(prepared.snapshot_dir,
-                         warn=lambda message: tqdm.write(f"icecache {command}: warning: {message}", file=sys.stderr))
+    def warn(message: str) -> None:
+        tqdm.write(f"icecache {command}: warning: {message}", file=sys.stderr)
+
+    return SnapshotStore(prepared.snapshot_dir, warn=warn)

@@ -78,7 +78,7 @@ FIELDS: dict[str, Field] = {
     "device_pages": Field(_positive_int, POSITIVE, None, doc="device-tier capacity in pages"),
     "host_pages": Field(_positive_int, POSITIVE, None, doc="host-tier capacity in pages"),
     "disk_dir": Field(_string, STRING, None, doc="directory of the disk tier"),
-    "snapshot_dir": Field(_string, STRING, None, doc="prefill snapshots kept and reused across shards and runs"),
+    "snapshot_dir": Field(_string, STRING, None, doc="prefill snapshots reused across shards and runs"),
 }
 
 

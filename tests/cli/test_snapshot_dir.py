@@ -45,8 +45,8 @@ def test_a_second_run_reuses_every_prefill_and_decodes_the_same(tmp_path, two_sa
     monkeypatch.setattr("icecache.integrations.hf.snapshot_store.store.prefill_snapshot",
                         lambda *a, **k: prefills.append(1) or runner.prefill_snapshot(*a, **k))
     second = tmp_path / "second.json"
-    assert main(["eval", "--tasks-file", str(two_samples), "--json", str(second), "--snapshot-dir", str(snaps),
-                 *POLICIES]) == 0
+    assert main(["eval", "--tasks-file", str(two_samples), "--json", str(second), "--snapshot-dir",
+                 str(snaps), *POLICIES]) == 0
     assert "snapshots: 2 of 2 batch prefills reused" in capsys.readouterr().err
     assert prefills == []  # every batch read back from disk, none prefilled
     # NOTE: the first run prefills as a run without the flag does (the slow test below compares that too)
@@ -62,8 +62,8 @@ def test_another_process_reuses_the_prefills_and_decodes_as_a_run_without_them(t
                  *POLICIES]) == 0
     second = tmp_path / "second.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "icecache", "eval", "--tasks-file", str(two_samples), "--json",
-                           str(second), "--snapshot-dir", str(snaps), *POLICIES], env=env, capture_output=True,
+    argv = ["eval", "--tasks-file", str(two_samples), "--json", str(second), "--snapshot-dir", str(snaps)]
+    done = subprocess.run([sys.executable, "-m", "icecache", *argv, *POLICIES], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "snapshots: 2 of 2 batch prefills reused" in done.stderr

@@ -5,7 +5,12 @@ from icecache.integrations.hf.cache import IceCache
 from icecache.integrations.hf.generation import decode, pick_tokens
 from icecache.integrations.hf.loader import load_model
 from icecache.integrations.hf.snapshot import PrefillSnapshot, prefill_snapshot
-from icecache.integrations.hf.snapshot_store import SnapshotStore, SnapshotWarning, load_snapshot, save_snapshot
+from icecache.integrations.hf.snapshot_store import (
+    SnapshotStore,
+    SnapshotWarning,
+    load_snapshot,
+    save_snapshot,
+)
 
 __all__ = ["ATTN_NAME", "IceCache", "PrefillSnapshot", "SnapshotStore", "SnapshotWarning", "decode",
            "load_model", "load_snapshot", "pick_tokens", "prefill_snapshot", "register_attention",

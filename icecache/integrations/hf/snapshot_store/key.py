@@ -25,7 +25,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SAMPLE_BYTES = 4 << 20
 
 #: model -> (checkpoint folder, dtype) -> its weights' part of the identity (hashing takes a while)
-_IDENTITIES: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], dict[str, Any]]] = weakref.WeakKeyDictionary()
+_IDENTITIES: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], dict[str, Any]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def _sha256(data: bytes) -> str:

@@ -186,7 +186,8 @@ class SnapshotStore:
             return t.to(device)
 
         return PrefillSnapshot(
-            keys=tuple(to(layer["keys"]) for layer in layers), values=tuple(to(layer["values"]) for layer in layers),
+            keys=tuple(to(layer["keys"]) for layer in layers),
+            values=tuple(to(layer["values"]) for layer in layers),
             start=start, lengths=lengths, last_logits=to(meta["last_logits"]),
             windows=None if windows is None else tuple(windows),
             queries=tuple(to(layer["queries"]) for layer in layers) if has_queries else None)

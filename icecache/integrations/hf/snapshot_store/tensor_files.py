@@ -79,11 +79,13 @@ def read_tensors(path: Path, entry: dict[str, object], fmt: str) -> dict[str, Te
     try:
         tensors = _decode(data, fmt)
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways inside the reader
-        raise TensorFileError(f"{path.name}: not a readable {fmt} file ({type(exc).__name__}: {exc})") from None
+        raise TensorFileError(f"{path.name}: not a readable {fmt} file ({type(exc).__name__}: "
+                              f"{exc})") from None
     listed = entry["tensors"]
     assert isinstance(listed, dict)
     if set(tensors) != set(listed):
-        raise TensorFileError(f"{path.name}: holds tensors {sorted(tensors)}, the manifest lists {sorted(listed)}")
+        raise TensorFileError(f"{path.name}: holds tensors {sorted(tensors)}, the manifest lists "
+                              f"{sorted(listed)}")
     for name, t in tensors.items():
         got = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         if got != listed[name]:
