@@ -12,7 +12,7 @@ from icecache.core.errors import IceCacheError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from icecache.eval.policies import options_argument
-    from icecache.eval.session import add_model_arguments
+    from icecache.eval.session import add_model_arguments, add_snapshot_argument
 
     parser.add_argument("--policy", default="full,icecache",
                         help="comma-separated selectors, NAME or NAME@BUDGET (default full,icecache)")
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --json: decode only what it lacks")
     add_model_arguments(parser)
+    add_snapshot_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ DEFAULT_POLICIES = "full,icecache,quest,streamingllm"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from icecache.eval.session import add_model_arguments
+    from icecache.eval.session import add_model_arguments, add_snapshot_argument
 
     parser.add_argument("--out", default=None, help="output folder (default ./out/run-YYYYmmdd-HHMMSS)")
     parser.add_argument("--policies", default=DEFAULT_POLICIES,
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out: decode only what results.json lacks")
     add_model_arguments(parser)
+    add_snapshot_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:

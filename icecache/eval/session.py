@@ -66,11 +66,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: decode runs small ops, where more threads "
                              "mostly add synchronization, and shared machines oversubscribe)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_snapshot_argument(parser: argparse.ArgumentParser) -> None:
+    """``--snapshot-dir`` (``run`` and ``eval``: the commands that prefill through
+    :func:`~icecache.eval.runner.evaluate`)."""
     parser.add_argument("--snapshot-dir", default=None,
                         help="keep each batch's prefill here and reuse it when a later run (another process, "
                              "a sweep shard) prefills the same prompts with the same model (created if "
                              "missing; see docs/running.md)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _tier_names(text: str) -> tuple[str, ...]:
