@@ -59,8 +59,8 @@ def _warn(message: str) -> None:
 @define
 class SnapshotStats:
     """What a store did: batches ``reused`` (and the seconds their prefills took when they were made,
-    ``reused_prefill_s``, against ``load_s`` to read them), ``computed`` (``computed_s``), ``saved``,
-    ``rejected`` (bad entries recomputed)."""
+    ``reused_prefill_s``, against ``load_s`` to read them), ``computed`` (``computed_s``), ``saved``
+    (``save_s``), ``rejected`` (bad entries recomputed)."""
 
     reused: int = 0
     reused_prefill_s: float = 0.0
@@ -68,6 +68,7 @@ class SnapshotStats:
     computed: int = 0
     computed_s: float = 0.0
     saved: int = 0
+    save_s: float = 0.0
     rejected: int = 0
 
     def summary(self, root: str | Path) -> str:
@@ -76,7 +77,8 @@ class SnapshotStats:
             text += (f" (their prefill took {self.reused_prefill_s:.1f} s when made, loading them "
                      f"{self.load_s:.1f} s)")
         if self.computed:
-            text += f"; {self.computed} computed in {self.computed_s:.1f} s, {self.saved} saved"
+            text += (f"; {self.computed} computed in {self.computed_s:.1f} s, {self.saved} saved in "
+                     f"{self.save_s:.1f} s")
         return text + (f"; {self.rejected} bad entries recomputed" if self.rejected else "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,8 +284,10 @@ class SnapshotStore:
         seconds = time.perf_counter() - t0
         self.stats.computed += 1
         self.stats.computed_s += seconds
+        t0 = time.perf_counter()
         try:
             self.save(key, snapshot, prefill_s=seconds)
+            self.stats.save_s += time.perf_counter() - t0
         except OSError as exc:
             self.warn(f"cannot save a snapshot in {str(self.root)!r} ({exc.strerror or exc}); going on "
                       "without storing it")
