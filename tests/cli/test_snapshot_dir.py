@@ -17,13 +17,10 @@ POLICIES = ["--policy", "full,icecache", "--budget", "64", "--batch-size", "1", 
 
 
 @pytest.fixture
-def two_samples(tmp_path):
-    """Two short samples: two batches at ``--batch-size 1``."""
-    from conftest import task_row
-
-    path = tmp_path / "tasks.jsonl"
-    path.write_text("\n".join(task_row(i) for i in range(2)) + "\n")
-    return path
+def two_samples(tasks_file):
+    """The first two samples of ``tasks_file``: two batches at ``--batch-size 1``."""
+    tasks_file.write_text("".join(tasks_file.read_text().splitlines(keepends=True)[:2]))
+    return tasks_file
 
 
 def _decoded(path):
