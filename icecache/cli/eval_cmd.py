@@ -12,7 +12,7 @@ from icecache.core.errors import IceCacheError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from icecache.eval.policies import options_argument
-    from icecache.eval.session import add_model_arguments
+    from icecache.eval.session import add_model_arguments, add_snapshot_argument
 
     parser.add_argument("--policy", default="full,icecache",
                         help="comma-separated selectors, NAME or NAME@BUDGET (default full,icecache)")
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --json: decode only what it lacks")
     add_model_arguments(parser)
+    add_snapshot_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -101,18 +102,21 @@ def _decode(args: argparse.Namespace, prepared: Any, task_names: list[str], file
             out: Any, load: Any) -> None:
     """Load the model, build the samples and decode what ``out`` lacks, writing as results arrive."""
     from icecache.eval.runner import evaluate
-    from icecache.eval.session import progress_bar
+    from icecache.eval.session import progress_bar, snapshot_store
     from icecache.tasks import generate_suite
 
     model, tokenizer = load(prepared)
     samples = file_samples or generate_suite(task_names, n=args.samples, context=args.context,
                                              tokenizer=tokenizer, seed=args.seed)
     bar, update = progress_bar(len(samples) * len(prepared.specs), not args.no_progress, "eval")
+    snapshots = snapshot_store(prepared, "eval")
     try:
         with bar:
             evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
                      policy_kwargs=prepared.policy_kwargs, progress=update, done=out.done,
-                     on_results=out.add)
+                     on_results=out.add, snapshots=snapshots)
+        if snapshots is not None:
+            print(f"snapshots: {snapshots.stats.summary(prepared.snapshot_dir)}", file=sys.stderr)
     except KeyboardInterrupt:
         if out.path is not None:
             print(f"\n{len(out.results)} results kept in {out.path}; add --resume to continue",

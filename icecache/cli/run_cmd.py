@@ -19,7 +19,7 @@ DEFAULT_POLICIES = "full,icecache,quest,streamingllm"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from icecache.eval.session import add_model_arguments
+    from icecache.eval.session import add_model_arguments, add_snapshot_argument
 
     parser.add_argument("--out", default=None, help="output folder (default ./out/run-YYYYmmdd-HHMMSS)")
     parser.add_argument("--policies", default=DEFAULT_POLICIES,
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out: decode only what results.json lacks")
     add_model_arguments(parser)
+    add_snapshot_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def _main(args: argparse.Namespace) -> int:
     from icecache.eval.report import run_table, save_plot, task_table
     from icecache.eval.results_file import ResultsFile, settings_of
     from icecache.eval.runner import evaluate
-    from icecache.eval.session import load, prepare, progress_bar
+    from icecache.eval.session import load, prepare, progress_bar, snapshot_store
     from icecache.eval.summary import policy_rows, task_rows
     from icecache.tasks import DEFAULT_SUITE, generate_suite, parse_task_names
 
@@ -82,10 +83,13 @@ def _main(args: argparse.Namespace) -> int:
             print(f"{len(samples)} samples ({', '.join(task_names)}) at {args.context} tokens, policies "
                   f"{', '.join(labels)}", file=sys.stderr)
             bar, update = progress_bar(len(samples) * len(labels), not args.no_progress, "run")
+            snapshots = snapshot_store(prepared, "run")
             with bar:
                 evaluate(model, tokenizer, samples, prepared.specs, batch_size=args.batch_size,
                          policy_kwargs=prepared.policy_kwargs, progress=update, done=results_file.done,
-                         on_results=results_file.add)
+                         on_results=results_file.add, snapshots=snapshots)
+            if snapshots is not None:
+                print(f"snapshots: {snapshots.stats.summary(prepared.snapshot_dir)}", file=sys.stderr)
         results = results_file.ordered()
         overview = policy_rows(results, args.context)
         print(task_table(task_rows(results, args.context)))

@@ -91,14 +91,17 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
              batch_size: int = 4, policy_kwargs: dict[str, Any] | None = None,
              progress: Callable[[int, str], None] | None = None, temperature: float = 0.0,
              seed: int = 0, done: Collection[tuple[str, str]] = (),
-             on_results: Callable[[list[SampleResult]], None] | None = None) -> list[SampleResult]:
+             on_results: Callable[[list[SampleResult]], None] | None = None,
+             snapshots: Any = None) -> list[SampleResult]:
     """Every sample under every policy. ``progress(n_done, description)`` is called as work finishes
     (units: sample x policy). All prompts are checked against the model's positions before any work.
 
     ``done``: ``(sample id, policy label)`` pairs finished by an earlier run; a batch is decoded under
     a policy unless all its samples are done there, and prefilled only when some policy is left.
     ``on_results(chunk)`` receives each batch's results under one policy as soon as they exist (the
-    caller writes them out, so an interrupted run keeps them). Returns the new results."""
+    caller writes them out, so an interrupted run keeps them). ``snapshots``: a
+    :class:`~icecache.integrations.hf.snapshot_store.SnapshotStore`; a batch whose prefill it holds
+    is read from it instead of prefilled, others are prefilled and saved. Returns the new results."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     if not samples:
@@ -122,7 +125,9 @@ def evaluate(model: Any, tokenizer: Any, samples: Sequence[TaskSample], specs: S
         if progress is not None:
             progress(0, f"prefill {batch[0].task} x{len(batch)}")
         window = max(policy_query_window(policy) for _, policy in todo)
-        snapshot = prefill_snapshot(model, [split[i][0] for i in idx], query_window=window)
+        ids = [split[i][0] for i in idx]
+        snapshot = (prefill_snapshot(model, ids, query_window=window) if snapshots is None
+                    else snapshots.prefill(model, ids, query_window=window))
         forced = [split[i][1] for i in idx]
         for spec, policy in todo:
             chunk: list[SampleResult] = []

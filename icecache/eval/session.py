@@ -14,6 +14,7 @@ from attrs import frozen
 from icecache.core.config import TierConfig
 from icecache.core.errors import ConfigError, message_of
 from icecache.eval.checks import check_counts, check_disk_dir, check_dtype, check_tokens, resolve_device
+from icecache.eval.files import check_output_dir
 from icecache.eval.policies import (
     PolicySpec,
     build_policy,
@@ -68,6 +69,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_snapshot_argument(parser: argparse.ArgumentParser) -> None:
+    """``--snapshot-dir`` (``run`` and ``eval``: the commands that prefill through
+    :func:`~icecache.eval.runner.evaluate`)."""
+    parser.add_argument("--snapshot-dir", default=None,
+                        help="keep each batch's prefill here and reuse it when a later run (another process, "
+                             "a sweep shard) prefills the same prompts with the same model (created if "
+                             "missing; see docs/running.md)")
+
+
 def _tier_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     if not all(names):
@@ -91,6 +101,7 @@ class Prepared:
     specs: list[PolicySpec]
     policy_kwargs: dict[str, Any]
     threads: int = 1
+    snapshot_dir: str | None = None
 
 
 def prepare(args: argparse.Namespace, policies: str, budget: int | None, context: int | None, *,
@@ -106,6 +117,9 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
     device = resolve_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     check_disk_dir(args.disk_dir)
+    snapshot_dir = getattr(args, "snapshot_dir", None)
+    if snapshot_dir is not None:
+        check_output_dir(snapshot_dir, "--snapshot-dir")
     checkpoint = resolve_checkpoint(args.model)
     model_config = read_model_config(checkpoint)
     positions = getattr(model_config, "max_position_embeddings", None)
@@ -139,7 +153,7 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
             check_capacities(policy, batch=args.batch_size, context=context,
                              num_layers=model_config.num_hidden_layers)
     return Prepared(checkpoint=checkpoint, model_config=model_config, device=device, dtype=dtype, specs=specs,
-                    policy_kwargs=kwargs, threads=args.threads)
+                    policy_kwargs=kwargs, threads=args.threads, snapshot_dir=snapshot_dir)
 
 
 def load(prepared: Prepared) -> tuple[Any, Any]:
@@ -166,3 +180,20 @@ def progress_bar(total: int, enabled: bool, desc: str):
         bar.update(n)
 
     return bar, update
+
+
+def snapshot_store(prepared: Prepared, command: str) -> Any:
+    """The :class:`~icecache.integrations.hf.snapshot_store.SnapshotStore` of ``--snapshot-dir`` (its
+    warnings printed as ``icecache COMMAND: warning: ...``, above a progress bar), or ``None``."""
+    if prepared.snapshot_dir is None:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    from icecache.integrations.hf.snapshot_store import SnapshotStore
+
+    def warn(message: str) -> None:
+        tqdm.write(f"icecache {command}: warning: {message}", file=sys.stderr)
+
+    return SnapshotStore(prepared.snapshot_dir, warn=warn)

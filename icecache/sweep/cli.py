@@ -16,7 +16,7 @@ from icecache.core.errors import ConfigError, IceCacheError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="sweep spec, .toml or .json (see docs/running.md)")
+    parser.add_argument("spec", help="sweep spec, .toml, .json or .yaml (see docs/running.md)")
     parser.add_argument("--out", default=None, help="output folder (default out/SPEC-NAME)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="local: a process pool on this machine (default); ray: one Ray task per shard")

@@ -22,7 +22,11 @@ def model_args(spec: SweepSpec, model_path: str | None, device: str) -> argparse
         model=model_path, device=device, dtype=spec.dtype, batch_size=spec.batch_size, threads=spec.threads,
         sink=spec.sink, window=spec.window, device_pages=spec.device_pages, host_pages=spec.host_pages,
         disk_dir=None if spec.disk_dir is None else str(spec.path(spec.disk_dir)),
-        page_dtype=spec.page_dtype)
+        page_dtype=spec.page_dtype, snapshot_dir=_snapshot_dir(spec))
+
+
+def _snapshot_dir(spec: SweepSpec) -> str | None:
+    return None if spec.snapshot_dir is None else str(spec.path(spec.snapshot_dir))
 
 
 def _policy_entries(spec: SweepSpec) -> list[tuple[str, list[str]]]:
@@ -100,6 +104,7 @@ def check_tasks_files(spec: SweepSpec) -> dict[str, int]:
 #: ``icecache eval`` flags in the messages of its checks -> the spec field that sets them
 FLAGS = {"--policy-options": "policy_options", "--page-dtype": "page_dtype",
          "--device-pages": "device_pages", "--host-pages": "host_pages", "--disk-dir": "disk_dir",
+         "--snapshot-dir": "snapshot_dir",
          "--batch-size": "batch_size", "--threads": "threads", "--context": "contexts", "--budget": "budgets",
          "--dtype": "dtype", "--device": "device", "--sink": "sink", "--window": "window", "--seed": "seeds"}
 
@@ -161,7 +166,8 @@ def plan(spec: SweepSpec, *, check_device: bool = True) -> list[Shard]:
         policies=tuple(labels), batch_size=spec.batch_size, threads=spec.threads, device=spec.device,
         dtype=spec.dtype, page_dtype=spec.page_dtype, sink=spec.sink, window=spec.window,
         device_pages=spec.device_pages, host_pages=spec.host_pages,
-        disk_dir=None if spec.disk_dir is None else str(spec.path(spec.disk_dir)))
+        disk_dir=None if spec.disk_dir is None else str(spec.path(spec.disk_dir)),
+        snapshot_dir=_snapshot_dir(spec))
     used = {p.partition("@")[0] for p in labels} | {p.partition("@")[0].partition(":")[0] for p in labels}
     common["options"] = {k: v for k, v in spec.policy_options.items() if k in used}
     shards: list[Shard] = []

@@ -16,7 +16,7 @@ from typing import Any
 from attrs import asdict, field, frozen
 
 #: fields that do not change a shard's results, left out of its hash
-UNHASHED = ("name", "model_path", "tasks_path", "threads", "decodes")
+UNHASHED = ("name", "model_path", "tasks_path", "threads", "decodes", "snapshot_dir")
 
 
 @frozen(kw_only=True)
@@ -24,7 +24,8 @@ class Shard:
     """One cell of the grid. ``model`` / ``tasks_file`` are as the spec writes them, ``model_path`` /
     ``tasks_path`` resolved (``None``: the embedded model / generated tasks). ``policies`` are
     ``icecache eval --policy`` labels, ``options`` the ``--policy-options`` they use. ``decodes``
-    counts sample x policy decodes (progress units)."""
+    counts sample x policy decodes (progress units); ``snapshot_dir`` (resolved) keeps the prefills
+    (``--snapshot-dir``; not hashed: a reused prefill decodes the same)."""
 
     name: str
     model: str
@@ -49,6 +50,7 @@ class Shard:
     host_pages: int | None
     disk_dir: str | None
     decodes: int
+    snapshot_dir: str | None = None
 
     @property
     def group(self) -> tuple[str, int | None]:

@@ -1,8 +1,9 @@
-"""Read a sweep spec file (TOML or JSON) and point errors at the line that holds a field or value.
+"""Read a sweep spec file (TOML, JSON or YAML) and point errors at the line that holds a field or value.
 
-``tomllib`` and ``json`` give positions for syntax errors only, so later errors (a wrong type, an
-unknown policy) are located by finding the field's ``key =`` / ``"key":`` line, then the value's
-first mention at or after it. The spec format is flat, so a key's first occurrence is the right one.
+``tomllib``, ``json`` and ``yaml`` give positions for syntax errors only, so later errors (a wrong
+type, an unknown policy) are located by finding the field's ``key =`` / ``"key":`` / ``key:`` line,
+then the value's first mention at or after it. The spec format is flat, so a key's first occurrence is
+the right one. Duplicate keys, which ``json`` and ``yaml`` would let the last one win, are errors.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ class SpecSource:
     data: dict[str, Any]
 
     @property
-    def is_json(self) -> bool:
-        return self.path.endswith(".json")
+    def kind(self) -> str:
+        """``json``, ``yaml`` or ``toml``, by the file's suffix."""
+        return {".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(Path(self.path).suffix, "toml")
 
     def key_line(self, key: str) -> int | None:
-        """1-based line of ``key = `` (TOML, a table header ``[key]`` too) or ``"key":`` (JSON)."""
+        """1-based line of ``key = `` (TOML, a table header ``[key]`` too), ``"key":`` (JSON) or
+        ``key:`` (YAML, quoted or not)."""
         k = re.escape(key)
-        pattern = (rf'"{k}"\s*:' if self.is_json
-                   else rf'^\s*(?:"{k}"|\'{k}\'|{k})\s*=|^\s*\[\s*(?:"{k}"|{k})\s*[.\]]|\.\s*"{k}"\s*\]')
+        pattern = {"json": rf'"{k}"\s*:',
+                   "yaml": rf'^[\s-]*(?:"{k}"|\'{k}\'|{k})\s*:(?:\s|$)|[{{,]\s*(?:"{k}"|\'{k}\'|{k})\s*:\s',
+                   "toml": rf'^\s*(?:"{k}"|\'{k}\'|{k})\s*=|^\s*\[\s*(?:"{k}"|{k})\s*[.\]]|\.\s*"{k}"\s*\]',
+                   }[self.kind]
         for no, line in enumerate(self.text.splitlines(), start=1):
             if re.search(pattern, line):
                 return no
@@ -46,6 +51,8 @@ class SpecSource:
             return None
         if isinstance(value, str):
             pattern = re.escape(json.dumps(value)) + "|" + re.escape(f"'{value}'")
+            if self.kind == "yaml":  # NOTE: YAML strings are often bare: `- niah_single`
+                pattern += rf"|(?<![\w@:.-]){re.escape(value)}(?![\w@:.-])"
         else:
             pattern = rf"(?<![\w.]){re.escape(json.dumps(value))}(?![\w.])"
         for no, line in enumerate(self.text.splitlines()[start - 1:], start=start):
@@ -62,7 +69,8 @@ class SpecSource:
 
 
 def read_spec(path: str) -> SpecSource:
-    """Parse ``path`` (``.toml`` or ``.json``); syntax errors and duplicate keys name their line."""
+    """Parse ``path`` (``.toml``, ``.json``, ``.yaml`` / ``.yml``); syntax errors and duplicate keys
+    name their line."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"sweep spec {path!r} does not exist")
@@ -71,8 +79,10 @@ def read_spec(path: str) -> SpecSource:
         data = _read_json(path, text)
     elif file.suffix == ".toml":
         data = _read_toml(path, text)
+    elif file.suffix in (".yaml", ".yml"):
+        data = _read_yaml(path, text)
     else:
-        raise ConfigError(f"sweep spec {path!r}: write it as .toml or .json")
+        raise ConfigError(f"sweep spec {path!r}: write it as .toml, .json or .yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the spec must be an object of fields, got {type(data).__name__}")
     return SpecSource(path=path, text=text, data=data)
@@ -119,3 +129,40 @@ def _read_json(path: str, text: str) -> Any:
         first = f" (first on line {lines[0]})" if lines else ""
         raise ConfigError(f"{where}: duplicate key {key!r}{first}")
     return data
+
+
+def _read_yaml(path: str, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"{path}: reading YAML needs `pip install pyyaml`; or write the spec as TOML "
+                          "or JSON") from None
+
+    class NoDuplicates(yaml.SafeLoader):
+        """SafeLoader whose mappings refuse a key given twice (plain PyYAML keeps the last)."""
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                seen = first.get(key)
+            except TypeError:
+                raise ConfigError(f"{path}:{line}: a key must be a string, got {key!r}") from None
+            if seen is not None:
+                raise ConfigError(f"{path}:{line}: duplicate key {key!r} (first on line {seen})")
+            first[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    NoDuplicates.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(text, Loader=NoDuplicates)  # noqa: S506 - a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML: {what}{column}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None

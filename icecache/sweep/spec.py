@@ -78,6 +78,7 @@ FIELDS: dict[str, Field] = {
     "device_pages": Field(_positive_int, POSITIVE, None, doc="device-tier capacity in pages"),
     "host_pages": Field(_positive_int, POSITIVE, None, doc="host-tier capacity in pages"),
     "disk_dir": Field(_string, STRING, None, doc="directory of the disk tier"),
+    "snapshot_dir": Field(_string, STRING, None, doc="prefill snapshots reused across shards and runs"),
 }
 
 
@@ -105,6 +106,7 @@ class SweepSpec:
     device_pages: int | None
     host_pages: int | None
     disk_dir: str | None
+    snapshot_dir: str | None
 
     @property
     def folder(self) -> Path:

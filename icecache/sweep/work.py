@@ -30,7 +30,8 @@ def shard_args(shard: Shard) -> argparse.Namespace:
     return argparse.Namespace(
         model=shard.model_path, device=shard.device, dtype=shard.dtype, batch_size=shard.batch_size,
         threads=shard.threads, sink=shard.sink, window=shard.window, device_pages=shard.device_pages,
-        host_pages=shard.host_pages, disk_dir=shard.disk_dir, page_dtype=shard.page_dtype, seed=shard.seed)
+        host_pages=shard.host_pages, disk_dir=shard.disk_dir, page_dtype=shard.page_dtype, seed=shard.seed,
+        snapshot_dir=shard.snapshot_dir)
 
 
 def _model(prepared: Any) -> tuple[Any, Any]:
@@ -67,8 +68,13 @@ def run_shard(shard: Shard, progress: Callable[[int, str], None] | None = None) 
         assert shard.samples is not None and shard.context is not None  # a generated-task shard has both
         samples = generate_suite(list(shard.tasks), n=shard.samples, context=shard.context,
                                  tokenizer=tokenizer, seed=shard.seed)
+    snapshots = None
+    if shard.snapshot_dir is not None:
+        from icecache.integrations.hf.snapshot_store import SnapshotStore
+
+        snapshots = SnapshotStore(shard.snapshot_dir)  # NOTE: its warnings reach the shard's stderr
     results = evaluate(model, tokenizer, samples, prepared.specs, batch_size=shard.batch_size,
-                       policy_kwargs=prepared.policy_kwargs, progress=progress)
+                       policy_kwargs=prepared.policy_kwargs, progress=progress, snapshots=snapshots)
     return {
         "machine": machine_info(), "command": "sweep-shard", "model": str(prepared.checkpoint),
         "context": shard.context, "tasks_file": shard.tasks_file, "policies": list(shard.policies),
@@ -76,5 +82,6 @@ def run_shard(shard: Shard, progress: Callable[[int, str], None] | None = None) 
         "results": task_rows(results, shard.context), "overview": policy_rows(results, shard.context),
         "samples_detail": [r.to_dict() for r in results],
         "sweep": {"name": shard.name, "spec_hash": shard.spec_hash, "shard": shard.to_dict(),
-                  "seconds": time.perf_counter() - t0},
+                  "seconds": time.perf_counter() - t0,
+                  "snapshots": None if snapshots is None else snapshots.stats.to_dict()},
     }

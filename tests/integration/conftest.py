@@ -25,6 +25,15 @@ def passkey_prompts(model_and_tokenizer):
     return [prompt_ids(tokenizer, s) for s in samples], [s.answers[0] for s in samples]
 
 
+@pytest.fixture(scope="session")
+def snapshot(model_and_tokenizer, passkey_prompts):
+    """The dense prefill of both passkey prompts (a left-padded batch of two), without prompt queries."""
+    from icecache.integrations.hf import prefill_snapshot
+
+    model, _ = model_and_tokenizer
+    return prefill_snapshot(model, passkey_prompts[0])
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Decode is many small ops: one thread is faster than two on a busy 2-core machine."""

@@ -7,7 +7,7 @@ from icecache.core.config import CacheConfig
 from icecache.core.hookspecs import hookimpl
 from icecache.core.plugins import get_plugin_manager
 from icecache.core.policy import compose_policy
-from icecache.integrations.hf import IceCache, decode, prefill_snapshot, use_icecache
+from icecache.integrations.hf import IceCache, decode, use_icecache
 
 pytestmark = pytest.mark.model
 NEW = 8
@@ -47,12 +47,6 @@ def test_budget_covering_the_context_is_token_identical_to_dense(model_and_token
         sparse = cache.layers[-1]
         assert sparse.last_selection is not None and not sparse.dense
         assert int(sparse.last_selection.ledger.total.min()) == len(ids) + NEW - 1  # everything attended
-
-
-@pytest.fixture(scope="module")
-def snapshot(model_and_tokenizer, passkey_prompts):
-    model, _ = model_and_tokenizer
-    return prefill_snapshot(model, passkey_prompts[0])
 
 
 def test_passkey_with_icecache_at_256(model_and_tokenizer, passkey_prompts, snapshot):

@@ -134,3 +134,56 @@ def test_an_output_folder_in_use_or_unwritable_is_refused_before_any_work(write_
     assert main(["sweep", spec, "--out", "/dev/null"]) == 2
     assert "--out '/dev/null' exists and is not a directory" in capsys.readouterr().err
     assert not out.exists()
+
+
+YAML_TINY = """\
+# the TINY sweep, in YAML
+models: [embedded]
+contexts:
+  - 256
+  - 320
+tasks: [niah_noise]
+samples: 1
+policies: ["full", icecache]
+budgets: [128]
+"""
+
+
+@pytest.mark.parametrize("name", ["spec.yaml", "spec.yml"])
+def test_a_yaml_spec_reads_as_the_same_spec_as_its_toml(write_spec, name):
+    from_yaml, from_toml = load_spec(write_spec(YAML_TINY, name)), load_spec(write_spec(TINY))
+    assert evolve(from_yaml, source=from_toml.source) == from_toml
+    assert [s.spec_hash for s in plan(from_yaml)] == [s.spec_hash for s in plan(from_toml)]
+
+
+YAML_BAD = [
+    ("samples: 1\ncontexts: [256]\nsamples: 2\n", "spec.yaml:3: duplicate key 'samples' (first on line 1)"),
+    ("policies: [icecache]\npolicy_options:\n  icecache: {bucket: 1, bucket: 2}\n",
+     "spec.yaml:3: duplicate key 'bucket' (first on line 3)"),
+    ("samples: 1\ncontexts: [256\npolicies: [full]\n", "spec.yaml:3: not valid YAML: while parsing a flow"),
+    ("samples: 1\n  contexts: [256]\n", "spec.yaml:2: not valid YAML: mapping values are not allowed here"),
+    ("samples: 1\npolicies:\n  - full\n  - h3o\n", "spec.yaml:4: policies: unknown selector 'h3o'"),
+    ('samples: "3"\n', "spec.yaml:1: samples must be a positive integer, got '3'"),
+    ("contxts: [256]\n", "spec.yaml:1: unknown field 'contxts'"),
+    ("- samples\n", "spec.yaml: the spec must be an object of fields, got list"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), YAML_BAD, ids=[m.split(": ", 1)[1][:40] for _, m in YAML_BAD])
+def test_a_bad_yaml_spec_names_its_line(write_spec, tmp_path, capsys, text, message):
+    out = tmp_path / "out"
+    assert main(["sweep", write_spec(text, "spec.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("icecache sweep: error: ") and "Traceback" not in err
+    assert message in err
+    assert not out.exists()
+
+
+def test_snapshot_dir_reaches_every_shard_resolved_and_leaves_the_hash_alone(write_spec, tmp_path, capsys):
+    with_snaps = plan(load_spec(write_spec(TINY + 'snapshot_dir = "snaps"\n')))
+    assert {s.snapshot_dir for s in with_snaps} == {str(tmp_path / "snaps")}
+    assert [s.spec_hash for s in with_snaps] == [s.spec_hash for s in plan(load_spec(write_spec(TINY)))]
+    (tmp_path / "a_file").write_text("")
+    assert main(["sweep", write_spec(TINY + 'snapshot_dir = "a_file"\n'), "--out", str(tmp_path / "o")]) == 2
+    assert f"spec.toml:7: snapshot_dir '{tmp_path / 'a_file'}' exists and is not a directory" in \
+        capsys.readouterr().err

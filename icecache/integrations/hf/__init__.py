@@ -5,6 +5,13 @@ from icecache.integrations.hf.cache import IceCache
 from icecache.integrations.hf.generation import decode, pick_tokens
 from icecache.integrations.hf.loader import load_model
 from icecache.integrations.hf.snapshot import PrefillSnapshot, prefill_snapshot
+from icecache.integrations.hf.snapshot_store import (
+    SnapshotStore,
+    SnapshotWarning,
+    load_snapshot,
+    save_snapshot,
+)
 
-__all__ = ["ATTN_NAME", "IceCache", "PrefillSnapshot", "decode", "load_model", "pick_tokens",
-           "prefill_snapshot", "register_attention", "use_icecache"]
+__all__ = ["ATTN_NAME", "IceCache", "PrefillSnapshot", "SnapshotStore", "SnapshotWarning", "decode",
+           "load_model", "load_snapshot", "pick_tokens", "prefill_snapshot", "register_attention",
+           "save_snapshot", "use_icecache"]
