@@ -282,11 +282,10 @@ class TieredStore:
         self._check_open()
         ids = torch.as_tensor(page_ids, dtype=torch.int64).cpu().reshape(-1)
         S, D = self.spec.page_size, self.spec.head_dim
-        out = torch.zeros(ids.numel(), S, D, dtype=self.spec.dtype)
         where = (ids >= 0).nonzero()[:, 0]
         sub = ids[where]
         if sub.numel() == 0:
-            return out
+            return torch.zeros(ids.numel(), S, D, dtype=self.spec.dtype)
         self.pool.check_written(sub.numpy())
         tier = self.backing[0]
         raw = _raw(tier)
@@ -298,6 +297,9 @@ class TieredStore:
             if zero_missing and sub.numel() < ids.numel():
                 keys.masked_fill_((ids < 0)[:, None, None], 0)
             return keys
+        # NOTE: zeros only here: the one-tier path above fills its own answer (a zeroed [M, S, D] per
+        # query was a pass as large as the gather itself)
+        out = torch.zeros(ids.numel(), S, D, dtype=self.spec.dtype)
         loc = self._locate(sub) if len(self.backing) > 1 else torch.zeros(sub.numel(), dtype=torch.int64)
         for i, tier in enumerate(self.backing):  # a loop over tiers, not pages
             here = (loc == i).nonzero()[:, 0]
