@@ -42,8 +42,11 @@ def median_times(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, sy
     return statistics.median(times), statistics.median(cpu)
 
 
-def median_times_paired(cases: Mapping[str, tuple[Callable[[], Any], Callable[[], Any] | None]], *,
-                        repeats: int = 7, warmup: int = 1, sync: bool = True) -> dict[str, tuple[float, float]]:
+Case = tuple[Callable[[], Any], Callable[[], Any] | None]  # (fn, setup)
+
+
+def median_times_paired(cases: Mapping[str, Case], *, repeats: int = 7, warmup: int = 1,
+                        sync: bool = True) -> dict[str, tuple[float, float]]:
     """:func:`median_times` of each ``name: (fn, setup)``, the cases taking turns within every repeat
     (a, b, a, b, ...), so that a burst of load from other jobs on a shared machine hits all of them
     alike: what a ratio between them needs."""
