@@ -33,11 +33,12 @@ def fused_load(store: TieredStore, ids: np.ndarray, request: np.ndarray, *, pin:
     (ascending, checked, written), in the order of ``request``; ``None`` for the general path.
 
     NOTE: the budget is the gap between a load and its bare gather (docs/benchmarks.md, "Storage
-    transfers"), so each step is one or two numpy operations, a single backing tier is trusted to hold
-    every written page (the store's invariant) rather than checked, and all of the bookkeeping runs
-    before the copy: the copy is the last thing a load does (it leaves the CPU caches cold for whatever
-    runs after it). A copy that raises frees the admitted pages and unpins; the requested pages keep
-    the stamps of this use."""
+    transfers"), so each step is one or two numpy operations and a single backing tier is trusted to
+    hold every written page (the store's invariant) rather than checked. On a CPU device tier all of the
+    bookkeeping runs before the copy (a 2 MiB gather leaves the CPU caches cold: every small operation
+    after it costs several times more); on CUDA the copy is queued first and the stamps run while it
+    moves. A copy that raises frees the admitted pages and unpins them; on the CPU the requested pages
+    keep the stamps of this use (the eviction order counts it)."""
     cache = store.cache
     if not isinstance(cache, MemoryTier) or not cache.fused_moves():
         return None
@@ -64,20 +65,26 @@ def fused_load(store: TieredStore, ids: np.ndarray, request: np.ndarray, *, pin:
         if evicted.size:
             store._evicted(cache, torch.from_numpy(evicted))
     new = cache.admit(missing)
-    source.stamp(source_slots)
+    via = _route(store, source, new)
+    record = MoveRecord(kind="load", tier=cache.name, pages=n_miss, nbytes=n_miss * store.spec.page_nbytes,
+                        copies=1, sources={source.name: n_miss}, via=via)
     if whole:
         slots = new
     else:
         slots[miss] = new
-    cache.stamp(slots, pin=pin)
-    out = torch.from_numpy(slots if request is ids else cache.ready_slots(request, top=top))
-    via = _route(store, source, new)
-    record = MoveRecord(kind="load", tier=cache.name, pages=n_miss, nbytes=n_miss * store.spec.page_nbytes,
-                        copies=1, sources={source.name: n_miss}, via=via)
+    queued = cache.device.type == "cuda"  # NOTE: then the copy is queued first and the stamps overlap it
+    pinned = False
     try:
-        _move(store, source, source_slots, new, via)
+        if queued:
+            _move(store, source, source_slots, new, via)
+        source.stamp(source_slots)
+        cache.stamp(slots, pin=pin)
+        pinned = pin
+        out = torch.from_numpy(slots if request is ids else cache.ready_slots(request, top=top))
+        if not queued:
+            _move(store, source, source_slots, new, via)
     except BaseException:
-        if pin:
+        if pinned:
             cache.complete_load(torch.from_numpy(ids))
         cache.free(torch.from_numpy(missing))
         raise
