@@ -656,7 +656,7 @@ def _raw(tier: Tier) -> Tensor | None:
 
 
 def _distinct(a: np.ndarray) -> np.ndarray:
-    """The distinct ids of ``a``, ascending: ``a`` itself when it already is."""
+    """The distinct ids of ``a``, ascending (``a`` itself when it holds at most one)."""
     if a.size <= 1:
         return a
     uniq = np.sort(a)  # NOTE: cheaper than testing for order first, and O(n) on ascending ids
