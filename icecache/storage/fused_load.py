@@ -6,7 +6,7 @@ are memory tiers whose bookkeeping is the base class's own
 (:meth:`~icecache.storage.memory.MemoryTier.fused_moves`: a subclass that overrides ``touch``,
 ``read``, ``victims``... is excluded, so this path is provably what the protocol calls would do) this
 path does the same state changes directly: look up, make room (in the tier's eviction order, never a
-requested page), admit, move, touch, through the same
+requested page), admit, touch and move (on CUDA the move is queued before the touches), through the same
 :class:`~icecache.storage.eviction.EvictionPolicy` hooks. Anything else (pages on disk, pages split
 across source tiers, too little room, a third-party or overriding tier) returns ``None`` before
 changing anything, and the store takes the general path, which also raises the errors.
