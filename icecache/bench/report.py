@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,20 +17,56 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, syn
                 setup: Callable[[], Any] | None = None) -> float:
     """Median wall time of ``fn()`` in seconds; synchronizes CUDA around each call when present.
     ``setup()``, when given, runs untimed before every call (warm-ups included)."""
+    return median_times(fn, repeats=repeats, warmup=warmup, sync=sync, setup=setup)[0]
+
+
+def median_times(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, sync: bool = True,
+                 setup: Callable[[], Any] | None = None) -> tuple[float, float]:
+    """``(median wall seconds, median CPU seconds of this process)`` of ``fn()``, as
+    :func:`median_time`. NOTE: on a machine shared with other jobs the CPU time leaves out the time the
+    process waited for a core; it still includes what their cache traffic costs it."""
     cuda = sync and torch.cuda.is_available()
-    times = []
+    times, cpu = [], []
     for i in range(warmup + repeats):
         if setup is not None:
             setup()
         if cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         if cuda:
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu)
+
+
+Case = tuple[Callable[[], Any], Callable[[], Any] | None]  # (fn, setup)
+
+
+def median_times_paired(cases: Mapping[str, Case], *, repeats: int = 7, warmup: int = 1,
+                        sync: bool = True) -> dict[str, tuple[float, float]]:
+    """:func:`median_times` of each ``name: (fn, setup)``, the cases taking turns within every repeat
+    (a, b, a, b, ...), so that a burst of load from other jobs on a shared machine hits all of them
+    alike: what a ratio between them needs."""
+    cuda = sync and torch.cuda.is_available()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for i in range(warmup + repeats):
+        for name, (fn, setup) in cases.items():
+            if setup is not None:
+                setup()
+            if cuda:
+                torch.cuda.synchronize()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    return {name: (statistics.median(times[name]), statistics.median(cpu[name])) for name in cases}
 
 
 def machine_info() -> dict[str, Any]:

@@ -7,6 +7,11 @@ Ratios are measured in one run (medians over repeats):
   ``bulk_vs_memcpy_fragmented`` is the same load when the free device slots are scattered (the
   staging + scatter path).
 * ``bulk_vs_per_page``: the bulk load against one copy per page.
+* ``bulk_vs_raw``: the bare data movement of a load (``gather_copy_raw``: one ``index_select``, one
+  copy, no bookkeeping) over the store's load, after the same untimed setup: 1 minus the share of the
+  load that is the store's bookkeeping (target 0.9); ``*_cpu`` ratios use this process's CPU time
+  (``time.process_time``; on the CPU stand-in only), which leaves out time spent waiting for a core on
+  a shared machine.
 * ``fused_vs_protocol``: the same bulk load with ``store.fused_load = False`` (the two-phase tier
   protocol's bookkeeping) over the default fused path.
 * ``disk_clustered_vs_sequential``: ``DiskTier.read`` of pages in contiguous runs (``--run-length``)
@@ -27,7 +32,7 @@ from typing import Any
 
 import torch
 
-from icecache.bench.report import format_table, median_time, write_json
+from icecache.bench.report import format_table, median_time, median_times, median_times_paired, write_json
 from icecache.core.config import CacheConfig, TierConfig, to_dtype
 from icecache.core.errors import ConfigError
 from icecache.storage.device import DeviceTier
@@ -36,7 +41,7 @@ from icecache.storage.host import HostTier, can_pin
 from icecache.storage.layout import PageSpec
 from icecache.storage.store import TieredStore
 
-TARGETS = {"bulk_vs_memcpy": 0.8, "disk_clustered_vs_sequential": 0.7}
+TARGETS = {"bulk_vs_memcpy": 0.8, "bulk_vs_raw": 0.9, "disk_clustered_vs_sequential": 0.7}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +66,13 @@ def _median_ms(fn: Callable[[], Any], *, setup: Callable[[], Any] | None = None,
                cuda: bool) -> float:
     """Median milliseconds of ``fn()`` (``setup()`` runs untimed before each call; one warm-up)."""
     return 1e3 * median_time(fn, repeats=repeats, warmup=1, sync=cuda, setup=setup)
+
+
+def _timed(name: str, fn: Callable[[], Any], t: dict[str, float], cpu: dict[str, float], *,
+           setup: Callable[[], Any] | None = None, repeats: int, cuda: bool) -> None:
+    """``t[name]`` = median wall ms of ``fn()`` and ``cpu[name]`` = median CPU ms, from the same calls."""
+    wall, used = median_times(fn, repeats=repeats, warmup=1, sync=cuda, setup=setup)
+    t[name], cpu[name] = 1e3 * wall, 1e3 * used
 
 
 def _fill(store: TieredStore, n: int, gen: torch.Generator, chunk: int = 1024) -> torch.Tensor:
@@ -111,11 +123,21 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
 
     default = store.transfer  # what ``transfer="auto"`` picked here
     t: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     via: dict[str, str] = {}
     ok = True
+    raw, raw_setup = _raw_gather(spec, host_tier, device_tier, empty_device, pick, cuda)
     for mode in ("staged", "uva") if cuda else ("staged",):
         store.transfer = mode
-        t[f"bulk_load_{mode}"] = _median_ms(load, setup=empty_device, repeats=args.repeats, cuda=cuda)
+        if mode == default:
+            # NOTE: in turns with the bare gather + copy (same setup), so that bulk_vs_raw compares the
+            # two under the same load from other jobs
+            paired = median_times_paired({"bulk": (load, empty_device), "raw": (raw, raw_setup)},
+                                         repeats=args.repeats, sync=cuda)
+            for key, name in (("bulk", f"bulk_load_{mode}"), ("raw", "gather_copy_raw")):
+                t[name], cpu[name] = 1e3 * paired[key][0], 1e3 * paired[key][1]
+        else:
+            _timed(f"bulk_load_{mode}", load, t, cpu, setup=empty_device, repeats=args.repeats, cuda=cuda)
         via[mode] = store.stats().last["load"].via
         ok = ok and loaded_correctly()
         t[f"bulk_load_{mode}_fragmented"] = _median_ms(load, setup=fragment_device, repeats=args.repeats,
@@ -127,7 +149,6 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
     t["bulk_load_protocol"] = _median_ms(load, setup=empty_device, repeats=args.repeats, cuda=cuda)
     t["load_resident_protocol"] = _median_ms(load, repeats=args.repeats, cuda=cuda)
     store.fused_load = True
-    t["bulk_load"] = t[f"bulk_load_{default}"]
     t["bulk_load_fragmented"] = t[f"bulk_load_{default}_fragmented"]
 
     dst = spec.empty(m, device=device)
@@ -137,8 +158,8 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
         start = int(torch.randint(0, args.host_pages - m + 1, (1,), generator=gen))
         region["src"] = host_tier.data[start:start + m]  # contiguous; pinned on CUDA
 
-    t["memcpy"] = _median_ms(lambda: dst.copy_(region["src"], non_blocking=True), setup=choose_region,
-                             repeats=args.repeats, cuda=cuda)
+    _timed("memcpy", lambda: dst.copy_(region["src"], non_blocking=True), t, cpu, setup=choose_region,
+           repeats=args.repeats, cuda=cuda)
 
     host_data, dev_data = host_tier.data, device_tier.data
     pairs = {"slots": []}
@@ -152,11 +173,15 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
             dev_data[d].copy_(host_data[h], non_blocking=True)
 
     t["per_page"] = _median_ms(per_page, setup=choose_pages, repeats=args.repeats, cuda=cuda)
-    t["load_1_page"] = _median_ms(lambda: store.load(pick["chosen"][:1]), setup=empty_device,
-                                  repeats=args.repeats, cuda=cuda)
-    t["load_resident"] = _median_ms(load, repeats=args.repeats, cuda=cuda)  # bookkeeping alone
-    t.update(_raw_paths(spec, host_tier, device_tier, choose, args, cuda))
+    _timed("load_1_page", lambda: store.load(pick["chosen"][:1]), t, cpu, setup=empty_device,
+           repeats=args.repeats, cuda=cuda)
+    _timed("load_resident", load, t, cpu, repeats=args.repeats, cuda=cuda)  # bookkeeping alone
+    if cuda:
+        t["uva_raw"] = _uva_raw(host_tier, device_tier, raw_setup, pick, args)
+    t["bulk_load"] = t[f"bulk_load_{default}"]
+    cpu["bulk_load"] = cpu[f"bulk_load_{default}"]
     info = {"loaded_pages_match": ok, "transfer": default, "load_via": via,
+            **({"times_cpu_ms": cpu} if not cuda else {}),
             "bulk_load_via": via[default], "fragmented_load_via": via[f"{default}_fragmented"],
             "host_pinned": host_tier.pin_memory,
             "device_tier": device_tier.stats().as_dict()}
@@ -164,18 +189,21 @@ def bench_host_to_device(spec: PageSpec, device: torch.device, args: argparse.Na
     return t, info
 
 
-def _raw_paths(spec: PageSpec, host_tier: HostTier, device_tier: DeviceTier,
-               choose: Callable[[], torch.Tensor], args: argparse.Namespace, cuda: bool) -> dict[str, float]:
-    """The data movement of a load without the store's bookkeeping: one ``index_select`` into (pinned)
-    staging and one copy into a run of device slots; on CUDA also the UVA kernel alone. NOTE: writes
-    device slots behind the store's back, so it runs last."""
-    m = args.pages
-    rows = {"idx": host_tier.slot_of(choose())}
+def _raw_gather(spec: PageSpec, host_tier: HostTier, device_tier: DeviceTier, reset: Callable[[], None],
+                pick: dict[str, torch.Tensor], cuda: bool) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(fn, setup)``: the data movement of a load without the store's bookkeeping, one ``index_select``
+    into (pinned) staging and one copy into a run of device slots. ``setup`` runs ``reset``, the load's
+    own untimed setup (it empties the device tier and picks the pages), so the two differ only by the
+    store's work. NOTE: it writes device slots behind the store's back, free ones only (reset empties
+    the tier first): nothing the store holds is touched."""
+    m = pick["chosen"].numel()
+    rows = {"idx": host_tier.slot_of(pick["chosen"])}
     staging = spec.empty(m, pin_memory=cuda)
     region = device_tier.data[:m]
 
-    def choose_rows() -> None:
-        rows["idx"] = host_tier.slot_of(choose())
+    def setup() -> None:
+        reset()
+        rows["idx"] = host_tier.slot_of(pick["chosen"])
 
     def raw() -> None:
         if cuda:
@@ -184,20 +212,24 @@ def _raw_paths(spec: PageSpec, host_tier: HostTier, device_tier: DeviceTier,
         else:
             torch.index_select(host_tier.data, 0, rows["idx"], out=region)
 
-    t = {"gather_copy_raw": _median_ms(raw, setup=choose_rows, repeats=args.repeats, cuda=cuda)}
-    if cuda:
-        from icecache.storage.uva import copy_rows
+    return raw, setup
 
-        idx = torch.empty(m, 2, dtype=torch.int64, pin_memory=True)
 
-        def choose_pairs() -> None:
-            choose_rows()
-            idx[:, 0] = rows["idx"]
-            idx[:, 1] = torch.arange(m)
+def _uva_raw(host_tier: HostTier, device_tier: DeviceTier, setup: Callable[[], None],
+             pick: dict[str, torch.Tensor], args: argparse.Namespace) -> float:
+    """Median ms of the UVA kernel alone over the pages ``setup`` picks (CUDA)."""
+    from icecache.storage.uva import copy_rows
 
-        t["uva_raw"] = _median_ms(lambda: copy_rows(host_tier.data, device_tier.data, idx),
-                                  setup=choose_pairs, repeats=args.repeats, cuda=cuda)
-    return t
+    m = args.pages
+    idx = torch.empty(m, 2, dtype=torch.int64, pin_memory=True)
+
+    def choose_pairs() -> None:
+        setup()
+        idx[:, 0] = host_tier.slot_of(pick["chosen"])
+        idx[:, 1] = torch.arange(m)
+
+    return _median_ms(lambda: copy_rows(host_tier.data, device_tier.data, idx), setup=choose_pairs,
+                      repeats=args.repeats, cuda=True)
 
 
 def bench_page_sizes(spec: PageSpec, device: torch.device, args: argparse.Namespace, gen: torch.Generator
@@ -359,6 +391,15 @@ def _check_room(args: argparse.Namespace, spec: PageSpec) -> None:
                           f"{free / 2**30:.2f} GiB free")
 
 
+def _cpu_ratios(cpu: dict[str, float] | None) -> dict[str, float]:
+    """The headline ratios in CPU time (the CPU stand-in only: on CUDA the host time is not the move's)."""
+    if not cpu:
+        return {}
+    return {"bulk_vs_raw_cpu": cpu["gather_copy_raw"] / cpu["bulk_load"],
+            "bulk_vs_memcpy_cpu": cpu["memcpy"] / cpu["bulk_load"],
+            "raw_gather_copy_vs_memcpy_cpu": cpu["memcpy"] / cpu["gather_copy_raw"]}
+
+
 def main(args: argparse.Namespace) -> int:
     device, spec = check_args(args)
     if args.threads:
@@ -379,6 +420,8 @@ def main(args: argparse.Namespace) -> int:
         "bulk_vs_per_page": times["per_page"] / times["bulk_load"],
         "fused_vs_protocol": times["bulk_load_protocol"] / times["bulk_load"],
         "raw_gather_copy_vs_memcpy": times["memcpy"] / times["gather_copy_raw"],
+        "bulk_vs_raw": times["gather_copy_raw"] / times["bulk_load"],
+        **_cpu_ratios(info.get("times_cpu_ms")),
         **({"raw_uva_vs_memcpy": times["memcpy"] / times["uva_raw"]} if "uva_raw" in times else {}),
         "bulk_staged_vs_memcpy": times["memcpy"] / times["bulk_load_staged"],
         **({"bulk_uva_vs_memcpy": times["memcpy"] / times["bulk_load_uva"],
@@ -397,11 +440,12 @@ def main(args: argparse.Namespace) -> int:
         size = disk_bytes if name.startswith("disk") else nbytes  # checksums: over --pages records
         size = spec.page_nbytes if name == "load_1_page" else size
         size = 0 if name.startswith("load_resident") else size
-        rows.append({"measure": name, "median_ms": ms, "GB/s": size / ms / 1e6})
+        rows.append({"measure": name, "median_ms": ms, "cpu_ms": info.get("times_cpu_ms", {}).get(name, ""),
+                     "GB/s": size / ms / 1e6})
     print(f"device {device} ({'CPU stand-in' if device.type == 'cpu' else 'CUDA'}), {args.pages} pages of "
           f"{spec.page_size}x{spec.head_dim} {spec.dtype} K+V = {spec.page_nbytes} B/page, "
           f"{torch.get_num_threads()} threads")
-    print(format_table(rows, ["measure", "median_ms", "GB/s"]))
+    print(format_table(rows, ["measure", "median_ms", "cpu_ms", "GB/s"]))
     print()
     print(format_table([{"ratio": k, "value": v, "target": TARGETS.get(k, "")} for k, v in ratios.items()],
                        ["ratio", "value", "target"]))

@@ -42,7 +42,7 @@ class PageSpec:
     @property
     def page_nbytes(self) -> int:
         """Bytes of one page record (K and V)."""
-        return 2 * self.page_size * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.page_size * self.head_dim * self.dtype.itemsize
 
     def empty(self, n: int, *, device: torch.device | str = "cpu", pin_memory: bool = False) -> Tensor:
         """An uninitialized ``[n, 2, S, D]`` record buffer."""

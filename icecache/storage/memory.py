@@ -29,7 +29,7 @@ RAW_METHODS: tuple[str, ...] = ("read", "resize_storage", "view")
 FUSED_METHODS: tuple[str, ...] = (
     *RAW_METHODS, "write", "lookup", "slot_of", "prepare_load", "complete_load", "prepare_store",
     "complete_store", "touch", "victims", "evictable", "evictable_slots", "free", "evict", "ready_slots",
-    "make_room", "admit", "stamp", "_release", "_take_slots", "_lookup_slots", "_present_slots",
+    "settled", "make_room", "admit", "stamp", "_release", "_take_slots", "_lookup_slots", "_present_slots",
 )
 _FLAGS: dict[type, tuple[bool, bool]] = {}
 

@@ -115,11 +115,12 @@ class PagePool:
         low, top = int(ids[0]), int(ids[-1])
         if low < 0 or top >= self._high:
             self.check(torch.from_numpy(ids), written=written)  # raises, naming the id
-        bad = ~self._allocated[ids]
         if written:
-            bad |= self._lens[ids] == 0
-        if np_any(bad):
-            self.check(torch.from_numpy(ids), written=written)  # raises, naming the id
+            # NOTE: a written length implies an allocated id (allocate and free zero it): one test
+            if np.count_nonzero(self._lens[ids]) < ids.size:
+                self.check(torch.from_numpy(ids), written=True)  # raises, naming the id
+        elif np.count_nonzero(self._allocated[ids]) < ids.size:
+            self.check(torch.from_numpy(ids))  # raises, naming the id
 
     def nbytes(self) -> int:
         """Bytes of the id maps (allocation, lengths, owners, free list)."""
@@ -128,6 +129,11 @@ class PagePool:
     def set_lens(self, page_ids: Tensor, lens: Tensor) -> None:
         """Record valid-slot counts (int ``[n]``) of allocated pages."""
         self._lens[page_ids.numpy()] = lens.numpy()
+
+    def written_lens(self, ids: np.ndarray) -> np.ndarray:
+        """Valid slots of pages ``ids`` (numpy, any order, repeats allowed) that the caller has checked
+        (e.g. loaded), int32; no check here."""
+        return self._lens[ids]
 
     def lens(self, page_ids: Tensor) -> Tensor:
         """Valid slots per page, int32 ``[n]`` (``0`` for a page never written)."""

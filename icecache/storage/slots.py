@@ -79,6 +79,7 @@ class SlotTier:
                                                                takes_self=True))
     _num_slots: int = field(init=False, default=0)
     _used: int = field(init=False, default=0)  # slots not FREE
+    _storing: int = field(init=False, default=0)  # slots STORING (0: every present page is ready)
     _page_of: np.ndarray = field(init=False, factory=_empty(np.int64))  # [slots], -1 free
     _state: np.ndarray = field(init=False, factory=_empty(np.int8))  # [slots]
     _pins: np.ndarray = field(init=False, factory=_empty(np.int32))  # [slots]
@@ -200,6 +201,7 @@ class SlotTier:
         if n_new < ids.size:
             self._new[slots[present]] = False
         self._state[slots] = STORING
+        self._storing += ids.size  # NOTE: none was STORING (checked above)
         return torch.from_numpy(slots)
 
     def complete_store(self, page_ids: Tensor, success: bool = True) -> None:
@@ -208,6 +210,7 @@ class SlotTier:
         bad = self._state[slots] != STORING
         if np_any(bad):
             raise PageError(f"page {int(ids[bad][0])} is not being stored in tier {self.name!r}")
+        self._storing -= ids.size  # every one was STORING; each becomes READY or FREE below
         if success:
             self._state[slots] = READY
             self._new[slots] = False
@@ -224,12 +227,17 @@ class SlotTier:
     # NOTE: one load through the two-phase protocol costs ~30 bookkeeping calls per tier; these do the
     # same state changes in a few array operations. A move that is complete (or queued on the device
     # stream) before control returns has no window in which "in flight" could be observed.
-    def ready_slots(self, ids: np.ndarray) -> np.ndarray:
-        """Slot of each page that is ready here, ``-1`` where absent or still being stored."""
-        slots = self._lookup_slots(ids)
-        if not self._num_slots:
-            return slots
+    def ready_slots(self, ids: np.ndarray, *, top: int | None = None) -> np.ndarray:
+        """Slot of each page that is ready here, ``-1`` where absent or still being stored (a new
+        array). ``top``: the largest of ``ids`` when the caller knows it (ascending ids)."""
+        slots = self._lookup_slots(ids, top=top)
+        if not self._storing or not self._num_slots:
+            return slots  # NOTE: nothing is being stored: present means ready (one fancy index)
         return np.where((slots >= 0) & (self._state[slots] == READY), slots, -1)
+
+    def settled(self) -> bool:
+        """No page is being stored here: every present page is ready."""
+        return not self._storing
 
     def make_room(self, n: int, keep: np.ndarray) -> np.ndarray | None:
         """Evict unpinned pages in the eviction policy's order, none in slots ``keep``, until ``n`` slots
@@ -240,10 +248,13 @@ class SlotTier:
             return np.zeros(0, dtype=np.int64)
         self._pins[keep] += 1
         try:
-            if n > free + self.evictable():
+            # NOTE: victims() in place, with the candidates counted once (the base methods' results)
+            candidates = self.evictable_slots()
+            if n - free > candidates.size:
                 return None
-            victims = self.victims(n - free).numpy()
-            self._release(self._slot_of[victims], victims)
+            slots = self.policy.victims(candidates, n - free)
+            victims = self._page_of[slots]
+            self._release(slots, victims)
             return victims
         finally:
             self._pins[keep] -= 1
@@ -310,10 +321,11 @@ class SlotTier:
                          details={"eviction": self.policy.name, **self.details()})
 
     # ----- internals -----------------------------------------------------------------------------
-    def _lookup_slots(self, ids: np.ndarray) -> np.ndarray:
-        """Slot of each id, ``-1`` where absent (a new array)."""
+    def _lookup_slots(self, ids: np.ndarray, *, top: int | None = None) -> np.ndarray:
+        """Slot of each id, ``-1`` where absent (a new array); ``top``: ``max(ids)`` when known."""
         if ids.size:
-            top = int(np_max(ids))
+            if top is None:
+                top = int(np_max(ids))
             if top >= self._slot_of.size:
                 self._grow_ids(top + 1)
         return self._slot_of[ids]
@@ -345,6 +357,8 @@ class SlotTier:
                 )
             target = max(needed, self._num_slots + self._num_slots // GROWTH, INITIAL_SLOTS)
             self._ensure_slots(target if self.capacity is None else min(target, self.capacity))
+        if not self._used:
+            return np.arange(n, dtype=np.int64)  # NOTE: an empty tier's first run, without the search
         return _first_run(np.flatnonzero(self._state == FREE), n)
 
     def _ensure_slots(self, num_slots: int) -> None:

@@ -30,7 +30,7 @@ from attrs import frozen
 from torch import Tensor
 
 from icecache.core.config import CacheConfig
-from icecache.core.errors import ConfigError, PageError, StorageError
+from icecache.core.errors import ConfigError, PageError, StorageError, TensorSpecError
 from icecache.core.page_table import PageTable
 from icecache.storage.base import Tier
 from icecache.storage.eviction import resolve_eviction_option
@@ -199,20 +199,26 @@ class TieredStore:
         are evicted to make room. ``pin=True`` keeps the pages from eviction until :meth:`release`.
         On CUDA the move is asynchronous on the current stream."""
         self._check_open()
-        uniq, inverse = _distinct(as_page_ids(page_ids, unique=False).numpy())
+        if isinstance(page_ids, Tensor) and page_ids.dtype == torch.int64 and page_ids.device.type == "cpu" \
+                and page_ids.dim() == 1:
+            a = page_ids.numpy()  # NOTE: negative ids are caught by check_ascending (the smallest is first)
+        else:
+            a = as_page_ids(page_ids, unique=False).numpy()
+        uniq = _distinct(a)
         self.pool.check_ascending(uniq, written=True)
         # NOTE: from here on the tiers get numpy ids (checked above), skipping their own validation.
+        # Each distinct page is handled once, in ascending id order; the slots come back in the caller's
+        # order by one lookup of the caller's ids (every one of them is resident then).
         if self.cache is None:
             tier = self.backing[0]
             slots = tier.prepare_load(uniq)
             tier.touch(uniq)
             if not pin:
                 tier.complete_load(uniq)
-            return slots if inverse is None else slots[inverse]
-        fast = fused_load(self, uniq, pin=pin) if self.fused_load else None
+            return slots if uniq is a else tier.slot_of(torch.from_numpy(a))
+        fast = fused_load(self, uniq, a, pin=pin) if self.fused_load else None
         if fast is not None:
-            slots = torch.from_numpy(fast)
-            return slots if inverse is None else slots[inverse]
+            return fast
         cache = self.cache
         resident = cache.lookup(uniq).numpy()
         if not np_all(resident):
@@ -230,8 +236,7 @@ class TieredStore:
         if pin:
             cache.prepare_load(uniq)
         cache.touch(uniq)
-        slots = cache.slot_of(uniq)
-        return slots if inverse is None else slots[inverse]
+        return cache.slot_of(torch.from_numpy(a))
 
     def release(self, page_ids: Tensor) -> None:
         """Unpin pages pinned by ``load(..., pin=True)`` (once per pin)."""
@@ -374,23 +379,32 @@ class TieredStore:
 
     def page_table(self, pages: Tensor, *, pin: bool = False) -> PageTable:
         """Load the pages of padded lists ``pages`` int ``[R, K]`` (``-1`` padding) and return a
-        :class:`PageTable` over device slots (``page_lens`` from the written lengths), on the device."""
+        :class:`PageTable` over device slots (``page_lens`` from the written lengths), on the device.
+        NOTE: built in numpy (a few operations on the ``R x K`` entries; the torch build of the same
+        table cost more than the load) and moved to the device as one int32 buffer, one copy."""
         self._check_open()
-        pages = torch.as_tensor(pages).to("cpu", torch.int64)
-        valid = pages >= 0
-        uniq = torch.unique(pages[valid])
-        slots = self.load(uniq, pin=pin)
-        if uniq.numel():
-            pos = torch.searchsorted(uniq, pages.clamp_min(0)).clamp_max(uniq.numel() - 1)  # [R, K]
-            slot_lists = torch.where(valid, slots[pos], -1)
-            lens = torch.where(valid, self.pool.lens(uniq).long()[pos], 0)
-        else:
-            slot_lists, lens = torch.full_like(pages, -1), torch.zeros_like(pages)
-        table = PageTable.from_page_lists(slot_lists, lens, self.spec.page_size)
-        dev = self.tiers[0].device
-        return PageTable(indptr=table.indptr.to(dev), indices=table.indices.to(dev),
-                         last_page_len=table.last_page_len.to(dev), page_size=table.page_size,
-                         page_lens=None if table.page_lens is None else table.page_lens.to(dev))
+        lists = torch.as_tensor(pages).to("cpu", torch.int64)
+        if lists.dim() != 2:
+            raise TensorSpecError(f"pages must be padded lists [R, K], got shape {tuple(lists.shape)}")
+        a = lists.numpy()
+        R = a.shape[0]
+        valid = a >= 0
+        flat = a[valid]  # [nnz] row by row: the CSR order
+        nnz = flat.size
+        buf = np.empty(2 * R + 1 + 2 * nnz, dtype=np.int32)  # indptr | indices | last_page_len | page_lens
+        indptr, indices = buf[:R + 1], buf[R + 1:R + 1 + nnz]
+        last, lens = buf[R + 1 + nnz:2 * R + 1 + nnz], buf[2 * R + 1 + nnz:]
+        indices[:] = self.load(torch.from_numpy(flat), pin=pin).numpy()  # ids checked, repeats allowed
+        lens[:] = self.pool.written_lens(flat)
+        indptr[0] = 0
+        np.cumsum(np.count_nonzero(valid, axis=1), out=indptr[1:])
+        last[:] = 0
+        rows = indptr[1:] > indptr[:-1]  # rows with pages: their last page's length
+        last[rows] = lens[indptr[1:][rows] - 1]
+        dev = torch.from_numpy(buf).to(self.tiers[0].device)
+        return PageTable(indptr=dev[:R + 1], indices=dev[R + 1:R + 1 + nnz],
+                         last_page_len=dev[R + 1 + nnz:2 * R + 1 + nnz], page_size=self.spec.page_size,
+                         page_lens=dev[2 * R + 1 + nnz:])
 
     # ----- views and stats -------------------------------------------------------------------------
     @property
@@ -620,11 +634,12 @@ class TieredStore:
         device = self.tiers[0].device
         return tier.pin_memory or tier.device == device or device.type == "cpu"
 
-    def _moved(self, record: MoveRecord, ids: Tensor) -> None:
+    def _moved(self, record: MoveRecord, ids: Tensor | np.ndarray) -> None:
         self._moves[record.kind].add(record)
         self._last[record.kind] = record
         # NOTE: no listener, no call (pluggy's dispatch costs every move)
         if self.hook is not None and self.hook.icecache_pages_loaded.get_hookimpls():
+            ids = ids if isinstance(ids, Tensor) else torch.from_numpy(ids.copy())
             self.hook.icecache_pages_loaded(tier=record.tier, page_ids=ids, nbytes=record.nbytes,
                                             copies=record.copies)
 
@@ -642,19 +657,14 @@ def _raw(tier: Tier) -> Tensor | None:
     return tier.raw_records() if isinstance(tier, MemoryTier) else None
 
 
-def _distinct(a: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
-    """``(distinct ids ascending, inverse)`` with ``a == distinct[inverse]``; ``inverse`` is ``None``
-    when ``a`` is already distinct and ascending."""
-    if a.size <= 1 or np_all(a[1:] > a[:-1]):
-        return a, None
-    order = np.argsort(a)
-    uniq = a[order]
-    if np_all(uniq[1:] > uniq[:-1]):  # NOTE: distinct ids in any order, the usual case: no np.unique
-        inverse = np.empty(a.size, dtype=np.int64)
-        inverse[order] = np.arange(a.size)
-        return uniq, torch.from_numpy(inverse)
-    uniq, inverse = np.unique(a, return_inverse=True)
-    return uniq, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """The distinct ids of ``a``, ascending (``a`` itself when it holds at most one)."""
+    if a.size <= 1:
+        return a
+    uniq = np.sort(a)  # NOTE: cheaper than testing for order first, and O(n) on ascending ids
+    if np.count_nonzero(uniq[1:] == uniq[:-1]):
+        return np.unique(uniq)
+    return uniq
 
 
 #: how ``load`` moves host pages to the device (see the module docstring and :mod:`icecache.storage.uva`)
