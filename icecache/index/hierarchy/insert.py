@@ -8,7 +8,6 @@ A page's tokens never move (contents only grow), so storage appends and never re
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -129,14 +128,23 @@ def _new_leaves(ix: HierarchyIndex, fresh: Tensor, s0: int, changed: Tensor, x: 
     st, S = ix._state, ix.page_slots
     G, n = fresh.shape
     pts = _transformed(ix, space, sq, st.m2)
-    C = max(1, math.ceil(int(fresh.sum(1).max()) / ix.insert_leaf_tokens))
+    # NOTE: each row's own leaf count (rows batched together may overflow by different amounts, and a
+    # sequence must get the same pages whatever it is batched with): one k-means per distinct count.
+    row_c = (fresh.sum(1) + ix.insert_leaf_tokens - 1).div(ix.insert_leaf_tokens, rounding_mode="floor")
+    row_c = row_c.clamp_min(1)
     # NOTE: seeded by the tokens inserted so far, not by slots: slots count the batch's padding
     ix._inserted += n
-    res = kmeans(pts, C, iters=ix.iters, mask=fresh, capacity=S, balanced_iters=1,
-                 generator=torch.Generator().manual_seed(ix.config.seed + ix._inserted),
-                 row_keys=ix._head_keys(*ix._shape, fresh.device))
+    keys = ix._head_keys(*ix._shape, fresh.device)
+    assignments = torch.full((G, n), -1, dtype=torch.int64, device=fresh.device)
+    for c in row_c.unique().tolist():  # NOTE: a loop over distinct leaf counts, usually one
+        rows = (row_c == c).nonzero()[:, 0]
+        res = kmeans(pts[rows], c, iters=ix.iters, mask=fresh[rows], capacity=S, balanced_iters=1,
+                     generator=torch.Generator().manual_seed(ix.config.seed + ix._inserted),
+                     row_keys=keys[rows])
+        assignments[rows] = res.assignments.long()
+    C = int(row_c.max())
     g, j = torch.nonzero(fresh, as_tuple=True)
-    leaf = res.assignments[g, j]
+    leaf = assignments[g, j]
     used = torch.zeros(G, C, dtype=torch.bool, device=g.device)
     used[g, leaf] = True
     base = st.group_pages.clone()
@@ -155,7 +163,9 @@ def _new_leaves(ix: HierarchyIndex, fresh: Tensor, s0: int, changed: Tensor, x: 
     csum = st.cell_ssum if st.cell_ssum is not None else st.cell_sum
     cell_c = csum / st.cell_count.clamp_min(1)[..., None]  # [G, cells, D]
     leaf_sum = torch.zeros(G, C, Ds, device=g.device).index_put_((g, leaf), space[g, j], accumulate=True)
-    leaf_mean = leaf_sum / res.sizes.clamp_min(1)[..., None].to(leaf_sum.dtype)
+    ones = torch.ones_like(leaf, dtype=torch.float32)
+    sizes = torch.zeros(G, C, device=g.device).index_put_((g, leaf), ones, accumulate=True)
+    leaf_mean = leaf_sum / sizes.clamp_min(1)[..., None].to(leaf_sum.dtype)
     d = torch.cdist(leaf_mean, cell_c).masked_fill((st.cell_count == 0)[:, None], float("inf"))
     d = torch.where(torch.isinf(d).all(-1, keepdim=True), 0.0, d)
     best_cell = d.argmin(-1)  # [G, C]
