@@ -111,7 +111,7 @@ class SparseLayerKV:
         B, H, T = token_ids.shape
         R, D = B * H, self.ring[0].shape[-1]
         pos = token_ids.to("cpu", torch.int64).reshape(R * T)
-        row = torch.arange(R * T) // T
+        row = torch.arange(R).repeat_interleave(T)
         outs = [torch.zeros(R * T, D, dtype=self.dtype, device=self.device) for _ in range(1 + values)]
 
         def put(idx: Tensor, sources: tuple[Tensor, ...], rows: Tensor) -> None:
@@ -131,9 +131,12 @@ class SparseLayerKV:
                 known[idx] = False
         cap = self.loc.shape[2]
         inside = known & (pos < cap)  # NOTE: the table covers paged positions only
-        loc = torch.full((R * T,), -1, dtype=torch.int64)
-        at_idx = inside.nonzero()[:, 0]
-        loc[at_idx] = self.loc.view(-1).index_select(0, row[at_idx] * cap + pos[at_idx]).long()
+        # NOTE: one masked lookup (no nonzero + scatter): outside entries read slot 0 and are dropped
+        if cap:
+            loc = self.loc.view(-1).index_select(0, torch.where(inside, row * cap + pos, 0)).long()
+            loc = loc.masked_fill_(~inside, -1)
+        else:
+            loc = torch.full((R * T,), -1, dtype=torch.int64)
         idx = (loc >= 0).nonzero()[:, 0]
         if idx.numel():
             at = loc[idx]
