@@ -25,21 +25,7 @@ def median_times(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, sy
     """``(median wall seconds, median CPU seconds of this process)`` of ``fn()``, as
     :func:`median_time`. NOTE: on a machine shared with other jobs the CPU time leaves out the time the
     process waited for a core; it still includes what their cache traffic costs it."""
-    cuda = sync and torch.cuda.is_available()
-    times, cpu = [], []
-    for i in range(warmup + repeats):
-        if setup is not None:
-            setup()
-        if cuda:
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-    return statistics.median(times), statistics.median(cpu)
+    return median_times_paired({"fn": (fn, setup)}, repeats=repeats, warmup=warmup, sync=sync)["fn"]
 
 
 Case = tuple[Callable[[], Any], Callable[[], Any] | None]  # (fn, setup)
