@@ -92,6 +92,12 @@ def check(args: argparse.Namespace) -> tuple[list[Any], list[int], list[int], to
             if limit is not None and c + ANSWER_RESERVE > limit:
                 raise ConfigError(f"--contexts {c} is longer than the model allows ({limit} positions, "
                                   f"{ANSWER_RESERVE} kept for decoding); use --shape for longer contexts")
+    from icecache.bench import checks
+    from icecache.eval.checks import check_threads
+
+    check_threads(args.threads)
+    if args.shape is None:
+        checks.task(args.task)
     counts = (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--rounds", args.rounds, 1))
     for flag, value, low in counts:
         if value < low:

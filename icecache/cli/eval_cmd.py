@@ -46,14 +46,14 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from icecache.core.errors import ConfigError
+    from icecache.eval.checks import check_samples
     from icecache.eval.report import run_table, task_table
     from icecache.eval.results_file import ResultsFile, settings_of
     from icecache.eval.session import load, prepare
     from icecache.eval.summary import policy_rows, task_rows
     from icecache.tasks import DEFAULT_SUITE, load_tasks_file, parse_task_names
 
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be positive, got {args.samples}")
+    check_samples(args.samples)
     if args.resume and args.json is None:
         raise ConfigError("--resume needs --json PATH: the results file to continue")
     from_file = args.tasks_file is not None
@@ -61,7 +61,7 @@ def _main(args: argparse.Namespace) -> int:
         file_samples = load_tasks_file(args.tasks_file)
         task_names: list[str] = []
     else:
-        task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
+        task_names = parse_task_names(",".join(DEFAULT_SUITE) if args.tasks is None else args.tasks)
     prepared = prepare(args, args.policy, args.budget, None if from_file else args.context,
                        options=args.policy_options)
     context = None if from_file else args.context
