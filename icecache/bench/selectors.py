@@ -159,7 +159,8 @@ def _check(args: argparse.Namespace) -> None:
     checks.contexts_fit(args.contexts or [], positions, "--contexts")
     layers = getattr(config, "num_hidden_layers", None)
     if layers is not None and args.dense_layers >= layers:
-        raise ConfigError(f"--dense-layers {args.dense_layers} leaves no sparse layer: the model has {layers}")
+        raise ConfigError(f"--dense-layers {args.dense_layers} leaves no sparse layer: the model has "
+                          f"{layers}")
 
 
 def run(

@@ -64,6 +64,8 @@ def _main(args: argparse.Namespace) -> int:
         task_names = parse_task_names(",".join(DEFAULT_SUITE) if args.tasks is None else args.tasks)
     prepared = prepare(args, args.policy, args.budget, None if from_file else args.context,
                        options=args.policy_options)
+    if from_file:
+        _check_file_prompts(file_samples, prepared)
     context = None if from_file else args.context
 
     def payload(results: list[Any]) -> dict[str, Any]:
@@ -95,6 +97,18 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _check_file_prompts(samples: list[Any], prepared: Any) -> None:
+    """Every tasks-file prompt plus its answer fits the model, measured with the tokenizer alone (before
+    the weights load)."""
+    from icecache.eval.runner import check_prompts
+    from icecache.integrations.hf.loader import check_tokenizer
+    from icecache.tasks.sample import split_prompt_ids
+
+    tokenizer = check_tokenizer(prepared.checkpoint)
+    prompts = [sum(split_prompt_ids(tokenizer, s), []) for s in samples]
+    check_prompts(samples, prompts, getattr(prepared.model_config, "max_position_embeddings", None))
 
 
 def _decode(args: argparse.Namespace, prepared: Any, task_names: list[str], file_samples: list[Any] | None,

@@ -128,7 +128,8 @@ def merge(paths: list[str], *, replace: bool = False) -> tuple[list[Any], int | 
         data = _read(path)
         context = data.get("context")
         if context is not None and not (_count(context) and context > 0):
-            raise ConfigError(f"results file {path!r}: 'context' must be a positive number of tokens or null, "
+            raise ConfigError(f"results file {path!r}: 'context' must be a positive number of tokens or "
+                              "null, "
                               f"got {context!r}")
         contexts.setdefault(context, path)
         if len(contexts) > 1:

@@ -85,7 +85,8 @@ def parse_policies(spec: str, budget: int | None = None, *, registry: Registry |
         opts = dict(options.get(name, {}))
         if selector == "full":
             if b:  # NOTE: refused, not ignored: full@64 would silently run dense KV under a budget's label
-                raise ConfigError(f"policy {item!r}: full attends every token and takes no budget; write full")
+                raise ConfigError(f"policy {item!r}: full attends every token and takes no budget; "
+                                  "write full")
             out.append(PolicySpec("full", None, variant or None, opts))
             continue
         value = _budget(b, item) if b else budget
@@ -224,7 +225,8 @@ def check_device_room(policy: CachePolicy) -> None:
     else:
         memory, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
     if nbytes > memory:
-        raise ConfigError(f"--device-pages {pages} x {nbytes // pages} B pages need {nbytes / 2**30:.1f} GiB, "
+        raise ConfigError(f"--device-pages {pages} x {nbytes // pages} B pages need "
+                          f"{nbytes / 2**30:.1f} GiB, "
                           f"more than the {memory / 2**30:.1f} GiB of {where}")
 
 

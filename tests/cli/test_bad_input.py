@@ -171,7 +171,7 @@ def test_config_with_wrong_values(llama_dir, capsys):
 
 
 @pytest.mark.parametrize(("field", "value"), [("max_position_embeddings", -1),
-                                            ("num_hidden_layers", 0), ("num_attention_heads", True)])
+                                            ("num_hidden_layers", 0), ("vocab_size", 0)])
 def test_config_sizes_that_are_not_positive_integers(llama_dir, capsys, field, value):
     config = json.loads((llama_dir / "config.json").read_text())
     config[field] = value
@@ -270,7 +270,8 @@ def _detail(**kw):
     (_detail(budget=-3), "field 'budget' must be a positive integer or null, got -3"),
     (_detail(batch="0"), "field 'batch' must be a non-negative integer, got '0'"),
     (_detail(step_s={"total": 1.0}), "field 'step_s' must be an object of non-negative seconds with"),
-    (_detail(step_s={**_detail()["step_s"], "total": -1.0}), "field 'step_s' must be an object of non-negative"),
+    (_detail(step_s={**_detail()["step_s"], "total": -1.0}),
+     "field 'step_s' must be an object of non-negative"),
     (_detail(index_build_s=float("inf")), "field 'index_build_s' must be a non-negative number, got inf"),
     ({k: v for k, v in _detail().items() if k != "output"}, "it lacks field(s) ['output']"),
     (_detail(extra=1), "unknown field(s) ['extra']"),
@@ -334,7 +335,7 @@ def test_bad_bench_transfer_options(capsys, argv, message):
     (["decode", "--contexts", ""], "--contexts names no values, got ''"),
     (["decode", "--kv-heads", "0"], "--kv-heads must be at least 1, got 0"),
     (["decode", "--page-size", "3"], "--page-size must be a power of two, got 3"),
-    (["decode", "--selector", "nope"], "unknown selector 'nope'; available selectors:"),  # was: quest, silently
+    (["decode", "--selector", "nope"], "unknown selector 'nope'; available selectors:"),  # was: quest
     (["decode", "--kernel", "nope"], "unknown kernel 'nope'; available kernels:"),
     (["decode", "--threads", "0"], "--threads must be positive, got 0"),
     (["decode", "--contexts", "10000000000"], "--contexts 10000000000 with 8 KV heads of 128 needs"),
@@ -347,3 +348,20 @@ def test_bad_bench_transfer_options(capsys, argv, message):
 ])
 def test_bad_bench_options(capsys, argv, message):
     _fails(["bench", *argv], message, capsys)
+
+
+# ----- prompts measured with the tokenizer alone, before the weights load --------------------------------
+def test_a_tasks_file_prompt_longer_than_the_model_fails_before_it_loads(tmp_path, capsys):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(task_row(0, context="word " * 9000) + "\n")
+    err = _fails(["eval", "--tasks-file", str(path)], "sample 's0': prompt of ", capsys)
+    assert "plus 4 new tokens exceeds the model's 8192 positions" in err
+
+
+def test_a_continuation_document_too_short_fails_before_the_model_loads(tmp_path, capsys):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"id": "tiny", "text": "hi"}) + "\n")
+    _fails(["bench", "continuation", "--docs-file", str(path), "--prompt-tokens", "64",
+            "--continuation-tokens", "8", "--policy", "quest"],
+           "documents shorter than --prompt-tokens 64 + --continuation-tokens 8 + 1 = 73 tokens: 'tiny' (1 "
+           "tokens)", capsys)

@@ -99,10 +99,14 @@ def _main(args: argparse.Namespace) -> int:
     from icecache.bench.report import write_json
     from icecache.eval.session import load, progress_bar
 
+    from icecache.integrations.hf.loader import check_tokenizer
+
     prepared, docs = _check(args)
-    model, tokenizer = load(prepared)
     docs = docs if docs is not None else builtin_documents(args.docs, seed=args.seed)
-    splits = split_documents(docs, tokenizer, args.prompt_tokens, args.continuation_tokens)
+    # NOTE: cut with the tokenizer alone: a document too short fails before the weights load
+    splits = split_documents(docs, check_tokenizer(prepared.checkpoint), args.prompt_tokens,
+                             args.continuation_tokens)
+    model, _ = load(prepared)
     settings = {"model": str(prepared.checkpoint), "prompt_tokens": args.prompt_tokens,
                 "continuation_tokens": args.continuation_tokens, "documents": len(splits),
                 "document_ids": [s.id for s in splits], "docs_file": args.docs_file,

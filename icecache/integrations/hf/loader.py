@@ -221,13 +221,13 @@ def _check_sizes(config: Any, checkpoint: Path) -> None:
                               f"got {value!r}")
 
 
-def check_tokenizer(checkpoint: Path) -> None:
-    """The checkpoint's tokenizer loads (cheap next to the weights, so a missing or corrupt tokenizer
-    file fails before them)."""
+def check_tokenizer(checkpoint: Path) -> Any:
+    """The checkpoint's tokenizer (cheap next to the weights, so a missing or corrupt tokenizer file
+    fails before them, and prompts can be measured before them)."""
     from transformers import AutoTokenizer
 
     try:
-        AutoTokenizer.from_pretrained(checkpoint)
+        return AutoTokenizer.from_pretrained(checkpoint)
     except Exception as exc:  # noqa: BLE001 - the files are user input; transformers raises many kinds
         raise ConfigError(f"cannot load the tokenizer in {str(checkpoint)!r}: {type(exc).__name__}: "
                           f"{str(exc)[:300]}") from None

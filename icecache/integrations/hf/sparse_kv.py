@@ -183,10 +183,10 @@ class SparseLayerKV:
         slot = pos[None, :] - self.start[:, None]  # [B, n] sink slot of each new position
         b, i = ((slot >= 0) & (slot < self.sink_tokens)).nonzero(as_tuple=True)
         if b.numel():
-            s = slot[b, i].to(self.device)
-            b_dev, i_src = b.to(self.device), i.to(keys.device)
-            self.sinks[0][b_dev, :, s] = keys[b.to(keys.device), :, i_src].to(self.device, self.sinks[0].dtype)
-            self.sinks[1][b_dev, :, s] = values[b.to(keys.device), :, i_src].to(self.device, self.sinks[1].dtype)
+            s, b_dev = slot[b, i].to(self.device), b.to(self.device)
+            b_src, i_src = b.to(keys.device), i.to(keys.device)
+            for sink, new in zip(self.sinks, (keys, values), strict=True):
+                sink[b_dev, :, s] = new[b_src, :, i_src].to(self.device, sink.dtype)
 
     def end_chunk(self) -> None:
         """Forget the current chunk (its paged tokens are in the store now, the rest in the ring)."""
