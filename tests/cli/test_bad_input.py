@@ -345,6 +345,7 @@ def test_bad_bench_transfer_options(capsys, argv, message):
     (["memory", "--contexts", "9000"], "--contexts 9000 is longer than the model allows: 8192 positions"),
     (["memory", "--decode-steps", "0"], "--decode-steps must be at least 1, got 0"),
     (["memory", "--task", "nope"], "unknown task 'nope'; available tasks:"),
+    (["continuation", "--docs", "100000"], "--docs 100000 is more than 256 built-in documents"),
 ])
 def test_bad_bench_options(capsys, argv, message):
     _fails(["bench", *argv], message, capsys)
