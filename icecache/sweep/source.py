@@ -71,7 +71,8 @@ def read_spec(path: str) -> SpecSource:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start} is "
+                          f"{raw[exc.start]:#04x})") from None
     if file.suffix == ".json":
         data = _read_json(path, text)
     elif file.suffix == ".toml":

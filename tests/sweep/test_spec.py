@@ -138,7 +138,7 @@ def test_an_output_folder_in_use_or_unwritable_is_refused_before_any_work(write_
 
 def test_a_spec_that_is_not_utf8_names_its_line(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
-    spec.write_bytes(b"contexts = [256]\nsamples = 1  # caf\xe9\n")  # latin-1: was a UnicodeDecodeError traceback
+    spec.write_bytes(b"contexts = [256]\nsamples = 1  # caf\xe9\n")  # latin-1: was a traceback
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{spec}:2: not UTF-8 text (byte 35 is 0xe9)" in err and "Traceback" not in err
