@@ -83,6 +83,8 @@ def _fails(argv, message, capsys):
     (["--device-pages", "1000000000000"], "--device-pages 1000000000000 x "),
     (["--device", "cpu:1"], "--device 'cpu:1': the CPU has no index; use cpu"),
     (["--model", ""], "the model path is empty; leave --model out for the embedded model"),
+    (["--policy-options", '{"icecache": {"index_options": 5}}'],
+     "do not fit the 'icecache' selector: 'index_options' must be <class 'dict'> (got 5"),
 ])
 def test_bad_eval_options(tasks_file, capsys, extra, message):
     _fails(["eval", "--tasks-file", str(tasks_file), "--policy", "full,icecache", *extra], message, capsys)
