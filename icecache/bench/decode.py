@@ -274,11 +274,42 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def check(args: argparse.Namespace) -> tuple[list[int], torch.device]:
+    """Every flag, before any tensor is made: the contexts and the device."""
+    from icecache.bench import checks
+    from icecache.eval.checks import check_threads, resolve_device
+
+    contexts = checks.int_list(args.contexts, "--contexts")
+    checks.at_least(args, {"--budget": 1, "--kv-heads": 1, "--group": 1, "--head-dim": 1, "--repeats": 1,
+                           "--seed": 0})
+    checks.power_of_two(args.page_size, "--page-size")
+    check_threads(args.threads)
+    device = resolve_device(args.device)
+    # NOTE: names are checked here: the fallback is for a registered selector that cannot be built
+    for name in (args.selector, args.fallback_selector):
+        checks.registered("selector", name)
+    checks.registered("kernel", args.kernel)
+    config = CacheConfig(budget=args.budget, page_size=args.page_size)  # budget vs sink + window
+    if args.selector_options:  # one selector built (no keys yet): options that do not fit fail now
+        from icecache.core.errors import ConfigError, message_of
+        from icecache.core.policy import compose_policy
+
+        try:
+            compose_policy(selector=args.selector, config=config, options={"selector": args.selector_options}
+                           ).make_selector(config.dense_layers)
+        except (TypeError, ValueError) as exc:
+            cause = exc.__cause__ if isinstance(exc, ConfigError) and exc.__cause__ else exc
+            raise ConfigError(f"--selector-options do not fit the {args.selector!r} selector: "
+                              f"{message_of(cause)}") from None
+    # keys, values, their clustered source and the host pool: about 4 copies of one layer's KV
+    checks.fits_memory(4 * 2 * max(contexts) * args.kv_heads * args.head_dim * 4,
+                       f"--contexts {max(contexts)} with {args.kv_heads} KV heads of {args.head_dim}", device)
+    return contexts, device
+
+
 def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    contexts = [int(c) for c in str(args.contexts).split(",") if c.strip()]
+    contexts, device = check(args)
+    torch.set_num_threads(args.threads)
     print(f"decode step, one layer: {args.kv_heads} KV heads, GQA {args.group}, D={args.head_dim}, "
           f"batch 1, budget {args.budget}, device {device}, {torch.get_num_threads()} threads", flush=True)
     results: list[dict[str, Any]] = []

@@ -92,6 +92,12 @@ def check(args: argparse.Namespace) -> tuple[list[Any], list[int], list[int], to
             if limit is not None and c + ANSWER_RESERVE > limit:
                 raise ConfigError(f"--contexts {c} is longer than the model allows ({limit} positions, "
                                   f"{ANSWER_RESERVE} kept for decoding); use --shape for longer contexts")
+    from icecache.bench import checks
+    from icecache.eval.checks import check_threads
+
+    check_threads(args.threads)
+    if args.shape is None:
+        checks.task(args.task)
     counts = (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--rounds", args.rounds, 1))
     for flag, value, low in counts:
         if value < low:
@@ -224,8 +230,8 @@ def targets_of(rows: list[dict[str, Any]], *, shape: bool) -> list[str]:
                                          or (shape and context >= 32768)):
             limit = 0.5 if shape else 1.0
             cpu = f" (CPU time {r['cpu_vs_full']:.2f}x)" if r.get("cpu_vs_full") is not None else ""
-            out.append(f"target {label} at {context} x{batch}: step {r['vs_full']:.2f}x full{cpu} <= {limit}: "
-                       f"{'met' if r['vs_full'] <= limit else 'NOT met'}")
+            met = "met" if r["vs_full"] <= limit else "NOT met"
+            out.append(f"target {label} at {context} x{batch}: step {r['vs_full']:.2f}x full{cpu} <= {limit}: {met}")
         if label.startswith("streamingllm"):
             other = r["total_ms"] - r["attention_ms"]
             base = full["total_ms"] - full["attention_ms"]

@@ -130,6 +130,22 @@ COLUMNS = ("case", "policy", "context", "held_prefill", "held", "device", "host"
            "index", "moved_per_token", "build_s")
 
 
+def check(args: argparse.Namespace) -> None:
+    """Every flag, before the model loads."""
+    from icecache.bench import checks
+    from icecache.eval.checks import check_threads
+    from icecache.eval.session import ANSWER_RESERVE
+
+    contexts = checks.int_list(args.contexts, "--contexts")
+    checks.at_least(args, {"--decode-steps": 1, "--synthetic": 0})
+    check_threads(args.threads)
+    checks.task(args.task)
+    _, positions = checks.model_positions(args.model)
+    checks.contexts_fit(contexts, positions, "--contexts", reserve=max(ANSWER_RESERVE, args.decode_steps))
+    if args.synthetic:  # one layer's K and V in fp32 (3 KV heads of 64, as synthetic_rows), a few copies
+        checks.fits_memory(4 * 2 * args.synthetic * 3 * 64 * 4, f"--synthetic {args.synthetic}")
+
+
 def main(args: argparse.Namespace) -> int:
     from icecache.bench.report import format_table, machine_info, write_json
     from icecache.core.errors import IceCacheError
@@ -138,6 +154,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         specs = parse_policies(args.policies, args.budget)
         synth = parse_policies(args.synthetic_policies, args.budget) if args.synthetic else []
+        check(args)
     except IceCacheError as exc:
         print(f"icecache bench memory: error: {exc}", file=sys.stderr)
         return 2

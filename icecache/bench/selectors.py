@@ -127,6 +127,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         raise UnknownComponentError("selector", unknown[0].split(":")[0], names)
     options = {k: v for k, v in DEFAULT_VARIANTS.items() if k in selectors}
     options.update(args.selector_options or {})
+    _check(args)
     return {
         "contexts": args.contexts or ([2048] if quick else list(DEFAULT_CONTEXTS)),
         "budgets": args.budgets or ([64, 256] if quick else list(DEFAULT_BUDGETS)),
@@ -140,6 +141,26 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         "build_repeats": args.build_repeats,
         "model_name": args.model or "embedded:smollm2-135m-instruct",
     }
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Counts, the task and the model's sizes, before it loads."""
+    from icecache.bench import checks
+    from icecache.core.errors import ConfigError
+    from icecache.eval.checks import resolve_device
+
+    checks.at_least(args, {"--decode-steps": 1, "--build-repeats": 0, "--dense-layers": 0, "--seed": 0})
+    checks.power_of_two(args.page_size, "--page-size")
+    checks.task(args.task)
+    if args.device is not None:
+        resolve_device(args.device)
+    config, positions = checks.model_positions(args.model)
+    # NOTE: no room for the decode steps kept: the default 8192 fills the embedded model's positions
+    checks.contexts_fit(args.contexts or [], positions, "--contexts")
+    layers = getattr(config, "num_hidden_layers", None)
+    if layers is not None and args.dense_layers >= layers:
+        raise ConfigError(f"--dense-layers {args.dense_layers} leaves no sparse layer: the model has "
+                          f"{layers}")
 
 
 def run(

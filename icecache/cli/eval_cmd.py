@@ -47,14 +47,14 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from icecache.core.errors import ConfigError
+    from icecache.eval.checks import check_samples
     from icecache.eval.report import run_table, task_table
     from icecache.eval.results_file import ResultsFile, settings_of
     from icecache.eval.session import load, prepare
     from icecache.eval.summary import policy_rows, task_rows
     from icecache.tasks import DEFAULT_SUITE, load_tasks_file, parse_task_names
 
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be positive, got {args.samples}")
+    check_samples(args.samples)
     if args.resume and args.json is None:
         raise ConfigError("--resume needs --json PATH: the results file to continue")
     from_file = args.tasks_file is not None
@@ -62,9 +62,11 @@ def _main(args: argparse.Namespace) -> int:
         file_samples = load_tasks_file(args.tasks_file)
         task_names: list[str] = []
     else:
-        task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
+        task_names = parse_task_names(",".join(DEFAULT_SUITE) if args.tasks is None else args.tasks)
     prepared = prepare(args, args.policy, args.budget, None if from_file else args.context,
                        options=args.policy_options)
+    if from_file:
+        _check_file_prompts(file_samples, prepared)
     context = None if from_file else args.context
 
     def payload(results: list[Any]) -> dict[str, Any]:
@@ -96,6 +98,18 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _check_file_prompts(samples: list[Any], prepared: Any) -> None:
+    """Every tasks-file prompt plus its answer fits the model, measured with the tokenizer alone (before
+    the weights load)."""
+    from icecache.eval.runner import check_prompts
+    from icecache.integrations.hf.loader import check_tokenizer
+    from icecache.tasks.sample import split_prompt_ids
+
+    tokenizer = check_tokenizer(prepared.checkpoint)
+    prompts = [sum(split_prompt_ids(tokenizer, s), []) for s in samples]
+    check_prompts(samples, prompts, getattr(prepared.model_config, "max_position_embeddings", None))
 
 
 def _decode(args: argparse.Namespace, prepared: Any, task_names: list[str], file_samples: list[Any] | None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite JSON number (Python's json reads NaN and Infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _count(v: Any) -> bool:
@@ -82,8 +84,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "batch_size": (lambda v: _count(v) and v > 0, "a positive integer"),
     "index_build_s": (lambda v: _number(v) and v >= 0, "a non-negative number"),
     "step_s": (lambda v: isinstance(v, dict) and set(STEP_PARTS) <= set(v)
-               and all(isinstance(k, str) and _number(x) for k, x in v.items()),
-               f"an object of seconds with {list(STEP_PARTS)}"),
+               and all(isinstance(k, str) and _number(x) and x >= 0 for k, x in v.items()),
+               f"an object of non-negative seconds with {list(STEP_PARTS)}"),
     "device_kv_bytes": (_count, "a non-negative integer"),
     "full_kv_bytes": (_count, "a non-negative integer"),
     "device_fraction": (lambda v: _number(v) and v >= 0, "a non-negative number"),
@@ -124,7 +126,12 @@ def merge(paths: list[str], *, replace: bool = False) -> tuple[list[Any], int | 
     sources = []
     for path in paths:
         data = _read(path)
-        contexts.setdefault(data.get("context"), path)
+        context = data.get("context")
+        if context is not None and not (_count(context) and context > 0):
+            raise ConfigError(f"results file {path!r}: 'context' must be a positive number of tokens or "
+                              "null, "
+                              f"got {context!r}")
+        contexts.setdefault(context, path)
         if len(contexts) > 1:
             (c0, p0), (c1, p1) = list(contexts.items())[:2]
             raise ConfigError(f"shards differ in context: {p0!r} has {c0}, {p1!r} has {c1}")

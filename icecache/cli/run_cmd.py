@@ -45,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from icecache.core.errors import ConfigError
+    from icecache.eval.checks import check_samples
     from icecache.eval.files import check_output_dir
     from icecache.eval.report import run_table, save_plot, task_table
     from icecache.eval.results_file import ResultsFile, settings_of
@@ -53,11 +54,10 @@ def _main(args: argparse.Namespace) -> int:
     from icecache.eval.summary import policy_rows, task_rows
     from icecache.tasks import DEFAULT_SUITE, generate_suite, parse_task_names
 
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be positive, got {args.samples}")
+    check_samples(args.samples)
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
-    task_names = parse_task_names(args.tasks or ",".join(DEFAULT_SUITE))
+    task_names = parse_task_names(",".join(DEFAULT_SUITE) if args.tasks is None else args.tasks)
     prepared = prepare(args, args.policies, args.budget, args.context)
     out = check_output_dir(args.out or f"out/run-{time.strftime('%Y%m%d-%H%M%S')}", "--out")
     t0 = time.perf_counter()

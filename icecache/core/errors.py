@@ -29,7 +29,8 @@ class UnknownComponentError(IceCacheError, LookupError):
     def __init__(self, kind: str, name: str, available: list[str]):
         self.kind, self.name, self.available = kind, name, sorted(available)
         super().__init__(
-            f"unknown {kind} {name!r}; available {kind}s: {', '.join(self.available) or '(none)'}"
+            f"unknown {kind} {name!r}; available {kind}{'es' if kind.endswith(('x', 's')) else 's'}: "
+            f"{', '.join(self.available) or '(none)'}"
         )
 
     def __str__(self) -> str:  # LookupError would repr() the message otherwise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,15 +99,26 @@ class CachePolicy:
 
 
 @contextlib.contextmanager
-def _option_errors(what: str) -> Iterator[None]:
+def _option_errors(what: str, options: dict[str, Any] | None = None) -> Iterator[None]:
     """An attrs validator's error (a raw ``(message, Attribute, ...)`` tuple when printed) becomes a
-    :class:`ConfigError` with its message, which names the option and the value."""
+    :class:`ConfigError` with its message, which names the option and the value. With ``options``
+    (the keywords the factory gets), so does a call that does not fit the factory's signature (an
+    unknown or a missing option)."""
     try:
         yield
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError) or not from_attrs_validator(exc):
+        if isinstance(exc, ConfigError):
+            raise
+        if options is not None and isinstance(exc, TypeError) and _SIGNATURE_ERROR.search(str(exc)):
+            raise ConfigError(f"options {sorted(options)} do not fit {what}: {exc}") from None
+        if not from_attrs_validator(exc):
             raise
         raise ConfigError(f"options of {what}: {message_of(exc)}") from exc
+
+
+#: how Python words a call that does not match the callee's parameters
+_SIGNATURE_ERROR = re.compile(r"unexpected keyword argument|missing \d+ required|takes \d+ positional|"
+                              r"positional arguments? but")
 
 
 def compose_policy(
@@ -143,7 +155,7 @@ def compose_policy(
     config = config or CacheConfig()
     options = dict(options or {})
     _check_options(options, tiers, registry, config)
-    with _option_errors(f"budget policy {budget_policy!r}"):
+    with _option_errors(f"budget policy {budget_policy!r}", options.get("budget", {})):
         budgets = registry.create("budget", budget_policy, config, **options.get("budget", {}))
     if not budgets.uniform:
         if selector == "icecache-reuse":

@@ -33,6 +33,8 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in DEVICE_TYPES:
         raise ConfigError(f"--device {name!r}: the cache runs on {' or '.join(DEVICE_TYPES)} "
                           f"(auto, cpu, cuda, cuda:N), not {device.type!r}")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ConfigError(f"--device {name!r}: the CPU has no index; use cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name!r} asked for but CUDA is not available")
@@ -92,6 +94,35 @@ def check_counts(args: Any) -> None:
         value = getattr(args, attr, None)
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be positive, got {value}")
+    check_threads(getattr(args, "threads", None))
     if getattr(args, "seed", 0) < 0:
         raise ConfigError(f"--seed must be non-negative, got {args.seed}")
+
+
+#: generated samples per task at most: they are all generated (and tokenized) before the first decode
+MAX_SAMPLES = 10_000
+#: torch threads at most, per CPU of the machine (OpenMP crashed with SIGSEGV at --threads 100000)
+THREADS_PER_CPU = 4
+
+
+def check_samples(value: int, flag: str = "--samples") -> None:
+    if value < 1:
+        raise ConfigError(f"{flag} must be positive, got {value}")
+    if value > MAX_SAMPLES:
+        raise ConfigError(f"{flag} {value} is more than {MAX_SAMPLES} samples per task (every sample is "
+                          "generated before the first decode); run several seeds instead")
+
+
+def check_threads(value: int | None, flag: str = "--threads") -> None:
+    """``None`` (torch's default) or 1 to a few per CPU."""
+    if value is None:
+        return
+    import os
+
+    cpus = os.cpu_count() or 1
+    if value < 1:
+        raise ConfigError(f"{flag} must be positive, got {value}")
+    if value > THREADS_PER_CPU * cpus:
+        raise ConfigError(f"{flag} {value} is more than {THREADS_PER_CPU} per CPU of this machine "
+                          f"({cpus} CPUs: at most {THREADS_PER_CPU * cpus})")
 

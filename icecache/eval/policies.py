@@ -74,14 +74,19 @@ def parse_policies(spec: str, budget: int | None = None, *, registry: Registry |
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
-        name, _, b = item.partition("@")
+        name, at, b = item.partition("@")
         selector, _, variant = name.partition(":")
         registry.get("selector", selector)  # raises listing the valid names
+        if at and not b.strip():
+            raise ConfigError(f"policy {item!r} has no budget after '@'; write {name}@N or leave '@' out")
         if variant and name not in options:
             raise ConfigError(f"policy {item!r} is a variant of {selector!r}: give its options with "
                               f"--policy-options '{{\"{name}\": {{...}}}}'")
         opts = dict(options.get(name, {}))
         if selector == "full":
+            if b:  # NOTE: refused, not ignored: full@64 would silently run dense KV under a budget's label
+                raise ConfigError(f"policy {item!r}: full attends every token and takes no budget; "
+                                  "write full")
             out.append(PolicySpec("full", None, variant or None, opts))
             continue
         value = _budget(b, item) if b else budget
@@ -200,6 +205,29 @@ def check_capacities(policy: CachePolicy, *, batch: int, context: int, num_layer
             raise ConfigError(f"--host-pages {tiers.host_pages} cannot hold the prompt's pages for "
                               f"{spec_label(policy)}: {sparse} sparse layers x {rows} rows x {paged} tokens "
                               f"in pages of {S} need at least {need}; raise it or add --disk-dir")
+
+
+def check_device_room(policy: CachePolicy) -> None:
+    """``--device-pages`` of the policy's pages (the pool is allocated whole at the start) fit in the
+    device's memory: an allocator traceback halfway through a run otherwise."""
+    import os
+
+    import torch
+
+    config = policy.config
+    pages, page_size = config.tiers.device_pages, config.page_size
+    if config.geometry is None or pages is None or policy.selector == "full":
+        return
+    dtype = config.page_dtype or config.dtype
+    nbytes = pages * 2 * page_size * config.geometry.head_dim * dtype.itemsize
+    if config.device.type == "cuda" and torch.cuda.is_available():
+        memory, where = torch.cuda.get_device_properties(config.device).total_memory, str(config.device)
+    else:
+        memory, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
+    if nbytes > memory:
+        raise ConfigError(f"--device-pages {pages} x {nbytes // pages} B pages need "
+                          f"{nbytes / 2**30:.1f} GiB, "
+                          f"more than the {memory / 2**30:.1f} GiB of {where}")
 
 
 def spec_label(policy: CachePolicy) -> str:

@@ -19,6 +19,7 @@ from icecache.eval.policies import (
     PolicySpec,
     build_policy,
     check_capacities,
+    check_device_room,
     check_tier_stack,
     options_argument,
     parse_policies,
@@ -108,7 +109,7 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
             options: dict[str, dict[str, Any]] | None = None) -> Prepared:
     """Validate policies (and their ``options``), budget, model path and context against the model
     (weights not loaded)."""
-    from icecache.integrations.hf.loader import read_model_config, resolve_checkpoint
+    from icecache.integrations.hf.loader import check_tokenizer, read_model_config, resolve_checkpoint
 
     specs = parse_policies(policies, budget, options=options)
     check_counts(args)
@@ -122,6 +123,7 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
         check_output_dir(snapshot_dir, "--snapshot-dir")
     checkpoint = resolve_checkpoint(args.model)
     model_config = read_model_config(checkpoint)
+    check_tokenizer(checkpoint)
     positions = getattr(model_config, "max_position_embeddings", None)
     check_tokens(specs, args, positions)
     if context is not None:
@@ -149,6 +151,7 @@ def prepare(args: argparse.Namespace, policies: str, budget: int | None, context
                 raise ConfigError(f"--policy-options for {spec.name!r} do not fit the {spec.selector!r} "
                                   f"selector: {message_of(cause)}") from None
         check_tier_stack(policy)
+        check_device_room(policy)
         if context is not None:  # NOTE: after the options check: it builds a selector too
             check_capacities(policy, batch=args.batch_size, context=context,
                              num_layers=model_config.num_hidden_layers)

@@ -236,7 +236,30 @@ def real_model(args: argparse.Namespace) -> dict[str, Any]:
             "build_over_prefill": whitened / cap.prefill_seconds, "recall": rows}
 
 
+def check(args: argparse.Namespace) -> None:
+    """Every flag, before any key is drawn."""
+    from icecache.bench import checks
+    from icecache.core.config import CacheConfig
+    from icecache.eval.checks import check_threads, resolve_device
+
+    checks.at_least(args, {"--tokens": 1, "--budget": 1, "--queries": 1, "--build-layers": 1,
+                           "--build-heads": 1, "--build-tokens": 1, "--dim": 1, "--repeats": 1,
+                           "--dense-layers": 0})
+    check_threads(args.threads, "--threads")
+    resolve_device(args.device)
+    checks.registered("index", args.index)
+    CacheConfig(budget=args.budget)  # a budget below sinks + window is refused, naming both
+    checks.fits_memory(4 * args.build_layers * args.build_heads * args.build_tokens * args.dim * 4,
+                       f"--build-layers {args.build_layers} x --build-heads {args.build_heads} x "
+                       f"--build-tokens {args.build_tokens} keys of --dim {args.dim}", args.device)
+    checks.fits_memory(4 * args.tokens * args.dim * 4, f"--tokens {args.tokens}")
+    if args.model:
+        _, positions = checks.model_positions(None)
+        checks.contexts_fit([args.build_tokens], positions, "--build-tokens", reserve=64)
+
+
 def main(args: argparse.Namespace) -> int:
+    check(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = [] if args.skip_recall else recall_table(args)

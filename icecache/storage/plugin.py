@@ -35,7 +35,7 @@ def icecache_register_tiers(register):
              description="CPU memory, pinned when CUDA is available (pageable otherwise); "
                          "capacity config.tiers.host_pages")
     register("disk", disk_tier,
-             description="memory-mapped file under config.tiers.disk_dir with a checksum per page; "
+             description="a file under config.tiers.disk_dir (pread/pwrite) with a checksum per page; "
                          "capacity config.tiers.disk_pages")
 
 

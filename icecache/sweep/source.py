@@ -74,7 +74,13 @@ def read_spec(path: str) -> SpecSource:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"sweep spec {path!r} does not exist")
-    text = file.read_text(encoding="utf-8")
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start} is "
+                          f"{raw[exc.start]:#04x})") from None
     if file.suffix == ".json":
         data = _read_json(path, text)
     elif file.suffix == ".toml":

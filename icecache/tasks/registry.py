@@ -44,11 +44,14 @@ DEFAULT_SUITE: tuple[str, ...] = ("niah_single", "niah_noise", "niah_multikey", 
 def parse_task_names(spec: str | Sequence[str]) -> list[str]:
     """``"a,b"`` or a list -> validated names; ``"all"`` means every task."""
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [n.strip() for n in spec]
-    names = [n for n in names if n]
-    if not names:
+    if not any(names):
         raise ConfigError(f"no task names given in {spec!r}")
+    if not all(names):  # NOTE: "a,,b" or a trailing comma: a name was probably lost, not meant
+        raise ConfigError(f"task names must be comma-separated names, got {spec!r} (an empty name)")
     if names == ["all"]:
         return list(TASKS)
+    if "all" in names:
+        raise ConfigError(f"'all' means every task and cannot be combined with others, got {spec!r}")
     for name in names:
         if name not in TASKS:
             raise UnknownComponentError("task", name, list(TASKS))

@@ -79,8 +79,9 @@ def _parse(line: str, where: str) -> dict[str, Any]:
     for key in ("id", "context", "question", "answer_prefix", "task"):
         if key in obj and not isinstance(obj[key], str):
             raise ConfigError(f"{where}: field {key!r} must be a string, got {obj[key]!r}")
-    if not obj["context"].strip():
-        raise ConfigError(f"{where}: field 'context' is empty")
+    for key in ("id", "context"):  # NOTE: an empty id would label results with nothing
+        if not obj[key].strip():
+            raise ConfigError(f"{where}: field {key!r} is empty")
     answers = obj["answers"]
     # NOTE: checked here, not converted: a dict or a string would become a list of its keys or letters
     if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() for a in answers)):

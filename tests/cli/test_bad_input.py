@@ -72,6 +72,19 @@ def _fails(argv, message, capsys):
      "per-layer budgets lists 1 budgets for 28 sparse layers (layers 2..29): [999]"),
     (["--policy-options", '{"icecache": {"rank_by": "x"}}'],
      "do not fit the 'icecache' selector: 'rank_by' must be in ('density', 'mass') (got 'x')"),
+    # issue 13's probe: each was accepted, a traceback or a crash before
+    (["--policy", "full,icecache@"], "policy 'icecache@' has no budget after '@'; write icecache@N"),
+    (["--policy", "full@64,icecache"], "policy 'full@64': full attends every token and takes no budget"),
+    (["--budget-policy", "per-layer"], "options [] do not fit budget policy 'per-layer': "
+                                       "PerLayerBudget.__init__() missing 1 required keyword-only argument"),
+    (["--budget-policy", "pyramid", "--budget-options", '{"tapr": 0.2}'],
+     "options ['tapr'] do not fit budget policy 'pyramid'"),
+    (["--threads", "100000"], "--threads 100000 is more than 4 per CPU of this machine"),
+    (["--device-pages", "1000000000000"], "--device-pages 1000000000000 x "),
+    (["--device", "cpu:1"], "--device 'cpu:1': the CPU has no index; use cpu"),
+    (["--model", ""], "the model path is empty; leave --model out for the embedded model"),
+    (["--policy-options", '{"icecache": {"index_options": 5}}'],
+     "do not fit the 'icecache' selector: 'index_options' must be <class 'dict'> (got 5"),
 ])
 def test_bad_eval_options(tasks_file, capsys, extra, message):
     _fails(["eval", "--tasks-file", str(tasks_file), "--policy", "full,icecache", *extra], message, capsys)
@@ -101,6 +114,22 @@ def test_cuda_without_cuda(tasks_file, capsys):
 def test_unwritable_disk_dir(tasks_file, readonly_dir, capsys):
     _fails(["eval", "--tasks-file", str(tasks_file), "--disk-dir", str(readonly_dir)],
            f"--disk-dir '{readonly_dir}': cannot write in", capsys)
+
+
+@pytest.mark.parametrize(("tasks", "message"), [
+    ("", "no task names given in ''"),  # was: the default suite
+    ("niah_single,,", "task names must be comma-separated names, got 'niah_single,,' (an empty name)"),
+    ("all,nope", "'all' means every task and cannot be combined with others, got 'all,nope'"),
+])
+def test_bad_task_names(capsys, tasks, message):
+    _fails(["eval", "--tasks", tasks, "--context", "256"], message, capsys)
+    _fails(["run", "--tasks", tasks, "--context", "256"], message, capsys)
+
+
+def test_huge_sample_counts_are_refused(capsys):
+    for cmd in ("eval", "run"):  # every sample is generated first: 10**9 ran out of memory
+        _fails([cmd, "--tasks", "niah_single", "--samples", "1000000000"],
+               "--samples 1000000000 is more than 10000 samples per task", capsys)
 
 
 def test_run_checks_the_same_options(capsys):
@@ -141,6 +170,20 @@ def test_config_with_wrong_values(llama_dir, capsys):
     (llama_dir / "config.json").write_text(json.dumps(config))
     err = _model(llama_dir, capsys, "")
     assert "num_q_heads=7 is not a multiple of num_kv_heads=3" in err or "cannot be read" in err, err
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_position_embeddings", -1),
+                                            ("num_hidden_layers", 0), ("vocab_size", 0)])
+def test_config_sizes_that_are_not_positive_integers(llama_dir, capsys, field, value):
+    config = json.loads((llama_dir / "config.json").read_text())
+    config[field] = value
+    (llama_dir / "config.json").write_text(json.dumps(config))
+    _model(llama_dir, capsys, f"config.json': {field} must be a positive integer, got {value!r}")
+
+
+def test_a_broken_tokenizer_fails_before_the_weights(llama_dir, capsys):
+    (llama_dir / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    _model(llama_dir, capsys, f"cannot load the tokenizer in '{llama_dir}'")
 
 
 def test_config_without_weights(llama_dir, capsys):
@@ -195,6 +238,7 @@ def task_row(i, **kw):
     (task_row(1, max_new_tokens=0), "field 'max_new_tokens' must be an integer"),
     (task_row(1, max_new_tokens=10**9), "field 'max_new_tokens' must be an integer"),
     (task_row(1, id=3), "tasks.jsonl:2: field 'id' must be a string, got 3"),
+    (task_row(1, id=" "), "tasks.jsonl:2: field 'id' is empty"),
 ])
 def test_bad_tasks_file_field(tmp_path, capsys, line, message):
     path = tmp_path / "tasks.jsonl"
@@ -227,7 +271,10 @@ def _detail(**kw):
     (_detail(score=True), "field 'score' must be a number in [0, 1], got True"),
     (_detail(budget=-3), "field 'budget' must be a positive integer or null, got -3"),
     (_detail(batch="0"), "field 'batch' must be a non-negative integer, got '0'"),
-    (_detail(step_s={"total": 1.0}), "field 'step_s' must be an object of seconds with"),
+    (_detail(step_s={"total": 1.0}), "field 'step_s' must be an object of non-negative seconds with"),
+    (_detail(step_s={**_detail()["step_s"], "total": -1.0}),
+     "field 'step_s' must be an object of non-negative"),
+    (_detail(index_build_s=float("inf")), "field 'index_build_s' must be a non-negative number, got inf"),
     ({k: v for k, v in _detail().items() if k != "output"}, "it lacks field(s) ['output']"),
     (_detail(extra=1), "unknown field(s) ['extra']"),
 ])
@@ -235,6 +282,13 @@ def test_merge_refuses_bad_results(tmp_path, capsys, detail, message):
     path = tmp_path / "a.json"
     path.write_text(json.dumps({"context": 10, "samples_detail": [_detail(sample_id="ok"), detail]}))
     _fails(["merge", str(path)], f"results file '{path}': samples_detail[1] is malformed: " + message, capsys)
+
+
+def test_merge_refuses_a_context_that_is_not_a_token_count(tmp_path, capsys):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"context": "x", "samples_detail": [_detail()]}))
+    _fails(["merge", str(path)], f"results file '{path}': 'context' must be a positive number of tokens or "
+                                 "null, got 'x'", capsys)
 
 
 def test_merge_refuses_unreadable_inputs_and_an_unknown_reference(tmp_path, capsys):
@@ -274,3 +328,43 @@ def test_merge_refuses_unreadable_inputs_and_an_unknown_reference(tmp_path, caps
 ])
 def test_bad_bench_transfer_options(capsys, argv, message):
     _fails(["bench", "transfer", *argv], message, capsys)
+
+
+# ----- bench decode, index, memory (no checks before issue 13's probe: tracebacks, a silent fallback) ----
+@pytest.mark.parametrize(("argv", "message"), [
+    (["decode", "--contexts", "0"], "--contexts values must be at least 1, got 0 in '0'"),
+    (["decode", "--contexts", "a,b"], "--contexts must be comma-separated integers, got 'a,b'"),
+    (["decode", "--contexts", ""], "--contexts names no values, got ''"),
+    (["decode", "--kv-heads", "0"], "--kv-heads must be at least 1, got 0"),
+    (["decode", "--page-size", "3"], "--page-size must be a power of two, got 3"),
+    (["decode", "--selector", "nope"], "unknown selector 'nope'; available selectors:"),  # was: quest
+    (["decode", "--kernel", "nope"], "unknown kernel 'nope'; available kernels:"),
+    (["decode", "--threads", "0"], "--threads must be positive, got 0"),
+    (["decode", "--contexts", "10000000000"], "--contexts 10000000000 with 8 KV heads of 128 needs"),
+    (["index", "--dim", "0"], "--dim must be at least 1, got 0"),
+    (["index", "--index", "nope"], "unknown index 'nope'; available indexes: "),
+    (["index", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["memory", "--contexts", "9000"], "--contexts 9000 is longer than the model allows: 8192 positions"),
+    (["memory", "--decode-steps", "0"], "--decode-steps must be at least 1, got 0"),
+    (["memory", "--task", "nope"], "unknown task 'nope'; available tasks:"),
+    (["continuation", "--docs", "100000"], "--docs 100000 is more than 256 built-in documents"),
+])
+def test_bad_bench_options(capsys, argv, message):
+    _fails(["bench", *argv], message, capsys)
+
+
+# ----- prompts measured with the tokenizer alone, before the weights load --------------------------------
+def test_a_tasks_file_prompt_longer_than_the_model_fails_before_it_loads(tmp_path, capsys):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(task_row(0, context="word " * 9000) + "\n")
+    err = _fails(["eval", "--tasks-file", str(path)], "sample 's0': prompt of ", capsys)
+    assert "plus 4 new tokens exceeds the model's 8192 positions" in err
+
+
+def test_a_continuation_document_too_short_fails_before_the_model_loads(tmp_path, capsys):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"id": "tiny", "text": "hi"}) + "\n")
+    _fails(["bench", "continuation", "--docs-file", str(path), "--prompt-tokens", "64",
+            "--continuation-tokens", "8", "--policy", "quest"],
+           "documents shorter than --prompt-tokens 64 + --continuation-tokens 8 + 1 = 73 tokens: 'tiny' (1 "
+           "tokens)", capsys)

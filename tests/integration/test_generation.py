@@ -242,3 +242,12 @@ def test_a_pyramid_budget_decodes_with_each_layer_within_its_own_budget(model_an
     first, last = want[config.dense_layers].pop(), want[n - 1].pop()
     assert first > 128 > last
     cache.close()
+
+
+@pytest.mark.parametrize("budget", ["64", True, 0])
+def test_for_model_refuses_a_budget_that_is_not_a_positive_int(budget):
+    from icecache.core.errors import ConfigError
+    from icecache.integrations.hf import IceCache
+
+    with pytest.raises(ConfigError, match=f"budget must be a positive integer, got {budget!r}"):
+        IceCache.for_model(object(), budget=budget)  # checked before the model is looked at

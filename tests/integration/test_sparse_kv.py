@@ -73,3 +73,29 @@ def test_a_layout_that_moves_tokens_is_refused():
     layout[0, 0, 0, -1] = -1  # and it loses its last one
     with pytest.raises(ConfigError, match="page 0 of row \\[b=0, h=0\\] lost or reordered tokens"):
         cache.layers[1].sparse.sync(layout)
+
+
+@pytest.mark.parametrize("selector", ["quest", "oracle", "streamingllm"])
+def test_sinks_longer_than_the_prompt_hold_the_decoded_tokens(selector):
+    """--sink above the prompt's length: decoded positions among the first sink_tokens are sinks, and
+    read back as what was decoded (they once held copies of the prompt's last token: wrong answers)."""
+    geometry = ModelGeometry(num_layers=2, num_q_heads=2, num_kv_heads=1, head_dim=D)
+    config = CacheConfig(page_size=8, budget=64, sink_tokens=20, window_tokens=4, dense_layers=1,
+                         geometry=geometry)
+    cache = IceCache(compose_policy(selector=selector, config=config), 2)
+    gen = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(2, 2, 1, 6, D, generator=gen)  # 6 prompt positions, row 1 starts at 2
+    start = torch.tensor([0, 2])
+    for layer in cache.layers:
+        layer.load_prefill(keys, values, start)
+    layer = cache.layers[1]
+    for _ in range(30):
+        k, v = torch.randn(2, 2, 1, 1, D, generator=gen)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        for each in cache.layers:
+            each.update(k, v)
+    pos = torch.arange(keys.shape[2]).expand(2, 1, -1)
+    real = pos >= start[:, None, None]
+    got_k, got_v = layer.sparse.gather(torch.where(real, pos, -1))
+    assert torch.equal(got_k[real], keys[real]) and torch.equal(got_v[real], values[real])
+    cache.close()

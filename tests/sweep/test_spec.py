@@ -187,3 +187,9 @@ def test_snapshot_dir_reaches_every_shard_resolved_and_leaves_the_hash_alone(wri
     assert main(["sweep", write_spec(TINY + 'snapshot_dir = "a_file"\n'), "--out", str(tmp_path / "o")]) == 2
     assert f"spec.toml:7: snapshot_dir '{tmp_path / 'a_file'}' exists and is not a directory" in \
         capsys.readouterr().err
+def test_a_spec_that_is_not_utf8_names_its_line(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_bytes(b"contexts = [256]\nsamples = 1  # caf\xe9\n")  # latin-1: was a traceback
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:2: not UTF-8 text (byte 35 is 0xe9)" in err and "Traceback" not in err

@@ -61,6 +61,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
+#: built-in documents at most (each is built and tokenized whole before the first batch)
+MAX_DOCS = 256
+
+
 def _check(args: argparse.Namespace) -> Any:
     """Every user input, before the model's weights load."""
     from icecache.bench.continuation.documents import check_lengths, load_docs_file
@@ -78,6 +82,9 @@ def _check(args: argparse.Namespace) -> Any:
     docs = load_docs_file(args.docs_file) if args.docs_file is not None else None
     if docs is None and args.docs < 1:
         raise ConfigError(f"--docs must be a positive number of documents, got {args.docs}")
+    if docs is None and args.docs > MAX_DOCS:  # NOTE: each is the whole ~50k-token prose pool, tokenized
+        raise ConfigError(f"--docs {args.docs} is more than {MAX_DOCS} built-in documents; give more with "
+                          "--docs-file")
     prepared = prepare(args, args.policy, args.budget, None, options=args.policy_options)
     positions = getattr(prepared.model_config, "max_position_embeddings", None)
     check_lengths(args.prompt_tokens, args.continuation_tokens, positions)
@@ -98,11 +105,14 @@ def _main(args: argparse.Namespace) -> int:
     from icecache.bench.continuation.summary import save_plot, table
     from icecache.bench.report import write_json
     from icecache.eval.session import load, progress_bar
+    from icecache.integrations.hf.loader import check_tokenizer
 
     prepared, docs = _check(args)
-    model, tokenizer = load(prepared)
     docs = docs if docs is not None else builtin_documents(args.docs, seed=args.seed)
-    splits = split_documents(docs, tokenizer, args.prompt_tokens, args.continuation_tokens)
+    # NOTE: cut with the tokenizer alone: a document too short fails before the weights load
+    splits = split_documents(docs, check_tokenizer(prepared.checkpoint), args.prompt_tokens,
+                             args.continuation_tokens)
+    model, _ = load(prepared)
     settings = {"model": str(prepared.checkpoint), "prompt_tokens": args.prompt_tokens,
                 "continuation_tokens": args.continuation_tokens, "documents": len(splits),
                 "document_ids": [s.id for s in splits], "docs_file": args.docs_file,

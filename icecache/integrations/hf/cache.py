@@ -151,6 +151,8 @@ class IceCache(Cache):
         from icecache.core.config import TierConfig
         from icecache.integrations.hf.features import attention_features
 
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ConfigError(f"budget must be a positive integer, got {budget!r}")
         features = attention_features(model)
 
         names, options = tier_names, dict(options or {})

@@ -74,6 +74,8 @@ def resolve_checkpoint(model: str | os.PathLike[str] | None = None) -> Path:
     a local directory as given, or a local ``.gguf`` file converted once and cached."""
     from icecache.integrations.hf import embedded
 
+    if model is not None and not str(model).strip():
+        raise ConfigError("the model path is empty; leave --model out for the embedded model")
     if model is None or embedded.lookup(str(model)) is not None:
         gguf = embedded_gguf_path(None if model is None else str(model))
     else:
@@ -196,9 +198,39 @@ def read_model_config(checkpoint: Path) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(checkpoint)
+        config = AutoConfig.from_pretrained(checkpoint)
     except Exception as exc:  # noqa: BLE001 - the file is user input; transformers raises many kinds
         raise ConfigError(f"model config in {str(checkpoint)!r} cannot be read: {exc}") from None
+    _check_sizes(config, checkpoint)
+    return config
+
+
+#: config.json fields every check and cache is sized from (a text model's, or its ``text_config``'s)
+SIZE_FIELDS = ("max_position_embeddings", "num_hidden_layers", "hidden_size", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size")
+
+
+def _check_sizes(config: Any, checkpoint: Path) -> None:
+    """Sizes in config.json are positive integers, named by field (a ``-1`` or ``"8192"`` would surface
+    later as a budget or a shape error that does not point at the file)."""
+    text = getattr(config, "text_config", None) or config
+    for name in SIZE_FIELDS:
+        value = getattr(text, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{str(checkpoint / 'config.json')!r}: {name} must be a positive integer, "
+                              f"got {value!r}")
+
+
+def check_tokenizer(checkpoint: Path) -> Any:
+    """The checkpoint's tokenizer (cheap next to the weights, so a missing or corrupt tokenizer file
+    fails before them, and prompts can be measured before them)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the files are user input; transformers raises many kinds
+        raise ConfigError(f"cannot load the tokenizer in {str(checkpoint)!r}: {type(exc).__name__}: "
+                          f"{str(exc)[:300]}") from None
 
 
 def load_model(model: str | os.PathLike[str] | None = None, *, dtype: Any = "float32",

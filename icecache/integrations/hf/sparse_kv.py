@@ -53,6 +53,7 @@ class SparseLayerKV:
         self.ring: tuple[Tensor, Tensor] | None = None  # [B, H_kv, keep_recent, D]: recent positions
         self.n = 0  # positions so far
         self._chunk: tuple[Tensor, Tensor, int] | None = None  # K/V being added by the current update
+        self._sink_end = 0  # positions before this may still have to be copied into the sinks
 
     # -- KeyReader -------------------------------------------------------------------------------------
     @property
@@ -178,6 +179,8 @@ class SparseLayerKV:
         self.ring = (torch.zeros(shape, dtype=keys.dtype, device=self.device),
                      torch.zeros(shape, dtype=keys.dtype, device=self.device))
         self.n = 0
+        # NOTE: a prompt shorter than the sinks: positions up to here are sinks too; append fills them
+        self._sink_end = int((self.start + self.sink_tokens).max()) if B else 0
         self.append(keys, values)
 
     def append(self, keys: Tensor, values: Tensor) -> None:
@@ -185,11 +188,25 @@ class SparseLayerKV:
         :meth:`end_chunk`) and kept in the ring of recent positions."""
         n = keys.shape[2]
         self._chunk = (keys, values, self.n)
+        if self.n < self._sink_end and self.n + n > int(self.start.min()):
+            self._fill_sinks(keys, values)
         skip = max(0, n - self.keep_recent)
         slots = (torch.arange(self.n + skip, self.n + n) % self.keep_recent).to(self.device)
         self.ring[0].index_copy_(2, slots, keys[:, :, skip:].to(self.device))
         self.ring[1].index_copy_(2, slots, values[:, :, skip:].to(self.device))
         self.n += n
+
+    def _fill_sinks(self, keys: Tensor, values: Tensor) -> None:
+        """Copy new positions that fall among a row's first ``sink_tokens`` real positions into its sinks
+        (only while some row's prompt was shorter than its sinks: those sink slots are still empty)."""
+        pos = torch.arange(self.n, self.n + keys.shape[2])
+        slot = pos[None, :] - self.start[:, None]  # [B, n] sink slot of each new position
+        b, i = ((slot >= 0) & (slot < self.sink_tokens)).nonzero(as_tuple=True)
+        if b.numel():
+            s, b_dev = slot[b, i].to(self.device), b.to(self.device)
+            b_src, i_src = b.to(keys.device), i.to(keys.device)
+            for sink, new in zip(self.sinks, (keys, values), strict=True):
+                sink[b_dev, :, s] = new[b_src, :, i_src].to(self.device, sink.dtype)
 
     def end_chunk(self) -> None:
         """Forget the current chunk (its paged tokens are in the store now, the rest in the ring)."""

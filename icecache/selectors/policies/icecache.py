@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 from attrs import define, field
-from attrs.validators import ge, in_
+from attrs.validators import ge, in_, instance_of
 from torch import Tensor
 
 from icecache.core.signatures import accepts_keyword
@@ -62,7 +62,7 @@ class IceCacheSelector(SelectorBase):
 
     name: ClassVar[str] = "icecache"
     index: str = "hierarchy"
-    index_options: dict[str, Any] = field(factory=dict)
+    index_options: dict[str, Any] = field(factory=dict, validator=instance_of(dict))
     page_index: Any = field(default=None, repr=False)
     prompt_queries: int = field(default=64, validator=ge(0))
     rerank: float = field(default=0.0, validator=ge(0.0))
