@@ -231,7 +231,8 @@ def targets_of(rows: list[dict[str, Any]], *, shape: bool) -> list[str]:
             limit = 0.5 if shape else 1.0
             cpu = f" (CPU time {r['cpu_vs_full']:.2f}x)" if r.get("cpu_vs_full") is not None else ""
             met = "met" if r["vs_full"] <= limit else "NOT met"
-            out.append(f"target {label} at {context} x{batch}: step {r['vs_full']:.2f}x full{cpu} <= {limit}: {met}")
+            step = f"step {r['vs_full']:.2f}x full{cpu}"
+            out.append(f"target {label} at {context} x{batch}: {step} <= {limit}: {met}")
         if label.startswith("streamingllm"):
             other = r["total_ms"] - r["attention_ms"]
             base = full["total_ms"] - full["attention_ms"]
