@@ -56,16 +56,16 @@ def test_bench_decode_cli(tmp_path):
     assert path.with_suffix(".png").stat().st_size > 1000
 
 
-def test_unknown_selector_falls_back_and_says_so(tmp_path):
+def test_unknown_selector_is_refused_before_any_work(tmp_path, capsys):
+    """An unknown --selector is a usage error naming it (it used to fall back to quest silently)."""
     from icecache.cli.main import main
 
     path = tmp_path / "d.json"
-    main(["bench", "decode", "--contexts", "256", "--selector", "no-such-selector", "--fallback-selector",
-          "quest", "--kv-heads", "1", "--head-dim", "16", "--budget", "128", "--repeats", "1",
-          "--json", str(path)])
-    row = [r for r in json.loads(path.read_text())["results"] if r["policy"] != "dense"][0]
-    assert row["policy"] == "quest@128 (stand-in for no-such-selector)"
-    assert "no-such-selector" in row["selector_error"]
+    code = main(["bench", "decode", "--contexts", "256", "--selector", "no-such-selector", "--kv-heads", "1",
+                 "--head-dim", "16", "--budget", "128", "--repeats", "1", "--json", str(path)])
+    assert code == 2
+    assert "no-such-selector" in capsys.readouterr().err
+    assert not path.exists()
 
 
 def test_selector_options_reach_the_index_and_are_recorded(tmp_path):
@@ -90,11 +90,12 @@ def test_selector_options_configure_the_selector_index(bound):
     assert selector.page_index.bound_candidates == bound
 
 
-def test_bad_selector_options_raise_instead_of_falling_back(tmp_path):
+def test_bad_selector_options_are_refused_instead_of_falling_back(tmp_path, capsys):
     from icecache.cli.main import main
 
-    with pytest.raises(Exception, match="no_such_option"):
-        main(["bench", "decode", "--contexts", "256", "--kv-heads", "1", "--head-dim", "16", "--budget", "64",
-              "--repeats", "1", "--selector-options", '{"no_such_option": 1}',
-              "--json", str(tmp_path / "d.json")])
+    code = main(["bench", "decode", "--contexts", "256", "--kv-heads", "1", "--head-dim", "16", "--budget", "64",
+                 "--repeats", "1", "--selector-options", '{"no_such_option": 1}',
+                 "--json", str(tmp_path / "d.json")])
+    assert code == 2
+    assert "no_such_option" in capsys.readouterr().err
     assert not (tmp_path / "d.json").exists()
