@@ -93,7 +93,8 @@ def test_selector_options_configure_the_selector_index(bound):
 def test_bad_selector_options_are_refused_instead_of_falling_back(tmp_path, capsys):
     from icecache.cli.main import main
 
-    code = main(["bench", "decode", "--contexts", "256", "--kv-heads", "1", "--head-dim", "16", "--budget", "64",
+    code = main(["bench", "decode", "--contexts", "256", "--kv-heads", "1", "--head-dim", "16",
+                 "--budget", "64",
                  "--repeats", "1", "--selector-options", '{"no_such_option": 1}',
                  "--json", str(tmp_path / "d.json")])
     assert code == 2
