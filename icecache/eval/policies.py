@@ -197,14 +197,45 @@ def check_capacities(policy: CachePolicy, *, batch: int, context: int, num_layer
             raise ConfigError(f"--device-pages {tiers.device_pages} cannot hold one layer's selection for "
                               f"{spec_label(policy)}: {rows} rows x {selected} selected tokens "
                               f"in pages of {S} need at least {need}")
-    if tiers.host_pages is not None and tiers.disk_dir is None:
-        sparse = max(0, num_layers - config.dense_layers)
-        paged = max(0, context - config.sink_tokens - config.window_tokens)
-        need = sparse * rows * -(-paged // S)
-        if tiers.host_pages < need:
-            raise ConfigError(f"--host-pages {tiers.host_pages} cannot hold the prompt's pages for "
-                              f"{spec_label(policy)}: {sparse} sparse layers x {rows} rows x {paged} tokens "
-                              f"in pages of {S} need at least {need}; raise it or add --disk-dir")
+    _check_backing(policy, rows=rows, context=context, num_layers=num_layers, page_size=S)
+
+
+def _check_backing(policy: CachePolicy, *, rows: int, context: int, num_layers: int, page_size: int) -> None:
+    """The backing tiers (every tier of the stack after the first, or the only one) hold each page the
+    prompt writes, unless one of them is unbounded."""
+    from icecache.integrations.hf.cache import device_capacity
+
+    config, stack = policy.config, tuple(policy.tiers)
+    sparse = max(0, num_layers - config.dense_layers)
+    paged = max(0, context - config.sink_tokens - config.window_tokens)
+    need = sparse * rows * -(-paged // page_size)
+    capacities = {"device": device_capacity(policy, sparse_layers=sparse, num_layers=num_layers, rows=rows,
+                                            page_size=page_size),
+                  "host": config.tiers.host_pages, "disk": config.tiers.disk_pages}
+    backing = stack[1:] or stack
+    held = []
+    for name in backing:
+        options = policy.tier_options(name)
+        # NOTE: a plugin's tier without a capacity option counts as unbounded: nothing to check
+        capacity = options["capacity"] if "capacity" in options else capacities.get(name)
+        if capacity is None:
+            return
+        held.append((name, capacity))
+    total = sum(capacity for _, capacity in held)
+    if total >= need:
+        return
+    what = (f"{spec_label(policy)}: {sparse} sparse layers x {rows} rows x {paged} tokens in pages of "
+            f"{page_size} need at least {need}")
+    default = stack == default_tier_stack(config.tiers)
+    if default and backing == ("host",):
+        raise ConfigError(f"--host-pages {config.tiers.host_pages} cannot hold the prompt's pages for "
+                          f"{what}; raise it or add --disk-dir")
+    tiers = ", ".join(f"{name} {capacity}" for name, capacity in held)
+    flag = "tiers" if default else "--tiers"
+    raise ConfigError(f"{flag} {','.join(stack)} cannot hold the prompt's pages: its backing tiers "
+                      f"(every tier after the first) hold {total} pages ({tiers}), and {what}; end the "
+                      "stack with an unbounded tier (host without --host-pages, or disk with --disk-dir) "
+                      "or raise their capacities")
 
 
 def check_device_room(policy: CachePolicy) -> None:

@@ -67,22 +67,9 @@ class IceCache(Cache):
     def device_pages(self, batch: int, kv_heads: int, page_size: int | None = None) -> int:
         """Device-tier capacity in pages: ``config.tiers.device_pages`` or, by default, the selected pages
         of every sparse layer at full pages (at least one layer's worst case of one token per page)."""
-        config = self.policy.config
-        if config.tiers.device_pages is not None:
-            return config.tiers.device_pages
-        sparse = max(1, sum(1 for layer in self.layers if not layer.dense and layer.window is None))
-        rows = batch * kv_heads
-        S = page_size or config.page_size
-        budgets = getattr(self.policy, "budgets", None)
-        if budgets is not None and not budgets.uniform:
-            # NOTE: a budget policy: each layer's mean selected share, a page more per row for the split
-            # over heads; one layer's worst case is its rows' whole share at one token per page
-            floor = config.sink_tokens + config.window_tokens
-            shares = [budgets.layer_budget(i, len(self.layers)) - floor
-                      for i in range(config.dense_layers, len(self.layers))] or [config.selected_budget]
-            return max(rows * sum(-(-s // S) + 1 for s in shares), rows * max(shares), 1)
-        per_layer = -(-config.selected_budget // S)
-        return max(sparse * rows * per_layer, rows * config.selected_budget, 1)
+        sparse = sum(1 for layer in self.layers if not layer.dense and layer.window is None)
+        return device_capacity(self.policy, sparse_layers=sparse, num_layers=len(self.layers),
+                               rows=batch * kv_heads, page_size=page_size)
 
     def make_sparse(self, layer_idx: int, shape: tuple[int, ...], dtype: torch.dtype, *,
                     page_size: int) -> SparseLayerKV:
@@ -294,3 +281,25 @@ class IceCache(Cache):
                 "page_fill": fill_tokens / fill_slots if fill_slots else 1.0,
                 "load_bytes_per_token": moved / self._attended if self._attended else 0.0,
                 "device": parts["device"], "host": parts["host"], "disk": parts["disk"], "tiers": occupancy}
+
+
+def device_capacity(policy: CachePolicy, *, sparse_layers: int, num_layers: int, rows: int,
+                    page_size: int | None = None) -> int:
+    """The device tier's capacity in pages for ``rows`` (batch x KV heads) rows: ``--device-pages``
+    (``config.tiers.device_pages``) or, by default, the selected pages of the ``sparse_layers`` layers at
+    full pages (at least one layer's worst case of one token per page). Also what the checks before a
+    run size the device tier with."""
+    config = policy.config
+    if config.tiers.device_pages is not None:
+        return config.tiers.device_pages
+    S = page_size or config.page_size
+    budgets = getattr(policy, "budgets", None)
+    if budgets is not None and not budgets.uniform:
+        # NOTE: a budget policy: each layer's mean selected share, a page more per row for the split
+        # over heads; one layer's worst case is its rows' whole share at one token per page
+        floor = config.sink_tokens + config.window_tokens
+        shares = [budgets.layer_budget(i, num_layers) - floor
+                  for i in range(config.dense_layers, num_layers)] or [config.selected_budget]
+        return max(rows * sum(-(-s // S) + 1 for s in shares), rows * max(shares), 1)
+    per_layer = -(-config.selected_budget // S)
+    return max(max(1, sparse_layers) * rows * per_layer, rows * config.selected_budget, 1)
