@@ -274,3 +274,54 @@ def test_bound_candidates_find_needles_the_centroids_hide():
             found[bound].append(bool((index.query(q, 48).token_ids[0, 0] == needle).any()))
     assert all(found[4]), found
     assert not all(found[0]), f"the centroids found every needle: the test shows nothing ({found})"
+
+
+@settings(max_examples=25, deadline=None)
+@given(G=st.integers(1, 4), Gq=st.integers(1, 3), K0=st.integers(1, 40), D=st.sampled_from([4, 8, 16]),
+       gaussian=st.booleans(), bounded=st.booleans(), stored=st.booleans(), seed=st.integers(0, 999))
+def test_summary_scores_are_the_estimate_and_the_bound(G, Gq, K0, D, gaussian, bounded, stored, seed):
+    """One product gives the centroid (or Gaussian) estimate and the elementwise q.k bound of every page,
+    in float32 or in the summaries' stored bfloat16 (then within bfloat16 rounding of the products)."""
+    from icecache.index.hierarchy.query import _summary_scores
+
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(G, Gq, D, generator=gen)
+    mean, var = torch.randn(G, K0, D, generator=gen), torch.rand(G, K0, D, generator=gen)
+    spread = torch.rand(G, K0, D, generator=gen)
+    fields = [mean, var] if gaussian else [mean]
+    stats = torch.stack(fields + [mean + spread, mean - spread], dim=2)  # [G, K0, F, D]
+    if stored:
+        stats = stats.bfloat16()
+    scale = D ** -0.5
+    ref_stats = stats.double()
+    estimate = scale * torch.einsum("gqd,gkd->gqk", q.double(), ref_stats[:, :, 0])
+    if gaussian:
+        estimate += 0.5 * scale**2 * torch.einsum("gqd,gkd->gqk", q.double() ** 2, ref_stats[:, :, 1])
+    top, low = ref_stats[:, :, -2], ref_stats[:, :, -1]
+    qd = q.double()[:, :, None]
+    bound = torch.maximum(qd * top[:, None], qd * low[:, None]).sum(-1)
+    coarse, got_bound = _summary_scores(q, stats, scale, gaussian=gaussian, bounded=bounded)
+    assert coarse.dtype == torch.float32 and coarse.shape == (G, Gq, K0)
+    # NOTE: bfloat16 inputs and products: ~3 significant digits of each term and of the sum
+    tol = dict(rtol=0.02, atol=0.05 * D ** 0.5) if stored else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(coarse.double(), estimate, **tol)
+    if bounded:
+        torch.testing.assert_close(got_bound.double(), bound, **tol)
+    else:
+        assert got_bound is None
+
+
+@pytest.mark.parametrize("estimate", ["centroid", "gaussian"])
+def test_stored_summary_products_keep_the_selection(estimate):
+    """``summary_matmul="stored"`` ranks pages by bfloat16 products: on clustered keys the selection
+    keeps the float32 path's recall (docs/index.md measures it on the real model)."""
+    kv = make_clustered_kv(2, 2, 1024, 32, num_clusters=24, spread=0.3, norm_range=(2.0, 6.0), seed=7)
+    got = {}
+    for mode in ("float32", "stored"):
+        index = HierarchyIndex(CacheConfig(), page_estimate=estimate, summary_matmul=mode)
+        index.build(kv.keys, torch.arange(1024))
+        queries = [query_for_cluster(kv, c, group_size=3, seed=c).view(2, 2, 3, 32) for c in range(6)]
+        got[mode] = [recall(kv.keys, q, index.query(q, 96).token_ids) for q in queries]
+    assert sum(got["stored"]) / 6 >= sum(got["float32"]) / 6 - 0.01, got
+    with pytest.raises(ValueError, match="summary_matmul"):
+        HierarchyIndex(CacheConfig(), summary_matmul="float16")
