@@ -86,6 +86,40 @@ def niah_noise(rng, tokenizer, target, *, sample_id):
                  num_keys=1, num_values=1, num_queries=1, haystack="noise")
 
 
+#: values of the asked key in ``niah_list``; distractor keys and their values
+LIST_VALUES, LIST_DISTRACTORS, LIST_DISTRACTOR_VALUES = 20, 2, 3
+
+
+def niah_list(rng, tokenizer, target, *, sample_id):
+    """A long output: every one of ``LIST_VALUES`` numbers of one key, spread over the prompt among
+    other keys' numbers, in order. Scored by the fraction listed (``score``); correct when all are."""
+    keys = make_keys(rng, 1 + LIST_DISTRACTORS)
+    asked = keys[0]
+    values = [make_number(rng) for _ in range(LIST_VALUES)]
+    distractors = [NEEDLE.format(key=k, value=make_number(rng))
+                   for k in keys[1:] for _ in range(LIST_DISTRACTOR_VALUES)]
+    depths = _depths(rng, LIST_VALUES, 0.1, 0.9)
+    placed = list(zip(depths, [NEEDLE.format(key=asked, value=v) for v in values], strict=True))
+    placed += [(rng.uniform(0.1, 0.9), d) for d in distractors]
+    placed.sort(key=lambda x: x[0])
+    state = rng.getstate()
+
+    def build(n: int) -> TaskSample:
+        rng.setstate(state)
+        units = insert_at_depths(HAYSTACKS["noise"](rng, n), placed)
+        return TaskSample(
+            id=sample_id, task="niah_list", context=INTRO + "\n" + " ".join(units),
+            question=f"List all the special magic numbers for {asked} mentioned in the provided text, in the "
+                     "order they appear.",
+            answers=values,
+            answer_prefix=f"The special magic numbers for {asked} mentioned in the provided text, in order, "
+                          "are:",
+            max_new_tokens=4 + 12 * LIST_VALUES, meta={"depths": depths, "keys": keys, "asked": [asked]},
+        )
+
+    return fit_to_tokens(build, tokenizer, target)
+
+
 PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
                  "them. I will quiz you about the important information there.")
 

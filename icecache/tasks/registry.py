@@ -10,6 +10,7 @@ from icecache.core.errors import ConfigError, UnknownComponentError
 from icecache.tasks.common_words import common_words
 from icecache.tasks.decode_fact import decode_fact, decode_fact_lookalike
 from icecache.tasks.niah import (
+    niah_list,
     niah_multikey,
     niah_multiquery,
     niah_multivalue,
@@ -27,6 +28,7 @@ TASKS: dict[str, Callable[..., TaskSample]] = {
     "niah_multivalue": niah_multivalue,
     "niah_multiquery": niah_multiquery,
     "niah_noise": niah_noise,
+    "niah_list": niah_list,
     "variable_tracking": variable_tracking,
     "common_words": common_words,
     "passkey": passkey,

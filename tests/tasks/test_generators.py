@@ -97,7 +97,7 @@ def test_samples_are_the_same_in_every_process():
         "from icecache.integrations.hf.loader import resolve_checkpoint\n"
         "from icecache.tasks import TASKS, generate_task\n"
         "tok = AutoTokenizer.from_pretrained(resolve_checkpoint())\n"
-        "out = {t: [s.context + s.question + str(s.answers) for s in generate_task(t, n=2, context=600,"
+        "out = {t: [s.context + s.question + str(s.answers) for s in generate_task(t, n=2, context=900,"
         " tokenizer=tok, seed=3)] for t in sorted(TASKS)}\n"
         "print(hashlib.sha256(json.dumps(out).encode()).hexdigest())\n"
     )
@@ -108,3 +108,20 @@ def test_samples_are_the_same_in_every_process():
                              check=True)
         digests.add(run.stdout.strip().splitlines()[-1])
     assert len(digests) == 1
+
+
+def test_niah_list_asks_every_value_of_one_key_in_the_order_they_appear(tokenizer):
+    from icecache.tasks.niah import LIST_VALUES
+    from icecache.tasks.scoring import match_fraction
+
+    for sample in generate_task("niah_list", n=3, context=CONTEXT, tokenizer=tokenizer, seed=2):
+        asked, *others = sample.meta["keys"]
+        values = list(sample.answers)
+        assert len(values) == len(set(values)) == LIST_VALUES
+        positions = [sample.context.find(f"for {asked} is: {v}.") for v in values]
+        assert all(p >= 0 for p in positions) and positions == sorted(positions)
+        distractors = re.findall(rf"for (?:{'|'.join(map(re.escape, others))}) is: (\d+)\.", sample.context)
+        assert distractors and not set(distractors) & set(values)
+        assert sample.max_new_tokens >= 10 * LIST_VALUES  # room for every value, numbered
+        # partial credit: the fraction listed
+        assert match_fraction(" ".join(values[:5]), values) == 5 / LIST_VALUES
