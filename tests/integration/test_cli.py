@@ -48,7 +48,8 @@ BAD = [
      "--host-pages 10 cannot hold the prompt's pages for quest@256: 28 sparse layers x 12 rows"),
     (["eval", "--policy", "icecache", "--tiers", "device"],
      "--tiers device cannot hold the prompt's pages: its backing tiers (every tier after the first) hold"),
-    (["eval", "--policy", "icecache", "--tiers", "host,device"], "--tiers host,device cannot hold the prompt's"),
+    (["eval", "--policy", "icecache", "--tiers", "host,device"],
+     "--tiers host,device cannot hold the prompt's"),
     (["eval", "--policy", "icecache", "--page-dtype", "float8"], "--page-dtype 'float8' is not supported"),
 ]
 
