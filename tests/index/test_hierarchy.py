@@ -122,6 +122,21 @@ class HierarchyMachine(RuleBasedStateMachine):
         assert bool((st_.page_min[:, :P].float() <= kmin).all())
         assert bool((st_.page_max[:, :P].float() >= kmax).all())
 
+    @invariant()
+    def cell_summaries_follow_the_cells_after_every_insert(self):
+        st_ = self.index._state
+        n = st_.cell_count.clamp_min(1)[..., None]
+        mean = st_.cell_sum / n
+        var = (st_.cell_sqsum / n - mean * mean).clamp_min(0)
+        empty = (st_.cell_count == 0)[..., None]
+        hi, lo = st_.cell_max.masked_fill(empty, 0.0), st_.cell_min.masked_fill(empty, 0.0)
+        summary = st_.cell_summary
+        dt = summary.dtype
+        assert summary.shape == (*st_.cell_sum.shape[:2], 4, st_.cell_sum.shape[-1])
+        assert torch.equal(summary[:, :, 0], mean.to(dt)) and torch.equal(summary[:, :, 1], var.to(dt))
+        assert bool((summary[:, :, 2].float() >= hi).all()) and bool((summary[:, :, 3].float() <= lo).all())
+        assert torch.equal(summary[:, :, 2], round_to(hi, dt, up=True))
+
 
 TestHierarchyMachine = HierarchyMachine.TestCase
 TestHierarchyMachine.settings = settings(max_examples=25, stateful_step_count=6, deadline=None)

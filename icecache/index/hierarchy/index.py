@@ -301,6 +301,7 @@ class HierarchyIndex:
             cell_ssum=cell() if whiten is not None else None, num_cells=num_cells, whiten=whiten)
         self._shape = (B, H)
         self._inserted = 0
+        self._state.refresh_cells(dtype=sd if self.summary_matmul == "stored" else torch.float32)
         g, j = torch.nonzero(point_page >= 0, as_tuple=True)
         p = point_page[g, j]
         self.set_page_stats(g, p, x[g, j], space[g, j] if assign else None)

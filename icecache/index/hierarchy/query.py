@@ -124,46 +124,30 @@ def _summary_scores(q: Tensor, stats: Tensor, scale: float, *, gaussian: bool,
     return out[:, :Gq], out[:, Gq:] if bounded else None
 
 
-def _cell_stats(ix: HierarchyIndex) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(mean, var, count, min, max)`` of each cell's raw keys, from the running cell sums.
-
-    NOTE: computed per query, not cached: ``O(G C D)`` with ~N/128 cells is noise beside the page scan,
-    and a float32 cache of them held as much as the cell sums themselves (1.6% of the KV)."""
-    st = ix._state
-    mean, var, count = st.cell_stats()
-    empty = (count == 0)[..., None]
-    return mean, var, count, st.cell_min.masked_fill(empty, 0.0), st.cell_max.masked_fill(empty, 0.0)
-
-
 def _cells_kept(ix: HierarchyIndex, q: Tensor, scale: float, target: Tensor) -> Tensor:
     """Bool ``[G, P]``: pages whose cell is among the best cells holding ``target`` tokens.
 
     A cell's log-mass is estimated as if its keys were Gaussian (diagonal covariance):
-    ``log n + s q.mu + s^2/2 sum_d q_d^2 var_d`` (the log of ``n E[exp(s q.k)]``).
+    ``log n + s q.mu + s^2/2 sum_d q_d^2 var_d`` (the log of ``n E[exp(s q.k)]``), and its ``q.k`` bound
+    from the min/max, both in one product over ``cell_summary`` as for pages (:func:`_summary_scores`).
     NOTE: a ball upper bound ``q.c + |q| r`` is far too loose in 64 dimensions to rank cells.
     """
     st = ix._state
     P = st.num_pages
-    mean, var, count, cmin, cmax = _cell_stats(ix)
-    est = scale * (q @ mean.transpose(1, 2)) + 0.5 * scale**2 * ((q * q) @ var.transpose(1, 2))
-    est = est + count[:, None].clamp_min(1).log()  # [G, Gq, C]
+    count = st.cell_count
+    bounded = ix.bound_candidates > 0 and ix.scoring == "exact"
+    est, bound = _summary_scores(q, st.cell_summary, scale, gaussian=True, bounded=bounded)  # [G, Gq, C]
+    est = est + count[:, None].clamp_min(1).log()
     est = torch.nan_to_num(est.softmax(-1), nan=0.0).sum(1).masked_fill(count == 0, -1.0)
     order = est.argsort(dim=-1, descending=True)
     ctok = count.gather(1, order)
     before = ctok.cumsum(1) - ctok
     keep_sorted = (before < target[:, None]) & (est.gather(1, order) >= 0)
     keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
-    if ix.bound_candidates > 0 and ix.scoring == "exact":
+    if bounded:
         # each query head's best cells by the bound join: a needle's cell is diluted in the estimate
-        bound = _signed(q) @ torch.cat([cmax, cmin], dim=-1).transpose(1, 2)  # [G, Gq, C]
         keep |= _top_bound(ix, bound, count > 0)
     return keep.gather(1, st.page_cell[:, :P].long().clamp_min(0)) & (st.page_len[:, :P] > 0)
-
-
-def _signed(q: Tensor) -> Tensor:
-    """``[q+, q-]`` ``[G, Gq, 2D]``: ``_signed(q) @ [max, min]^T`` is the upper bound
-    ``sum_d max(q_d min_d, q_d max_d)`` of ``q.k`` over keys within ``[min, max]``."""
-    return torch.cat([q.clamp_min(0), q.clamp_max(0)], dim=-1)
 
 
 def _top_bound(ix: HierarchyIndex, bound: Tensor, ok: Tensor) -> Tensor:
@@ -217,9 +201,12 @@ def _rescore(ix: HierarchyIndex, q: Tensor, scale: float, coarse: Tensor, target
     beyond = torch.arange(K, device=q.device)[None] >= need[:, None]
     # NOTE: only the candidates' keys are read (a row's pages beyond its own count are not)
     keys, valid = ix.page_keys(cand.masked_fill(beyond, -1), stored=True)  # [G, K, S, D]
-    scores = scale * torch.einsum("gqd,gksd->gqks", q, keys)
-    logmass = scores.masked_fill(~valid[:, None], float("-inf")).logsumexp(-1)  # [G, Gq, K]
-    return cand, logmass.masked_fill(beyond[:, None], float("-inf"))
+    S, D = keys.shape[-2:]
+    # NOTE: the empty slots' -inf comes in as the product's bias (one baddbmm, no masked pass over the
+    # [G, Gq, K, S] scores); pages beyond a row's count have no valid slot, so their log-mass is -inf.
+    bias = torch.zeros(valid.shape, device=q.device).masked_fill_(~valid, float("-inf"))
+    scores = torch.baddbmm(bias.view(G, 1, K * S), q, keys.reshape(G, K * S, D).transpose(1, 2), alpha=scale)
+    return cand, scores.view(G, Gq, K, S).logsumexp(-1)  # [G, Gq, K]
 
 
 def _hits(ix: HierarchyIndex, pages: Tensor, scores: Tensor, taken: Tensor) -> PageHits:

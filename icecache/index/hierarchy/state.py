@@ -56,6 +56,11 @@ class IndexState:
       ``insert_mode="assign"``.
     * cells ``[G, C, ...]`` float32: ``cell_sum``, ``cell_sqsum``, ``cell_min``, ``cell_max``,
       ``cell_count``; ``cell_ssum`` (clustering-space sums, routing inserts) only with whitening.
+      ``cell_summary`` ``[G, C, 4, D]``: what a query reads of them, side by side like ``page_stats``
+      (mean, variance, max rounded up, min rounded down; zeros for empty cells), in the summaries'
+      matmul dtype, kept current by :meth:`add_to_cells` for the cells it touches. NOTE: derived once
+      per change, not per query: at 128k (1,024 cells x 8 heads x 128 dims) deriving them in every
+      query was ~10 elementwise passes over ``[G, C, D]``, a third of the query.
     * ``num_cells``; ``whiten`` ``[G, D, D]`` or None.
     """
 
@@ -78,6 +83,7 @@ class IndexState:
     cell_ssum: Tensor | None
     num_cells: int
     whiten: Tensor | None
+    cell_summary: Tensor | None = None
 
     PAGE_FIELDS = ("page_stats", "page_smean", "page_extra")
 
@@ -128,12 +134,6 @@ class IndexState:
         used = torch.arange(P, device=self.pages.device)[None] < self.group_pages[:, None]
         return torch.nonzero(used, as_tuple=True)
 
-    def cell_stats(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(mean [G, C, D], var [G, C, D], count [G, C])`` of each cell's raw keys."""
-        n = self.cell_count.clamp_min(1)[..., None]
-        mean = self.cell_sum / n
-        return mean, (self.cell_sqsum / n - mean * mean).clamp_min(0), self.cell_count
-
     def add_to_cells(self, g: Tensor, cell: Tensor, k: Tensor, sk: Tensor | None) -> None:
         """Account keys ``k`` ``[M, D]`` (clustering-space ``sk``) of groups ``g`` joining cells ``cell``."""
         if g.numel() == 0:
@@ -148,6 +148,29 @@ class IndexState:
         self.cell_max.view(G * C, D).scatter_reduce_(0, idx, k, reduce="amax")
         if self.cell_ssum is not None and sk is not None:
             self.cell_ssum.view(G * C, D).index_add_(0, key, sk)
+        self.refresh_cells(torch.unique(key))
+
+    def refresh_cells(self, key: Tensor | None = None, dtype: torch.dtype | None = None) -> None:
+        """Derive ``cell_summary`` for the cells ``key`` (flat ``g * C + c``; ``None``: all of them, and
+        allocate it in ``dtype``) from the running sums."""
+        G, C, D = self.cell_sum.shape
+        if key is None:
+            self.cell_summary = torch.zeros(G, C, 4, D, dtype=dtype or torch.float32,
+                                            device=self.cell_sum.device)
+            key = torch.arange(G * C, device=self.cell_sum.device)
+        if self.cell_summary is None or key.numel() == 0:
+            return
+        count = self.cell_count.view(G * C)[key][:, None]
+        n = count.clamp_min(1)
+        mean = self.cell_sum.view(G * C, D)[key] / n
+        var = (self.cell_sqsum.view(G * C, D)[key] / n - mean * mean).clamp_min(0)
+        empty = count == 0
+        hi = self.cell_max.view(G * C, D)[key].masked_fill(empty, 0.0)
+        lo = self.cell_min.view(G * C, D)[key].masked_fill(empty, 0.0)
+        dt = self.cell_summary.dtype
+        rows = torch.stack([mean.to(dt), var.to(dt), round_to(hi, dt, up=True), round_to(lo, dt, up=False)],
+                           dim=1)
+        self.cell_summary.view(G * C, 4, D).index_copy_(0, key, rows)
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held, by part: ``pages`` (slot maps), ``summaries``, ``cells``, ``keys`` (own copy)."""
@@ -156,6 +179,6 @@ class IndexState:
                                    self.group_pages),
             "summaries": tensor_nbytes(*(getattr(self, f) for f in self.PAGE_FIELDS)),
             "cells": tensor_nbytes(self.cell_sum, self.cell_sqsum, self.cell_min, self.cell_max,
-                                   self.cell_count, self.cell_ssum, self.m2, self.whiten),
+                                   self.cell_count, self.cell_ssum, self.cell_summary, self.m2, self.whiten),
             "keys": tensor_nbytes(self.keys),
         }
