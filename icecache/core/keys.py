@@ -51,8 +51,10 @@ class KeyReader(Protocol):
     def nbytes(self) -> int: ...
 
 
-def gather_positions(keys: Tensor, token_ids: Tensor) -> Tensor:
-    """``keys`` ``[B, H_kv, N, D]`` at ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros), one gather."""
+def gather_positions(keys: Tensor, token_ids: Tensor, *, zero_missing: bool = True) -> Tensor:
+    """``keys`` ``[B, H_kv, N, D]`` at ``token_ids`` int64 ``[B, H_kv, ...]`` (``-1``: zeros), one gather.
+    ``zero_missing=False``: the ``-1`` entries may hold any finite values (for a caller that masks them:
+    the zeroing is a pass as large as the gather)."""
     B, H, N, D = keys.shape
     if token_ids.dim() < 2 or token_ids.shape[:2] != (B, H):
         raise TensorSpecError(f"token_ids must be [B={B}, H_kv={H}, ...], got {tuple(token_ids.shape)}")
@@ -65,7 +67,8 @@ def gather_positions(keys: Tensor, token_ids: Tensor) -> Tensor:
     # times slower on the CPU.
     rows = torch.arange(B * H, device=keys.device).view(B, H, 1) * N
     out = keys.reshape(B * H * N, D).index_select(0, (rows + idx).reshape(-1)).view(B, H, -1, D)
-    out = out.masked_fill((flat < 0)[..., None], 0)
+    if zero_missing:
+        out = out.masked_fill((flat < 0)[..., None], 0)
     return out.view(B, H, *tail, D)
 
 

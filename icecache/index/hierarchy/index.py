@@ -317,9 +317,9 @@ class HierarchyIndex:
     # ------------------------------------------------------------------ keys and summaries
     def page_keys(self, cand: Tensor, *, stored: bool = False) -> tuple[Tensor, Tensor]:
         """Keys of pages ``cand`` int64 ``[G, K]`` (``-1``: none), read through the reader or the own
-        copy: float32 ``[G, K, S, D]`` (zeros at empty slots) and bool ``[G, K, S]`` valid. ``stored``:
-        the pages are as storage last wrote them (a query, not an insert), so a reader that offers
-        ``page_keys`` may return whole pages in one gather."""
+        copy: float32 ``[G, K, S, D]`` (zeros at empty slots; any finite values there when ``stored``) and
+        bool ``[G, K, S]`` valid. ``stored``: the pages are as storage last wrote them (a query, not an
+        insert), so a reader that offers ``page_keys`` may return whole pages in one gather."""
         st = self._state
         G, K = cand.shape
         S = st.pages.shape[-1]
@@ -327,7 +327,8 @@ class HierarchyIndex:
         slots = torch.where((cand >= 0)[..., None], slots, -1)
         valid = slots >= 0
         if st.keys is not None:
-            k = gather_positions(st.keys[:, None], slots.view(G, 1, K * S))  # [G, 1, K*S, D]
+            # NOTE: a stored read leaves empty slots unzeroed: the rescoring masks them by ``valid``
+            k = gather_positions(st.keys[:, None], slots.view(G, 1, K * S), zero_missing=not stored)
         elif stored and callable(getattr(self._reader, "page_keys", None)):
             B, H = self._shape
             # NOTE: empty slots and missing pages need no zeros: the rescoring masks them by ``valid``
