@@ -1,0 +1,116 @@
+"""True eviction through the transformers integration (no model): a selector that evicts for good frees
+its pages in the store, never attends an evicted token again, and its output is dense attention over
+exactly the tokens it kept."""
+
+import pytest
+import torch
+
+from icecache.core.config import CacheConfig, ModelGeometry, TierConfig
+from icecache.core.policy import compose_policy
+from icecache.integrations.hf import IceCache
+
+D = 8
+
+
+def _cache(selector, *, batch=2, heads=2, budget=24, slots=1, tiers=None, names=("device", "host"), **opts):
+    geometry = ModelGeometry(num_layers=2, num_q_heads=heads * 2, num_kv_heads=heads, head_dim=D)
+    config = CacheConfig(page_size=4, budget=budget, sink_tokens=2, window_tokens=6, dense_layers=1,
+                         geometry=geometry, tiers=tiers or TierConfig())
+    options = {"selector": {"window": 4, "slots_per_page": slots, **opts}}
+    return IceCache(compose_policy(selector=selector, config=config, tiers=names, options=options), 2)
+
+
+def _prefill(cache, n, *, batch=2, heads=2, seed=0, start=None):
+    gen = torch.Generator().manual_seed(seed)
+    keys, values = torch.randn(2, batch, heads, n, D, generator=gen)
+    queries = torch.randn(batch, heads * 2, 4, D, generator=gen)
+    start = torch.zeros(batch, dtype=torch.int64) if start is None else start
+    for layer in cache.layers:
+        layer.load_prefill(keys, values, start, queries)
+    return keys, values, start, gen
+
+
+def _reference(query, keys, values, mask, scale):
+    """Dense attention of ``query`` [B, H_q, D] over ``keys``/``values`` [B, H_kv, n, D] where ``mask``."""
+    B, H, n, _ = keys.shape
+    q = query.view(B, H, -1, D)
+    logits = torch.einsum("bhgd,bhnd->bhgn", q, keys) * scale
+    logits = logits.masked_fill(~mask[:, :, None], float("-inf"))
+    return torch.einsum("bhgn,bhnd->bhgd", torch.softmax(logits, -1), values).reshape(B, -1, D)
+
+
+@pytest.mark.parametrize("selector", ["h2o-evict", "snapkv-press"])
+@pytest.mark.parametrize("slots", [1, 4])
+def test_evicted_tokens_are_freed_never_attended_and_outputs_match_dense(selector, slots):
+    batch, heads, n = 2, 2, 80
+    cache = _cache(selector, slots=slots)
+    keys, values, start, gen = _prefill(cache, n, start=torch.tensor([0, 5]))
+    layer = cache.layers[1]
+    before = cache.memory_report()
+    assert before["evicted_tokens"] > 0
+    occ = {t["name"]: t for t in before["tiers"]}
+    held = occ["host"]["tokens"]
+    # what the layer keeps is at most the budget per row; with 1-slot pages exactly that is stored
+    assert held <= batch * heads * 24 if slots == 1 else held < batch * heads * n
+    evicted_so_far = layer.selector.evicted.clone()
+    scale = D**-0.5
+    for step in range(40):
+        k, v = torch.randn(2, batch, heads, 1, D, generator=gen)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        q = torch.randn(batch, heads * 2, 1, D, generator=gen)
+        for each in cache.layers:
+            each.update(k, v)
+        out = layer.decode_attention(q, scale)[:, 0]  # [B, H_q, D]
+        sel = layer.last_selection
+        total = keys.shape[2]
+        gone = layer.selector.evicted
+        assert bool(gone[..., : evicted_so_far.shape[2]].ge(evicted_so_far).all()), "evicted set shrank"
+        evicted_so_far = gone.clone()
+        assert not bool(sel.token_mask(total)[gone].any()), f"step {step}: an evicted token was selected"
+        kept = sel.ledger.kept
+        assert bool((kept <= 24).all()) and bool((sel.ledger.total == kept).all())
+        real = torch.arange(total) >= start[:, None, None]
+        mask = real & ~gone
+        torch.testing.assert_close(out, _reference(q[:, :, 0], keys, values, mask, scale))
+        # evicted positions read as zeros through the layer's key reader; the others as written
+        pos = torch.arange(total).expand(batch, heads, total)
+        got = layer.sparse.keys(torch.where(real, pos, -1))
+        assert bool((got[gone] == 0).all()) and torch.equal(got[mask], keys[mask])
+    after = cache.memory_report()
+    host = {t["name"]: t for t in after["tiers"]}["host"]
+    assert host["tokens"] <= held + (slots - 1) * batch * heads * 12
+    stored = int((layer.sparse.phys >= 0).sum())
+    assert stored == host["pages"]  # one sparse layer: every page it references is in the store
+    if slots == 1:
+        assert host["tokens"] <= batch * heads * 24
+        assert after["host"]["kv_payload"] < 0.5 * batch * heads * total * 2 * D * 4
+
+
+def test_eviction_frees_pages_on_every_tier(tmp_path):
+    tiers = TierConfig(host_pages=8, disk_dir=tmp_path)
+    cache = _cache("h2o-evict", tiers=tiers, names=("device", "host", "disk"), slots=4)
+    _, _, _, gen = _prefill(cache, 120)
+    store = cache.store
+    resident = {t["name"]: t["pages"] for t in store.occupancy()}
+    written = cache.layers[1].sparse.phys
+    assert resident["host"] + resident["disk"] == int((written >= 0).sum())
+    assert resident["host"] + resident["disk"] < 2 * 2 * 120 // 4
+    for _ in range(10):
+        k, v = torch.randn(2, 2, 2, 1, D, generator=gen)
+        for each in cache.layers:
+            each.update(k, v)
+        cache.layers[1].decode_attention(torch.randn(2, 4, 1, D, generator=gen), D**-0.5)
+    ids = cache.layers[1].sparse.phys
+    ids = ids[ids >= 0]
+    assert store.pool.num_allocated == ids.numel()  # freed ids went back to the pool
+
+
+def test_a_selector_that_does_not_evict_keeps_everything():
+    geometry = ModelGeometry(num_layers=2, num_q_heads=4, num_kv_heads=2, head_dim=D)
+    config = CacheConfig(page_size=4, budget=24, sink_tokens=2, window_tokens=6, dense_layers=1,
+                         geometry=geometry)
+    cache = IceCache(compose_policy(selector="h2o", config=config, options={"selector": {"window": 4}}), 2)
+    _prefill(cache, 60)
+    report = cache.memory_report()
+    assert report["evicted_tokens"] == 0 and cache.layers[1].sparse.gone is None
+    assert {t["name"]: t for t in report["tiers"]}["host"]["tokens"] == 2 * 2 * (60 - 2 - 6)
