@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from icecache.core.config import CacheConfig, ModelGeometry, TierConfig
+from icecache.core.hookspecs import hookimpl
+from icecache.core.plugins import get_plugin_manager
 from icecache.core.policy import compose_policy
 from icecache.integrations.hf import IceCache
+from icecache.selectors.policies.quest import QuestSelector
 
 D = 8
 
@@ -114,3 +117,51 @@ def test_a_selector_that_does_not_evict_keeps_everything():
     report = cache.memory_report()
     assert report["evicted_tokens"] == 0 and cache.layers[1].sparse.gone is None
     assert {t["name"]: t for t in report["tiers"]}["host"]["tokens"] == 2 * 2 * (60 - 2 - 6)
+
+
+class _OldestPagesPress(QuestSelector):
+    """Test press: a Quest selector that keeps at most ``keep`` pages per row, evicting the oldest whole
+    pages for good (page-level eviction through the paged attention path)."""
+
+    evicts = True
+    keep = 3
+
+    def _after_update(self):
+        lens = self.page_lens()  # [B, H_kv, P], 0 once evicted
+        alive = lens > 0
+        rank = alive.flip(-1).cumsum(-1).flip(-1)  # alive pages from here to the last
+        drop = alive & (rank > self.keep)
+        if bool(drop.any()):
+            pages = torch.where(drop[..., None], self._pages, -1)
+            B, H, P, S = pages.shape
+            self.evict(pages.reshape(B, H, P * S))
+
+
+class _Plugin:
+    @hookimpl
+    def icecache_register_selectors(self, register):
+        register("oldest-pages-press", lambda config, *, layer_idx=0, policy=None, **o:
+                 _OldestPagesPress(config=config, layer_idx=layer_idx, policy=policy, **o))
+
+
+def test_page_level_eviction_through_the_paged_path_matches_dense():
+    geometry = ModelGeometry(num_layers=2, num_q_heads=4, num_kv_heads=2, head_dim=D)
+    config = CacheConfig(page_size=4, budget=40, sink_tokens=2, window_tokens=6, dense_layers=1,
+                         geometry=geometry)
+    pm = get_plugin_manager(load_entrypoints=False, extra=(_Plugin(),))
+    cache = IceCache(compose_policy(selector="oldest-pages-press", config=config, plugin_manager=pm), 2)
+    keys, values, start, gen = _prefill(cache, 60)
+    layer = cache.layers[1]
+    assert int((layer.sparse.phys >= 0).sum()) == 2 * 2 * 3  # only the kept pages were ever stored
+    for step in range(12):
+        k, v = torch.randn(2, 2, 2, 1, D, generator=gen)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        q = torch.randn(2, 4, 1, D, generator=gen)
+        for each in cache.layers:
+            each.update(k, v)
+        out = layer.decode_attention(q, D**-0.5)[:, 0]
+        assert layer.last_selection.page_ids.shape[-1] > 0  # the paged kernel path ran
+        mask = ~layer.selector.evicted & (torch.arange(keys.shape[2]) >= start[:, None, None])
+        torch.testing.assert_close(out, _reference(q[:, :, 0], keys, values, mask, D**-0.5))
+        assert cache.store.pool.num_allocated <= 2 * 2 * 4, step
+    assert cache.memory_report()["freed_pages"] > 0

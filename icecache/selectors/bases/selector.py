@@ -37,7 +37,7 @@ from torch import Tensor
 from icecache.core.budget import BudgetLedger
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, EvictionError, IceCacheError, TensorSpecError
-from icecache.core.keys import KeyCopy, KeyReader
+from icecache.core.keys import KeyCopy, KeyReader, tensor_nbytes
 from icecache.selectors.plumbing.fill import compact
 from icecache.selectors.plumbing.positions import Positions
 from icecache.selectors.types import PageLayout, Selection
@@ -84,7 +84,7 @@ class SelectorBase:
     _limit: Tensor | None = field(default=None, init=False, repr=False)
     #: bool [B, H_kv, n'] positions evicted for good (None: none yet; n' <= n, later positions kept)
     _evicted: Tensor | None = field(default=None, init=False, repr=False)
-    _pending: list[Tensor] = field(factory=list, init=False, repr=False)  # evicted, not yet drained
+    _pending: Tensor | None = field(default=None, init=False, repr=False)  # bool: evicted, not drained
 
     def __attrs_post_init__(self) -> None:
         c = self.config
@@ -132,7 +132,7 @@ class SelectorBase:
             flush_tokens=flush,
         )
         ids = self._pos.paged_ids(0, N)[:, None].expand(B, H, N)  # [B, H_kv, N]
-        self._evicted, self._pending = None, []
+        self._evicted = self._pending = None
         self._build(keys, ids, queries)
         self._after_update()
 
@@ -168,8 +168,9 @@ class SelectorBase:
         assert bool((max_tokens >= 0).all()), "flush size keeps sinks + window within the budget"
         tokens, pages, count = self._choose(q, max_tokens.contiguous())
         kept = None
-        if self._evicted is not None:
-            self._check_not_evicted(tokens)
+        if self._evicted is not None or self.evicts:
+            if self._evicted is not None:
+                self._check_not_evicted(tokens)
             kept = (sink_n + window_n)[:, None] + self.kept_paged_mask().sum(-1)  # [B, H_kv]
         selection = self._assemble(tokens, pages, count, sink_n, window_n, budget=self.config.budget,
                                    limit=self._limit, kept=kept)
@@ -252,20 +253,20 @@ class SelectorBase:
                                 f"{int(new[b, h].sum())} tokens would leave row [b={b}, h={h}] with nothing "
                                 "to attend")
         self._evicted = after
-        pos = torch.arange(n, device=dev).expand(B, H, n)
-        fresh = compact(torch.where(new, pos, -1))
-        if fresh.shape[-1]:
-            self._pending.append(fresh)
-        return fresh
+        if self._pending is None:
+            self._pending = new
+        else:  # NOTE: a mask, not a list: bounded even when no runner drains it
+            self._pending = torch.nn.functional.pad(self._pending, (0, n - self._pending.shape[2])) | new
+        return compact(torch.where(new, torch.arange(n, device=dev).expand(B, H, n), -1))
 
     def evictions(self) -> Tensor | None:
         """The positions evicted since the last call, int64 ``[B, H_kv, E]`` (``-1`` padded), or ``None``
         when there are none: what a runner hands storage."""
-        if not self._pending:
+        pending, self._pending = self._pending, None
+        if pending is None or not bool(pending.any()):
             return None
-        out = self._pending[0] if len(self._pending) == 1 else compact(torch.cat(self._pending, dim=2))
-        self._pending = []
-        return out
+        B, H, n = pending.shape
+        return compact(torch.where(pending, torch.arange(n, device=pending.device).expand(B, H, n), -1))
 
     @property
     def evicted(self) -> Tensor:
@@ -353,7 +354,10 @@ class SelectorBase:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes this selector holds by part (``keys``: its own copy, standalone only; subclasses add)."""
-        return {"keys": self._own.nbytes() if self._own is not None else 0}
+        out = {"keys": self._own.nbytes() if self._own is not None else 0}
+        if self._evicted is not None:
+            out["evicted"] = tensor_nbytes(self._evicted, self._pending)
+        return out
 
     @property
     def positions(self) -> Positions:
