@@ -144,6 +144,6 @@ BROKEN = {
     "pages-include-padding": {"pages", "left-padding"},  # a selected page leaks padding in
     "skips-newest": "sinks-recent",
     "nondeterministic": "deterministic",
-    "append-drops": {"sinks-recent", "attends-all"},
-    "attends-evicted": "evictions",  # reports evicted tokens it still attends  # ignores appends: the newest position is never attended
+    "append-drops": {"sinks-recent", "attends-all"},  # ignores appends: the newest position is never attended
+    "attends-evicted": "evictions",  # reports evicted tokens it still attends
 }

@@ -316,38 +316,43 @@ class SparseLayerKV:
         its id to the pool). Returns the number of pages freed. Sinks and window are the selector's to
         keep (:meth:`~icecache.selectors.bases.selector.SelectorBase.evict` refuses them)."""
         B, H = self.phys.shape[:2]
-        ids = token_ids.to("cpu", torch.int64)
-        b, h, e = torch.nonzero(ids >= 0, as_tuple=True)
+        # NOTE: numpy on CPU views of the tables: a step evicts a few tokens per row, and torch's
+        # per-op overhead dominated such small index operations
+        ids = token_ids.to("cpu", torch.int64).numpy()
+        b, h, e = np.nonzero(ids >= 0)
         pos = ids[b, h, e]
         if self.gone is None:
             self.gone = torch.zeros(B, H, self.n, dtype=torch.bool)
         if self.gone.shape[2] < self.n:
             self.gone = grow(self.gone, 2, self.n, False)
-        if pos.numel() == 0:
+        if pos.size == 0:
             return 0
         if int(pos.max()) >= self.n:
             raise ConfigError(f"layer {self.layer_idx}: cannot evict position {int(pos.max())}: the layer "
                               f"holds {self.n}")
-        fresh = ~self.gone[b, h, pos]
+        gone = self.gone.numpy()
+        fresh = ~gone[b, h, pos]
         b, h, pos = b[fresh], h[fresh], pos[fresh]
-        self.gone[b, h, pos] = True
+        gone[b, h, pos] = True
         inside = pos < self.loc.shape[2]
         b, h, pos = b[inside], h[inside], pos[inside]
-        loc = self.loc[b, h, pos].long()
+        table = self.loc.numpy()
+        loc = table[b, h, pos].astype(np.int64)
         stored = loc >= 0
-        self.loc[b[stored], h[stored], pos[stored]] = -1
+        table[b[stored], h[stored], pos[stored]] = -1
         pages = loc[stored] // self.S
-        if pages.numel() == 0:
+        if pages.size == 0:
             return 0
-        uniq, counts = torch.unique(pages, return_counts=True)
-        self._add_dead(uniq, counts)
-        empty = torch.from_numpy(self._dead[uniq.numpy()]) >= self.store.pool.lens(uniq)
+        uniq, counts = np.unique(pages, return_counts=True)
+        self._add_dead(torch.from_numpy(uniq), torch.from_numpy(counts))
+        empty = self._dead[uniq] >= self.store.pool.written_lens(uniq)
         freed = uniq[empty]
-        if freed.numel():
-            self.store.free(freed)
-            self._dead[freed.numpy()] = 0
-            self.phys[torch.isin(self.phys, freed)] = -1
-        return int(freed.numel())
+        if freed.size:
+            self.store.free(torch.from_numpy(freed))
+            self._dead[freed] = 0
+            phys = self.phys.numpy()
+            phys[np.isin(phys, freed)] = -1
+        return int(freed.size)
 
     def _add_dead(self, page_ids: Tensor, counts: Tensor) -> None:
         """Count ``counts`` more evicted tokens in stored pages ``page_ids`` int64 ``[n]`` (distinct)."""

@@ -204,10 +204,10 @@ class SelectorBase:
         return keys, torch.where(pages >= 0, local, -1)
 
     # ------------------------------------------------------------------ eviction
-    def evict(self, token_ids: Tensor) -> Tensor:
+    def evict(self, token_ids: Tensor) -> None:
         """Drop positions ``token_ids`` int64 ``[B, H_kv, E]`` (``-1`` padded; already evicted ones are
         ignored) for good: they are never selected or read again, and storage frees them once a runner
-        drains :meth:`evictions`. Returns the newly evicted positions ``[B, H_kv, E']`` (``-1`` padded).
+        drains :meth:`evictions`.
 
         Raises :class:`~icecache.core.errors.EvictionError` naming the position for a sink, window or
         padding position (always kept), the page for part of a page when the selector selects whole
@@ -257,7 +257,6 @@ class SelectorBase:
             self._pending = new
         else:  # NOTE: a mask, not a list: bounded even when no runner drains it
             self._pending = torch.nn.functional.pad(self._pending, (0, n - self._pending.shape[2])) | new
-        return compact(torch.where(new, torch.arange(n, device=dev).expand(B, H, n), -1))
 
     def evictions(self) -> Tensor | None:
         """The positions evicted since the last call, int64 ``[B, H_kv, E]`` (``-1`` padded), or ``None``
