@@ -35,11 +35,11 @@ def _prefill(cache, n, *, batch=2, heads=2, seed=0, start=None):
 
 def _reference(query, keys, values, mask, scale):
     """Dense attention of ``query`` [B, H_q, D] over ``keys``/``values`` [B, H_kv, n, D] where ``mask``."""
-    B, H, n, _ = keys.shape
-    q = query.view(B, H, -1, D)
+    B, H, n, d = keys.shape
+    q = query.reshape(B, H, -1, d)
     logits = torch.einsum("bhgd,bhnd->bhgn", q, keys) * scale
     logits = logits.masked_fill(~mask[:, :, None], float("-inf"))
-    return torch.einsum("bhgn,bhnd->bhgd", torch.softmax(logits, -1), values).reshape(B, -1, D)
+    return torch.einsum("bhgn,bhnd->bhgd", torch.softmax(logits, -1), values).reshape(B, -1, d)
 
 
 @pytest.mark.parametrize("selector", ["h2o-evict", "snapkv-press"])
@@ -165,3 +165,40 @@ def test_page_level_eviction_through_the_paged_path_matches_dense():
         torch.testing.assert_close(out, _reference(q[:, :, 0], keys, values, mask, D**-0.5))
         assert cache.store.pool.num_allocated <= 2 * 2 * 4, step
     assert cache.memory_report()["freed_pages"] > 0
+
+
+def test_the_embedded_model_generates_with_h2o_evict_and_holds_only_its_budget(model_and_tokenizer,
+                                                                                passkey_prompts):
+    model, _ = model_and_tokenizer
+    ids = passkey_prompts[0][1][:300]
+    budget = 64
+    cache = IceCache.for_model(model, selector="h2o-evict", budget=budget)
+    seen = {}
+    for layer in cache.layers:
+        if not layer.dense:
+            def record(query, scale, *args, _layer=layer, _inner=layer.decode_attention, **kwargs):
+                out = _inner(query, scale, *args, **kwargs)
+                seen[_layer.layer_idx] = (query, scale, out)
+                return out
+            layer.decode_attention = record
+    out = model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False, past_key_values=cache)
+    assert out.shape[1] == len(ids) + 4
+    report = cache.memory_report()
+    sparse = [layer for layer in cache.layers if not layer.dense]
+    geo = cache.policy.config.geometry
+    rows = geo.num_kv_heads
+    token = {t["name"]: t for t in report["tiers"]}["host"]["token_nbytes"]
+    # the store holds at most the budget less sinks and window per row and layer: the rest is gone
+    assert report["host"]["kv_payload"] <= len(sparse) * rows * (budget - 4 - 12) * token
+    assert report["evicted_tokens"] >= len(sparse) * rows * (len(ids) - budget)
+    for layer in sparse:
+        gone = layer.selector.evicted
+        assert not bool(layer.last_selection.token_mask(layer.n)[gone].any())
+        assert int(layer.last_selection.ledger.kept.max()) <= budget
+        # the step's output is dense attention over exactly what was kept (the layer's own K/V)
+        query, scale, got = seen[layer.layer_idx]
+        n = layer.n
+        k, v = layer.sparse.gather(torch.arange(n).expand(1, rows, n))
+        mask = ~gone & (torch.arange(n) >= layer.start[:, None, None])
+        want = _reference(query[:, :, 0].float(), k.float(), v.float(), mask, scale)
+        torch.testing.assert_close(got[:, 0].float(), want, atol=1e-4, rtol=1e-4)
