@@ -171,7 +171,7 @@ class SelectorBase:
         if self._evicted is not None or self.evicts:
             if self._evicted is not None:
                 self._check_not_evicted(tokens)
-            kept = (sink_n + window_n)[:, None] + self.kept_paged_mask().sum(-1)  # [B, H_kv]
+            kept = ((sink_n + window_n)[:, None] + self.kept_paged_mask().sum(-1)).expand(B, H)  # [B, H_kv]
         selection = self._assemble(tokens, pages, count, sink_n, window_n, budget=self.config.budget,
                                    limit=self._limit, kept=kept)
         self._notify(selection)
@@ -280,9 +280,10 @@ class SelectorBase:
         return self._evicted
 
     def kept_paged_mask(self) -> Tensor:
-        """bool ``[B, H_kv, n]``: paged positions not evicted (what a selection may take)."""
+        """bool ``[B, H_kv, n]`` (``[B, 1, n]`` while nothing is evicted): paged positions not evicted
+        (what a selection may take)."""
         paged = self.positions.paged_mask()[:, None]  # [B, 1, n]
-        return paged & ~self.evicted if self._evicted is not None else paged.expand(*self._shape[:2], -1)
+        return paged & ~self.evicted if self._evicted is not None else paged
 
     def _after_update(self) -> None:
         """Hook, at the end of ``prefill`` and of every ``append``: a policy that evicts to keep the cache
