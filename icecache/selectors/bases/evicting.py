@@ -69,5 +69,9 @@ class EvictingTokenSelector(TokenScoreSelector):
         scores = torch.where(kept, scores, float("inf"))  # only kept paged tokens are candidates
         low, idx = torch.topk(scores, k, dim=-1, largest=False)  # [B, H_kv, k], lowest first
         rank = torch.arange(k, device=idx.device)
-        drop = (rank < over[..., None]) & (low < float("inf"))
-        self.evict(torch.where(drop, idx, -1))
+        drop = (rank < over[..., None]) & (low < float("inf"))  # [B, H_kv, k]
+        # NOTE: kept paged tokens only, never below the row's budget (sinks and window stay): what
+        # ``evict`` would check holds by construction, so the mask is committed directly
+        new = torch.zeros(*over.shape, kept.shape[2], dtype=torch.bool, device=idx.device)
+        new.scatter_(2, idx, drop)
+        self._commit_eviction(new, new | self.evicted)

@@ -252,10 +252,17 @@ class SelectorBase:
             raise EvictionError(f"{self.name} selector of layer {self.layer_idx}: evicting "
                                 f"{int(new[b, h].sum())} tokens would leave row [b={b}, h={h}] with nothing "
                                 "to attend")
+        self._commit_eviction(new, after)
+
+    def _commit_eviction(self, new: Tensor, after: Tensor) -> None:
+        """Record ``new`` (bool ``[B, H_kv, n]``, disjoint from what was evicted) and ``after`` (the whole
+        evicted set). NOTE: no checks: :meth:`evict` checks; a base that builds ``new`` from kept paged
+        tokens only, within a row's budget, may call this directly."""
         self._evicted = after
         if self._pending is None:
             self._pending = new
         else:  # NOTE: a mask, not a list: bounded even when no runner drains it
+            n = new.shape[2]
             self._pending = torch.nn.functional.pad(self._pending, (0, n - self._pending.shape[2])) | new
 
     def evictions(self) -> Tensor | None:
