@@ -4,6 +4,8 @@ exactly the tokens it kept."""
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from icecache.core.config import CacheConfig, ModelGeometry, TierConfig
 from icecache.core.hookspecs import hookimpl
@@ -202,3 +204,36 @@ def test_the_embedded_model_generates_with_h2o_evict_and_holds_only_its_budget(m
         mask = ~gone & (torch.arange(n) >= layer.start[:, None, None])
         want = _reference(query[:, :, 0].float(), k.float(), v.float(), mask, scale)
         torch.testing.assert_close(got[:, 0].float(), want, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(selector=st.sampled_from(["h2o-evict", "snapkv-press"]), batch=st.integers(1, 2),
+       heads=st.integers(1, 2), n=st.integers(10, 90), steps=st.integers(0, 20),
+       slots=st.sampled_from([1, 2, 8]), spill=st.booleans(), seed=st.integers(0, 2**16))
+def test_what_is_kept_reads_back_and_only_it_is_stored(tmp_path_factory, selector, batch, heads, n, steps,
+                                                       slots, spill, seed):
+    tiers = TierConfig(host_pages=4, disk_dir=tmp_path_factory.mktemp("d")) if spill else None
+    names = ("device", "host", "disk") if spill else ("device", "host")
+    cache = _cache(selector, batch=batch, heads=heads, slots=slots, tiers=tiers, names=names)
+    keys, values, start, gen = _prefill(cache, n, batch=batch, heads=heads, seed=seed)
+    layer = cache.layers[1]
+    for step in range(steps + 1):
+        total = keys.shape[2]
+        pos = torch.arange(total).expand(batch, heads, total)
+        kept = ~layer.selector.evicted
+        got_k, got_v = layer.sparse.gather(pos)
+        assert torch.equal(got_k[kept], keys[kept]) and torch.equal(got_v[kept], values[kept]), step
+        assert bool((got_k[~kept] == 0).all())
+        # the store holds exactly the pages the layer references, and no page whose tokens are all gone
+        phys = layer.sparse.phys
+        assert cache.store.pool.num_allocated == int((phys >= 0).sum())
+        alive = kept & layer.selector.positions.paged_mask()[:, None]
+        assert int((phys >= 0).sum()) <= int(alive.sum())
+        if slots == 1:
+            assert int((phys >= 0).sum()) == int(alive.sum())
+        k, v = torch.randn(2, batch, heads, 1, D, generator=gen)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        for each in cache.layers:
+            each.update(k, v)
+        layer.decode_attention(torch.randn(batch, heads * 2, 1, D, generator=gen), D**-0.5)
