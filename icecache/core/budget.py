@@ -28,6 +28,11 @@ class BudgetLedger:
     ``<= budget``) is each row's own budget when a budget policy gives heads different ones
     (:mod:`icecache.budgets`); ``None``: ``budget`` everywhere. A dense step (layer kept dense, or
     the ``full`` selector) sets ``dense=True`` and its budget is the context length.
+
+    ``kept`` (int64 ``[B, H_kv]``, selectors that evict only; ``None``: every token is kept) counts the
+    tokens each row still holds, sinks and window included; a selection never attends more than that.
+    The built-in evicting policies keep ``kept <= budget`` (the budget bounds what is *kept*; the
+    selection is then everything kept).
     """
 
     budget: int
@@ -37,6 +42,7 @@ class BudgetLedger:
     extra: Tensor = field(converter=_as_counts, default=0)
     dense: bool = False
     limit: Tensor | None = field(default=None, converter=lambda v: None if v is None else _as_counts(v))
+    kept: Tensor | None = field(default=None, converter=lambda v: None if v is None else _as_counts(v))
 
     def __attrs_post_init__(self) -> None:
         total = self.total
@@ -49,6 +55,12 @@ class BudgetLedger:
                 f"selection attends {worst} tokens at [batch, kv_head]={where}, over the budget of "
                 f"{self.budget} (sink {int(self.sink.max())}, window {int(self.window.max())}, "
                 f"selected {int(self.selected.max())}, extra {int(self.extra.max())})"
+            )
+        if self.kept is not None and bool((total > self.kept).any()):
+            where = torch.nonzero(total > self.kept)[0].tolist()
+            raise BudgetError(
+                f"selection attends {int(total[tuple(where)])} tokens at [batch, kv_head]={where}, more than "
+                f"the {int(self.kept[tuple(where)])} that row still keeps"
             )
         if self.limit is not None:
             over = total > self.limit

@@ -19,6 +19,11 @@ class BudgetError(IceCacheError, ValueError):
     """A selection attends more tokens than its budget allows, or the budget is unusable."""
 
 
+class EvictionError(BudgetError):
+    """An eviction would drop a token a policy promised to keep (a sink, a window token, part of a
+    page that is selected whole) or leave a row with nothing to attend."""
+
+
 class TensorSpecError(IceCacheError, ValueError):
     """A tensor has the wrong dtype, shape or device for the operation."""
 

@@ -155,6 +155,10 @@ def compose_policy(
     config = config or CacheConfig()
     options = dict(options or {})
     _check_options(options, tiers, registry, config)
+    check = getattr(registry.get("selector", selector).factory, "check", None)
+    if callable(check):  # NOTE: e.g. an evicting policy refuses to evict what it promised to keep
+        with _option_errors(f"selector {selector!r}", options.get("selector", {})):
+            check(config, **options.get("selector", {}))
     with _option_errors(f"budget policy {budget_policy!r}", options.get("budget", {})):
         budgets = registry.create("budget", budget_policy, config, **options.get("budget", {}))
     if not budgets.uniform:

@@ -46,8 +46,18 @@ def _factory(module: str, cls: str):
         selector_cls = getattr(importlib.import_module(f"icecache.selectors.policies.{module}"), cls)
         return selector_cls(config=config, layer_idx=layer_idx, policy=policy, **options)
 
+    def check(config: Any, **options: Any) -> None:
+        """Build one selector and drop it: bad options fail when the policy is composed."""
+        factory(config, layer_idx=config.dense_layers, policy=None, **options)
+
     factory.__name__ = f"make_{module}"
+    if module in _CHECKED_AT_COMPOSITION:
+        factory.check = check  # NOTE: compose_policy calls a factory's ``check`` when it has one
     return factory
+
+
+#: selectors cheap to build without a prompt, whose options are checked by ``compose_policy``
+_CHECKED_AT_COMPOSITION = {"h2o_evict", "snapkv_press"}
 
 
 def _icecache_reuse(config: Any, *, layer_idx: int = 0, policy: Any = None, **options: Any) -> Any:
@@ -109,6 +119,16 @@ BUILTIN_SELECTORS: dict[str, tuple[str, str, str]] = {
         "h2o",
         "H2OSelector",
         "heavy hitters: tokens with the most attention accumulated through the feedback hook (H2O)",
+    ),
+    "h2o-evict": (
+        "h2o_evict",
+        "H2OEvictSelector",
+        "H2O as published: heavy hitters + recent window kept at the budget, the rest evicted for good",
+    ),
+    "snapkv-press": (
+        "snapkv_press",
+        "SnapKVPressSelector",
+        "SnapKV as a press: the prompt cut to the window's top-voted tokens at prefill, the rest evicted",
     ),
     "streamingllm": ("streamingllm", "StreamingLLMSelector", "attention sinks plus the most recent tokens"),
     "oracle": ("oracle", "OracleSelector", "exact top-k tokens by attention weight (the ceiling)"),

@@ -101,3 +101,20 @@ def test_page_dtype_stores_pages_in_half_the_bytes():
         reports.append(cache.memory_report())
         assert cache.store.spec.dtype == (torch.float32 if page_dtype is None else torch.bfloat16)
     assert reports[1]["host"]["kv_payload"] * 2 == reports[0]["host"]["kv_payload"]
+
+
+@pytest.mark.parametrize("selector", ["h2o-evict", "snapkv-press"])
+def test_evicted_tokens_leave_the_report_and_the_walk_agrees(selector):
+    options = {"window": 4}
+    kept, dropped = _cache(selector.split("-")[0], options=options), _cache(selector, options=options)
+    token = 2 * D * 4
+    before, after = kept.memory_report(), dropped.memory_report()
+    # every sparse layer keeps at most the budget per row: sinks + window + heavy hitters
+    assert after["host"]["kv_payload"] <= (LAYERS - 1) * 2 * H * (64 - 4 - 8) * token
+    assert after["host"]["kv_payload"] < 0.25 * before["host"]["kv_payload"]
+    # NOTE: the position tables still grow with every position seen (a few bytes each, 1-slot pages)
+    assert after["host_bytes"] < 0.6 * before["host_bytes"]
+    assert after["evicted_tokens"] > 0 and after["page_fill"] == 1.0
+    assert 0 <= after["host"]["other"] <= 0.01 * after["full_kv_bytes"], after["host"]
+    total = sum(reachable_bytes(dropped).values())
+    assert after["device_kv_bytes"] - after["device"].get("working_set", 0) + after["host_bytes"] == total

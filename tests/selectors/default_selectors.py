@@ -29,13 +29,15 @@ DEFAULT_SELECTORS: list[tuple[str, dict[str, Any]]] = [
     ("shadowkv", {"outliers": 1}),
     ("omnikv", {}),
     ("h2o", {"window": 4}),
+    ("h2o-evict", {"window": 4}),
+    ("snapkv-press", {"window": 4, "kernel_size": 3}),
 ]
 
 #: selectors that attend dense (no budget)
 DENSE = {"full", "omnikv"}  # NOTE: omnikv built alone (no shared group) is a filter layer: dense
 #: token-level selectors (no pages in their selection)
 TOKEN_LEVEL = {"streamingllm", "oracle", "full", "snapkv", "snapkv:refresh", "pqcache", "magicpig", "omnikv",
-               "h2o"}
+               "h2o", "h2o-evict", "snapkv-press"}
 
 _REGISTRY = None
 

@@ -28,6 +28,23 @@ class ExactPagesSelector:
     keys: Tensor | None = field(default=None, init=False)
     start: Tensor | None = field(default=None, init=False)
     calls: int = field(default=0, init=False)
+    dropped: int = field(default=0, init=False)
+
+    @property
+    def evicts(self) -> bool:
+        return self.bug == "attends-evicted"
+
+    def evictions(self) -> Tensor | None:
+        """(``attends-evicted`` only) claims to evict one more paged token of each row per call, but keeps
+        attending it."""
+        B, H = self.keys.shape[:2]
+        out = torch.full((B, H, 1), -1, dtype=torch.int64)
+        for b in range(B):
+            body = [t for page in self._parts(b)[2] for t in page]
+            if self.dropped < len(body):
+                out[b, :, 0] = body[self.dropped]
+        self.dropped += 1
+        return out
 
     def prefill(self, keys: Tensor, *, start: Tensor | None = None) -> None:
         self.keys = keys
@@ -128,4 +145,5 @@ BROKEN = {
     "skips-newest": "sinks-recent",
     "nondeterministic": "deterministic",
     "append-drops": {"sinks-recent", "attends-all"},  # ignores appends: the newest position is never attended
+    "attends-evicted": "evictions",  # reports evicted tokens it still attends
 }

@@ -61,6 +61,8 @@ class IceCache(Cache):
         self._working_set: dict[int, int] = {}
         self._reserved = False
         self._attended = 0
+        #: layer -> [tokens evicted, store pages freed] (selectors that evict for good)
+        self.evictions: dict[int, list[int]] = {}
         super().__init__(layers=[IceCacheLayer(self, i, window=w) for i, w in enumerate(windows)])
 
     # -- tiers and kernels ------------------------------------------------------------------------
@@ -185,6 +187,12 @@ class IceCache(Cache):
         """Record the tokens per KV head a sparse layer held on the device in one step (peak kept)."""
         self._working_set[layer_idx] = max(self._working_set.get(layer_idx, 0), tokens)
 
+    def note_evicted(self, layer_idx: int, tokens: int, pages: int) -> None:
+        """Record ``tokens`` evicted for good by a sparse layer's selector and the ``pages`` that freed."""
+        counts = self.evictions.setdefault(layer_idx, [0, 0])
+        counts[0] += tokens
+        counts[1] += pages
+
     def note_attended(self, selected_tokens: int) -> None:
         """Record the selected (paged) tokens one sparse layer's step attended, for bytes moved per token."""
         self._attended += selected_tokens
@@ -194,7 +202,10 @@ class IceCache(Cache):
         the model dtype): ``device`` / ``host`` / ``disk`` dicts of bytes by part, their totals and
         fractions of ``full_kv_bytes``, ``page_fill`` (tokens over slots of the stored pages) and
         ``load_bytes_per_token`` (bytes moved to the device per selected token attended) and ``tiers``
-        (:meth:`~icecache.storage.store.TieredStore.occupancy`: pages, tokens and slots per tier).
+        (:meth:`~icecache.storage.store.TieredStore.occupancy`: pages, tokens and slots per tier);
+        ``evicted_tokens`` / ``freed_pages``: what selectors that evict for good dropped (per KV head row)
+        and the store pages that freed (their tokens leave ``kv_payload``, their slots go to
+        ``spare_slots`` for later pages).
 
         Parts: ``dense_kv`` (dense layers), ``window_kv`` (sliding-window layers: a full cache holds
         their ``window - 1`` newest positions too, and ``full_kv_bytes`` counts that), ``resident``
@@ -280,6 +291,8 @@ class IceCache(Cache):
                 "disk_fraction": frac(totals["disk"]), "held_fraction": frac(device + totals["host"]),
                 "page_fill": fill_tokens / fill_slots if fill_slots else 1.0,
                 "load_bytes_per_token": moved / self._attended if self._attended else 0.0,
+                "evicted_tokens": sum(c[0] for c in self.evictions.values()),
+                "freed_pages": sum(c[1] for c in self.evictions.values()),
                 "device": parts["device"], "host": parts["host"], "disk": parts["disk"], "tiers": occupancy}
 
 

@@ -26,6 +26,7 @@ from icecache.integrations.hf.sparse_kv import SparseLayerKV
 from icecache.integrations.hf.store import GrowableKV
 from icecache.integrations.hf.window import WindowKV
 from icecache.selectors.bases.token_score import TokenScoreSelector
+from icecache.selectors.plumbing.eviction import evicts
 from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
 from icecache.selectors.plumbing.prompt_queries import prefill_queries
 
@@ -59,6 +60,7 @@ class IceCacheLayer(CacheLayerMixin):
         self.prefilled = False
         self.last_selection: Any = None
         self._paged_end: int | None = None
+        self._evicting = False  # the selector drops tokens for good: drain them into the store
 
     # -- CacheLayerMixin --------------------------------------------------------------------------
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
@@ -102,6 +104,8 @@ class IceCacheLayer(CacheLayerMixin):
         self.n += n
         try:
             self.selector.append(key_states)
+            if self._evicting:
+                self._drain_evictions()
             if self._layout_may_have_changed():
                 self.sparse.sync(self.selector.layout.token_ids)
         finally:
@@ -126,6 +130,7 @@ class IceCacheLayer(CacheLayerMixin):
         self.win = None
         self.keys = self.values = None
         self._paged_end = None
+        self._evicting = False
         self.n = 0
         self.prefilled = False
         self.is_initialized = False
@@ -166,7 +171,10 @@ class IceCacheLayer(CacheLayerMixin):
             kwargs.update({k: v.to(device) for k, v in window.items()})
             try:
                 self.selector.prefill(keys.to(device), start=self.start.to(device), **kwargs)
-                self.owner.reserve_pages(self.layer_idx, self.selector.layout.token_ids)
+                self._evicting = evicts(self.selector)
+                if self._evicting:  # NOTE: before the prompt's pages are written: evicted ones never are
+                    self._drain_evictions()
+                self.owner.reserve_pages(self.layer_idx, self._live_layout())
                 self.sparse.sync(self.selector.layout.token_ids)
                 self._layout_may_have_changed()
             finally:
@@ -174,6 +182,26 @@ class IceCacheLayer(CacheLayerMixin):
                 self._prompt = None
         self.prefilled = True
         policy.hook.icecache_prefill_done(layer_idx=self.layer_idx, num_tokens=num_tokens, policy=policy)
+
+    def _drain_evictions(self) -> None:
+        """Hand the tokens the selector evicted since the last call to the layer's store (which frees
+        their pages once every token of a page is gone): :mod:`~icecache.selectors.plumbing.eviction`."""
+        evicted = self.selector.evictions()
+        if evicted is not None:
+            self.owner.note_evicted(self.layer_idx, int((evicted >= 0).sum()), self.sparse.evict(evicted))
+
+    def _live_layout(self) -> Tensor:
+        """The selector's layout, evicted positions as ``-1`` (what will be stored)."""
+        layout = self.selector.layout.token_ids
+        gone = self.sparse.gone
+        if gone is None:
+            return layout
+        B, H, P, S = layout.shape
+        flat = layout.cpu().clamp(min=0).reshape(B, H, P * S)
+        dead = torch.zeros(B, H, P * S, dtype=torch.bool)
+        if gone.shape[2]:
+            dead = gone.gather(2, flat.clamp(max=gone.shape[2] - 1)) & (flat < gone.shape[2])
+        return torch.where(dead.view(B, H, P, S), -1, layout.cpu())
 
     def _layout_may_have_changed(self) -> bool:
         """Whether tokens moved from the window into pages since the last call (always True for a
@@ -254,3 +282,5 @@ class IceCacheLayer(CacheLayerMixin):
             keys, _ = self.sparse.gather(selection.token_ids)
         ids = selection.token_ids.to(keys.device)
         self.selector.observe(attention_feedback(query[:, :, 0, :].to(keys.device), keys, ids, scale))
+        if self._evicting:
+            self._drain_evictions()

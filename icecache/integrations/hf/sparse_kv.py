@@ -14,12 +14,18 @@ a token-level selector's tokens are gathered (:meth:`SparseLayerKV.gather`) and 
 Positions follow the selector convention (:mod:`icecache.selectors.plumbing.positions`): sinks are the
 first ``ledger.sink`` real positions of a row, the window its last ``ledger.window`` positions.
 Pages only gain tokens (the layout contract), so a page is written once and appended to, never moved.
+
+Eviction (a selector that drops tokens for good: :mod:`icecache.selectors.plumbing.eviction`):
+:meth:`SparseLayerKV.evict` forgets positions (they read as zeros, they are never located again) and
+frees a page on every tier of the store once all its tokens are gone; a page none of whose tokens is
+left when it would first be written is never stored at all.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,6 +60,8 @@ class SparseLayerKV:
         self.n = 0  # positions so far
         self._chunk: tuple[Tensor, Tensor, int] | None = None  # K/V being added by the current update
         self._sink_end = 0  # positions before this may still have to be copied into the sinks
+        self.gone: Tensor | None = None  # bool [B, H_kv, n'] (CPU): evicted positions (None: none)
+        self._dead = np.zeros(0, dtype=np.int32)  # [store page ids]: evicted tokens of each stored page
 
     # -- KeyReader -------------------------------------------------------------------------------------
     @property
@@ -105,6 +113,16 @@ class SparseLayerKV:
         B, H = self.phys.shape[:2]
         return self.gather(torch.arange(self.n).expand(B, H, self.n))
 
+    def _gone_flat(self, row: Tensor, pos: Tensor) -> Tensor:
+        """bool, shaped like ``pos``: whether position ``pos`` of row ``row`` (``b * H_kv + h``) is gone."""
+        B, H, cap = self.gone.shape
+        inside = (pos >= 0) & (pos < cap)
+        flat = self.gone.view(-1)
+        if flat.numel() == 0:
+            return torch.zeros_like(pos, dtype=torch.bool)
+        idx = torch.where(inside, row * cap + pos, 0)
+        return flat.index_select(0, idx.reshape(-1)).view(pos.shape) & inside
+
     def _fetch(self, token_ids: Tensor, *, values: bool) -> Any:
         """K (and V) ``[B, H_kv, T, D]`` of positions from wherever they live: the chunk being added, a
         page in the store, the window ring or the sinks (``-1`` and padding: zeros). Flat row gathers
@@ -123,6 +141,8 @@ class SparseLayerKV:
                 out.index_copy_(0, dst, got.to(self.device, self.dtype))
 
         known = (pos >= 0) & (pos < self.n)
+        if self.gone is not None:  # NOTE: evicted positions read as zeros, wherever their bytes still are
+            known &= ~self._gone_flat(row, pos)
         if self._chunk is not None:
             ck, cv, first = self._chunk
             n_chunk = ck.shape[2]
@@ -179,6 +199,7 @@ class SparseLayerKV:
         self.ring = (torch.zeros(shape, dtype=keys.dtype, device=self.device),
                      torch.zeros(shape, dtype=keys.dtype, device=self.device))
         self.n = 0
+        self.gone, self._dead = None, np.zeros(0, dtype=np.int32)
         # NOTE: a prompt shorter than the sinks: positions up to here are sinks too; append fills them
         self._sink_end = int((self.start + self.sink_tokens).max()) if B else 0
         self.append(keys, values)
@@ -242,6 +263,18 @@ class SparseLayerKV:
             raise ConfigError(f"layer {self.layer_idx}: page {int(p[i])} of row [b={int(b[i])}, "
                               f"h={int(h[i])}] lost or reordered tokens; a selector's pages may only gain "
                               "tokens")
+        gone = None
+        if self.gone is not None:
+            # NOTE: evicted positions are never located; a page with none left is never stored
+            gone = self._gone_flat((b * H + h)[:, None].expand(-1, S), tokens) & (tokens >= 0)  # [n, S]
+            dead = (self.phys[b, h, p] < 0) & ~((tokens >= 0) & ~gone).any(-1)
+            if bool(dead.any()):
+                bd, hd, pd = b[dead], h[dead], p[dead]
+                self.written_len[bd, hd, pd] = lens[bd, hd, pd]
+                self.written_sum[bd, hd, pd] = torch.where(valid[bd, hd, pd], tokens[dead], 0).sum(-1)
+                b, h, p, tokens, old, gone = (x[~dead] for x in (b, h, p, tokens, old, gone))
+                if b.numel() == 0:
+                    return 0
         fresh = self.phys[b, h, p] < 0
         n_fresh = int(fresh.sum())
         if n_fresh:
@@ -253,25 +286,84 @@ class SparseLayerKV:
             # the prompt's pages (and a long chunk's): every slot comes straight from the chunk
             k, v = self._chunk_pages(rows, tokens)
             self.store.write_pages(ids, k, v, lens[b, h, p])
-            i, s = torch.nonzero(tokens >= 0, as_tuple=True)
-            self._note_locations(b[i], h[i], tokens[i, s], ids[i] * S + s)
-            self.written_len[b, h, p] = lens[b, h, p]
-            self.written_sum[b, h, p] = torch.where(valid[b, h, p], tokens, 0).sum(-1)
-            return int(b.numel())
-        sd = self.store.spec.dtype
-        k = torch.zeros(ids.numel(), S, self.ring[0].shape[-1], dtype=sd)
-        v = torch.zeros_like(k)
-        if bool((~fresh).any()):  # pages that gain tokens: their earlier slots as stored
-            k[~fresh], v[~fresh], _ = self.store.read_pages(ids[~fresh])
-        new = (slot[None] >= old[:, None]) & (tokens >= 0)  # [n, S] slots to fill
-        i, s = torch.nonzero(new, as_tuple=True)
-        nk, nv = self._fetch_rows(rows[i], tokens[i, s], values=True)
-        k[i, s], v[i, s] = nk.cpu().to(sd), nv.cpu().to(sd)
-        self.store.write_pages(ids, k, v, lens[b, h, p])
+            placed = tokens >= 0
+        else:
+            sd = self.store.spec.dtype
+            k = torch.zeros(ids.numel(), S, self.ring[0].shape[-1], dtype=sd)
+            v = torch.zeros_like(k)
+            if bool((~fresh).any()):  # pages that gain tokens: their earlier slots as stored
+                k[~fresh], v[~fresh], _ = self.store.read_pages(ids[~fresh])
+            placed = (slot[None] >= old[:, None]) & (tokens >= 0)  # [n, S] slots to fill
+            i, s = torch.nonzero(placed, as_tuple=True)
+            nk, nv = self._fetch_rows(rows[i], tokens[i, s], values=True)
+            k[i, s], v[i, s] = nk.cpu().to(sd), nv.cpu().to(sd)
+            self.store.write_pages(ids, k, v, lens[b, h, p])
+        if gone is not None:
+            # NOTE: a page freed once and gaining tokens again is stored anew: its earlier slots are dead
+            reborn = fresh[:, None] & (slot[None] < old[:, None])
+            self._add_dead(ids, (reborn | (placed & gone)).sum(-1))
+            placed = placed & ~gone
+        i, s = torch.nonzero(placed, as_tuple=True)
         self._note_locations(b[i], h[i], tokens[i, s], ids[i] * S + s)
         self.written_len[b, h, p] = lens[b, h, p]
         self.written_sum[b, h, p] = torch.where(valid[b, h, p], tokens, 0).sum(-1)
         return int(b.numel())
+
+    def evict(self, token_ids: Tensor) -> int:
+        """Forget positions ``token_ids`` int64 ``[B, H_kv, E]`` (``-1`` padded; repeats and positions
+        evicted before are ignored) for good: they read as zeros from now on, and every stored page all
+        of whose tokens are gone is freed on every tier of the store (its slots go back to the tiers,
+        its id to the pool). Returns the number of pages freed. Sinks and window are the selector's to
+        keep (:meth:`~icecache.selectors.bases.selector.SelectorBase.evict` refuses them)."""
+        B, H = self.phys.shape[:2]
+        # NOTE: numpy on CPU views of the tables: a step evicts a few tokens per row, and torch's
+        # per-op overhead dominated such small index operations
+        ids = token_ids.to("cpu", torch.int64).numpy()
+        b, h, e = np.nonzero(ids >= 0)
+        pos = ids[b, h, e]
+        if self.gone is None:
+            self.gone = torch.zeros(B, H, self.n, dtype=torch.bool)
+        if self.gone.shape[2] < self.n:
+            self.gone = grow(self.gone, 2, self.n, False)
+        if pos.size == 0:
+            return 0
+        if int(pos.max()) >= self.n:
+            raise ConfigError(f"layer {self.layer_idx}: cannot evict position {int(pos.max())}: the layer "
+                              f"holds {self.n}")
+        gone = self.gone.numpy()
+        fresh = ~gone[b, h, pos]
+        b, h, pos = b[fresh], h[fresh], pos[fresh]
+        gone[b, h, pos] = True
+        inside = pos < self.loc.shape[2]
+        b, h, pos = b[inside], h[inside], pos[inside]
+        table = self.loc.numpy()
+        loc = table[b, h, pos].astype(np.int64)
+        stored = loc >= 0
+        table[b[stored], h[stored], pos[stored]] = -1
+        pages = loc[stored] // self.S
+        if pages.size == 0:
+            return 0
+        uniq, counts = np.unique(pages, return_counts=True)
+        self._add_dead(torch.from_numpy(uniq), torch.from_numpy(counts))
+        empty = self._dead[uniq] >= self.store.pool.written_lens(uniq)
+        freed = uniq[empty]
+        if freed.size:
+            self.store.free(torch.from_numpy(freed))
+            self._dead[freed] = 0
+            phys = self.phys.numpy()
+            phys[np.isin(phys, freed)] = -1
+        return int(freed.size)
+
+    def _add_dead(self, page_ids: Tensor, counts: Tensor) -> None:
+        """Count ``counts`` more evicted tokens in stored pages ``page_ids`` int64 ``[n]`` (distinct)."""
+        ids = page_ids.numpy()
+        if ids.size == 0:
+            return
+        top = int(ids.max()) + 1
+        if top > self._dead.size:
+            self._dead = np.concatenate([self._dead, np.zeros(max(top, 2 * self._dead.size) - self._dead.size,
+                                                              dtype=np.int32)])
+        self._dead[ids] += counts.numpy().astype(np.int32)
 
     def _in_chunk(self, tokens: Tensor) -> bool:
         """Whether every position of ``tokens`` (``-1``: none) lies in the chunk being added."""
@@ -328,7 +420,8 @@ class SparseLayerKV:
     def nbytes(self) -> dict[str, int]:
         """Bytes held: ``device`` (sinks and the ring) and ``tables`` (host: page ids, lengths, locations)."""
         return {"device": tensor_nbytes(*(self.sinks or ()), *(self.ring or ())),
-                "tables": tensor_nbytes(self.phys, self.written_len, self.written_sum, self.loc)}
+                "tables": tensor_nbytes(self.phys, self.written_len, self.written_sum, self.loc, self.gone)
+                + self._dead.nbytes}
 
     # -- attention ----------------------------------------------------------------------------------
     def attend(self, query: Tensor, selection: Any, scale: float, timings: Any, *,

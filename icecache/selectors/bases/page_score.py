@@ -61,7 +61,13 @@ class PageScoreSelector(SelectorBase):
         return summarize_pages(keys, pages, self.summary_fields)
 
     def page_lens(self) -> Tensor:
-        return (self._pages >= 0).sum(-1)
+        """int64 ``[B, H_kv, P]``: tokens per page (0 for a page evicted for good: never taken)."""
+        valid = self._pages >= 0
+        if self._evicted is not None:  # NOTE: pages are evicted whole, so a page is all kept or all gone
+            B, H, P, S = self._pages.shape
+            gone = self.evicted.gather(2, self._pages.clamp(min=0).reshape(B, H, P * S)).view(B, H, P, S)
+            valid = valid & ~gone
+        return valid.sum(-1)
 
     def nbytes(self) -> dict[str, int]:
         out = super().nbytes()

@@ -17,6 +17,13 @@ A subclass writes three methods:
   the chosen paged tokens (``-1`` padded) and pages, ``num_tokens <= max_tokens``;
 
 plus the ``layout`` property.
+
+Eviction (``evicts = True``, :mod:`icecache.selectors.plumbing.eviction`): a subclass drops positions
+for good with :meth:`SelectorBase.evict`; runners drain :meth:`SelectorBase.evictions`. The token and
+page bases never select an evicted token; a subclass with its own ``_choose`` must skip
+:attr:`SelectorBase.evicted` positions itself (``select`` raises :class:`SelectorStateError` otherwise).
+``_after_update()`` runs at the end of ``prefill`` and of every ``append`` (a policy that keeps the cache
+at its budget evicts there).
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from torch import Tensor
 
 from icecache.core.budget import BudgetLedger
 from icecache.core.config import CacheConfig
-from icecache.core.errors import ConfigError, IceCacheError, TensorSpecError
-from icecache.core.keys import KeyCopy, KeyReader
+from icecache.core.errors import ConfigError, EvictionError, IceCacheError, TensorSpecError
+from icecache.core.keys import KeyCopy, KeyReader, tensor_nbytes
 from icecache.selectors.plumbing.fill import compact
 from icecache.selectors.plumbing.positions import Positions
 from icecache.selectors.types import PageLayout, Selection
@@ -57,6 +64,10 @@ class SelectorBase:
     name: ClassVar[str] = "base"
     #: how many of the prompt's last queries ``prefill`` wants (0: none); see ``prefill``
     prompt_query_window: ClassVar[int] = 0
+    #: True: drops tokens for good with :meth:`evict`; runners drain :meth:`evictions`
+    evicts: ClassVar[bool] = False
+    #: True: selects single tokens (any paged token may be evicted); False: whole pages of the layout
+    token_level: ClassVar[bool] = False
 
     config: CacheConfig = field()
     layer_idx: int = 0
@@ -71,6 +82,9 @@ class SelectorBase:
     _pos: Positions | None = field(default=None, init=False, repr=False)
     #: per-(row, KV head) budgets from the policy's budget policy at prefill (None: config.budget)
     _limit: Tensor | None = field(default=None, init=False, repr=False)
+    #: bool [B, H_kv, n'] positions evicted for good (None: none yet; n' <= n, later positions kept)
+    _evicted: Tensor | None = field(default=None, init=False, repr=False)
+    _pending: Tensor | None = field(default=None, init=False, repr=False)  # bool: evicted, not drained
 
     def __attrs_post_init__(self) -> None:
         c = self.config
@@ -118,7 +132,9 @@ class SelectorBase:
             flush_tokens=flush,
         )
         ids = self._pos.paged_ids(0, N)[:, None].expand(B, H, N)  # [B, H_kv, N]
+        self._evicted = self._pending = None
         self._build(keys, ids, queries)
+        self._after_update()
 
     def append(self, keys: Tensor) -> None:
         """Add keys ``[B, H_kv, n, D]`` of new positions; flush window tokens into pages when due."""
@@ -136,6 +152,7 @@ class SelectorBase:
         if hi > lo:
             ids = self._pos.paged_ids(lo, hi)[:, None].expand(B, H, hi - lo)
             self._extend(self.keys_at(self._positions(lo, hi)), ids)
+        self._after_update()
 
     def select(self, query: Tensor) -> Selection:
         """Choose what one decode position attends. ``query``: float ``[B, H_q, D]``."""
@@ -150,8 +167,13 @@ class SelectorBase:
             max_tokens = self._limit - (sink_n + window_n)[:, None]  # [B, H_kv]
         assert bool((max_tokens >= 0).all()), "flush size keeps sinks + window within the budget"
         tokens, pages, count = self._choose(q, max_tokens.contiguous())
+        kept = None
+        if self._evicted is not None or self.evicts:
+            if self._evicted is not None:
+                self._check_not_evicted(tokens)
+            kept = ((sink_n + window_n)[:, None] + self.kept_paged_mask().sum(-1)).expand(B, H)  # [B, H_kv]
         selection = self._assemble(tokens, pages, count, sink_n, window_n, budget=self.config.budget,
-                                   limit=self._limit)
+                                   limit=self._limit, kept=kept)
         self._notify(selection)
         return selection
 
@@ -180,6 +202,127 @@ class SelectorBase:
         keys = self.keys_at(pages.reshape(B, H, p * S))
         local = torch.arange(p * S, device=pages.device).view(1, 1, p, S).expand(B, H, p, S)
         return keys, torch.where(pages >= 0, local, -1)
+
+    # ------------------------------------------------------------------ eviction
+    def evict(self, token_ids: Tensor) -> None:
+        """Drop positions ``token_ids`` int64 ``[B, H_kv, E]`` (``-1`` padded; already evicted ones are
+        ignored) for good: they are never selected or read again, and storage frees them once a runner
+        drains :meth:`evictions`.
+
+        Raises :class:`~icecache.core.errors.EvictionError` naming the position for a sink, window or
+        padding position (always kept), the page for part of a page when the selector selects whole
+        pages (``token_level = False``), and the row when it would be left with nothing to attend;
+        :class:`TensorSpecError` for a bad tensor or a position past the last. Nothing changes then."""
+        self._require_prefill("evict")
+        B, H, _ = self._shape
+        n = self.num_tokens
+        if not isinstance(token_ids, Tensor) or token_ids.dim() != 3 or tuple(token_ids.shape[:2]) != (B, H) \
+                or token_ids.dtype not in (torch.int32, torch.int64):
+            raise TensorSpecError(f"evicted positions must be an integer tensor [B={B}, H_kv={H}, E], got "
+                                  f"{getattr(token_ids, 'dtype', type(token_ids))} "
+                                  f"{tuple(getattr(token_ids, 'shape', ()))}")
+        dev = self._pos.start.device
+        ids = token_ids.to(dev, torch.int64)
+        if bool((ids >= n).any()) or bool((ids < -1).any()):
+            bad = int(ids[(ids >= n) | (ids < -1)][0])
+            raise TensorSpecError(f"{self.name} selector of layer {self.layer_idx}: cannot evict position "
+                                  f"{bad}: positions lie in [0, {n}) (-1: padding)")
+        valid = ids >= 0
+        paged = self._pos.paged_mask()[:, None].expand(B, H, n)  # [B, H_kv, n]
+        if n:
+            bad = valid & ~paged.gather(2, ids.clamp(0, n - 1))
+            if bool(bad.any()):
+                b, h, e = (int(x) for x in torch.nonzero(bad)[0])
+                pos = int(ids[b, h, e])
+                kind = ("padding" if pos < int(self._pos.start[b]) else
+                        "sink" if pos < int(self._pos.first_unsunk[b]) else "window")
+                raise EvictionError(f"{self.name} selector of layer {self.layer_idx}: cannot evict position "
+                                    f"{pos} of row [b={b}, h={h}]: it is a {kind} token, which is always "
+                                    "kept")
+        old = self.evicted
+        new = torch.zeros(B, H, n + 1, dtype=torch.bool, device=dev)
+        new.scatter_(2, torch.where(valid, ids, n), True)
+        new = new[..., :n] & ~old
+        after = old | new
+        if not self.token_level:
+            self._check_whole_pages(new, after)
+        kept = (self._pos.sink_count() + self._pos.window_count())[:, None] + (paged & ~after).sum(-1)
+        if bool((kept < 1).any()):
+            b, h = (int(x) for x in torch.nonzero(kept < 1)[0])
+            raise EvictionError(f"{self.name} selector of layer {self.layer_idx}: evicting "
+                                f"{int(new[b, h].sum())} tokens would leave row [b={b}, h={h}] with nothing "
+                                "to attend")
+        self._commit_eviction(new, after)
+
+    def _commit_eviction(self, new: Tensor, after: Tensor) -> None:
+        """Record ``new`` (bool ``[B, H_kv, n]``, disjoint from what was evicted) and ``after`` (the whole
+        evicted set). NOTE: no checks: :meth:`evict` checks; a base that builds ``new`` from kept paged
+        tokens only, within a row's budget, may call this directly."""
+        self._evicted = after
+        if self._pending is None:
+            self._pending = new
+        else:  # NOTE: a mask, not a list: bounded even when no runner drains it
+            n = new.shape[2]
+            self._pending = torch.nn.functional.pad(self._pending, (0, n - self._pending.shape[2])) | new
+
+    def evictions(self) -> Tensor | None:
+        """The positions evicted since the last call, int64 ``[B, H_kv, E]`` (``-1`` padded), or ``None``
+        when there are none: what a runner hands storage."""
+        pending, self._pending = self._pending, None
+        if pending is None or not bool(pending.any()):
+            return None
+        B, H, n = pending.shape
+        return compact(torch.where(pending, torch.arange(n, device=pending.device).expand(B, H, n), -1))
+
+    @property
+    def evicted(self) -> Tensor:
+        """bool ``[B, H_kv, n]``: the positions evicted so far."""
+        self._require_prefill("evicted")
+        B, H, _ = self._shape
+        n = self.num_tokens
+        if self._evicted is None:
+            return torch.zeros(B, H, n, dtype=torch.bool, device=self._pos.start.device)
+        if self._evicted.shape[2] < n:
+            self._evicted = torch.nn.functional.pad(self._evicted, (0, n - self._evicted.shape[2]))
+        return self._evicted
+
+    def kept_paged_mask(self) -> Tensor:
+        """bool ``[B, H_kv, n]`` (``[B, 1, n]`` while nothing is evicted): paged positions not evicted
+        (what a selection may take)."""
+        paged = self.positions.paged_mask()[:, None]  # [B, 1, n]
+        return paged & ~self.evicted if self._evicted is not None else paged
+
+    def _after_update(self) -> None:
+        """Hook, at the end of ``prefill`` and of every ``append``: a policy that evicts to keep the cache
+        at its budget does it here. Default: nothing."""
+
+    def _check_whole_pages(self, new: Tensor, after: Tensor) -> None:
+        pages = self.layout.token_ids.to(new.device)  # [B, H_kv, P, S]
+        if pages.numel() == 0 or not bool(new.any()):
+            return
+        B, H, P, S = pages.shape
+        valid = pages >= 0
+        idx = pages.clamp(min=0).reshape(B, H, P * S)
+        hit = (new.gather(2, idx).view(B, H, P, S) & valid).any(-1)
+        whole = (after.gather(2, idx).view(B, H, P, S) | ~valid).all(-1)
+        bad = hit & ~whole
+        if bool(bad.any()):
+            b, h, p = (int(x) for x in torch.nonzero(bad)[0])
+            raise EvictionError(f"{self.name} selector of layer {self.layer_idx} selects whole pages: "
+                                f"evicting part of page {p} of row [b={b}, h={h}] (positions "
+                                f"{pages[b, h, p][valid[b, h, p]].tolist()}) would leave it half kept; evict "
+                                "every token of the page")
+
+    def _check_not_evicted(self, tokens: Tensor) -> None:
+        n = self.num_tokens
+        if tokens.numel() == 0 or n == 0:
+            return
+        t = tokens.to(torch.int64)
+        hit = (t >= 0) & self.evicted.gather(2, t.clamp(0, n - 1))
+        if bool(hit.any()):
+            b, h, e = (int(x) for x in torch.nonzero(hit)[0])
+            raise SelectorStateError(f"{self.name} selector of layer {self.layer_idx} chose position "
+                                     f"{int(t[b, h, e])} of row [b={b}, h={h}], which it evicted")
 
     # ------------------------------------------------------------------ subclass hooks
     def _build(self, keys: Tensor, token_ids: Tensor, queries: Tensor | None) -> None:
@@ -218,7 +361,10 @@ class SelectorBase:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes this selector holds by part (``keys``: its own copy, standalone only; subclasses add)."""
-        return {"keys": self._own.nbytes() if self._own is not None else 0}
+        out = {"keys": self._own.nbytes() if self._own is not None else 0}
+        if self._evicted is not None:
+            out["evicted"] = tensor_nbytes(self._evicted, self._pending)
+        return out
 
     @property
     def positions(self) -> Positions:
@@ -298,6 +444,7 @@ class SelectorBase:
         budget: int,
         dense: bool = False,
         limit: Tensor | None = None,
+        kept: Tensor | None = None,
     ) -> Selection:
         B, H = count.shape
         resident = self.resident_ids()[:, None].expand(B, H, -1)  # [B, H_kv, R]
@@ -309,6 +456,7 @@ class SelectorBase:
             selected=count,
             dense=dense,
             limit=limit,
+            kept=kept,
         )
         return Selection(token_ids=token_ids, page_ids=pages.to(torch.int64), ledger=ledger)
 

@@ -28,6 +28,7 @@ class TokenScoreSelector(SelectorBase):
 
     #: False: ``token_scores`` gets ``keys=None`` (a score of positions only: no keys are read)
     needs_keys: ClassVar[bool] = True
+    token_level: ClassVar[bool] = True
     merge: str = field(default="mass", converter=check_merge)
 
     def token_scores(self, query: Tensor, keys: Tensor) -> Tensor:
@@ -52,7 +53,7 @@ class TokenScoreSelector(SelectorBase):
 
     def _choose(self, query: Tensor, max_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         keys = self.keys if self.needs_keys else None
-        paged = self.positions.paged_mask()[:, None]  # [B, 1, N]
+        paged = self.kept_paged_mask()  # [B, H_kv, N]: evicted positions never compete
         scores = self.token_scores(query, keys)
         if scores.dim() == 4:
             # NOTE: sinks and window join each head's normalizer once, through their exact logits.

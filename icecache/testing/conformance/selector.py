@@ -22,7 +22,11 @@ query that favours one cluster) and checks, after every ``select``:
                    most one page, no padding position; selected page ids are valid, distinct, and
                    every token of a selected page is attended;
 ``deterministic``  a second selector built from the same config (same seed) given the same inputs
-                   selects the same positions, pages and ledger.
+                   selects the same positions, pages and ledger;
+``evictions``      a selector that evicts for good (``evicts``: :mod:`~icecache.selectors.plumbing.eviction`),
+                   drained after ``prefill`` and after every step: each drained position is new (the set
+                   only grows), real, neither a sink nor the newest position, and never attended again;
+                   the ledger's ``kept`` counts the real positions not evicted.
 
 A selector that declares a ``prompt_query_window`` gets the prompt's queries of that many last positions
 at ``prefill`` (zeros at padding, as every runner hands them:
@@ -46,6 +50,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from icecache.core.config import CacheConfig
+from icecache.selectors.plumbing.eviction import evicts
 from icecache.selectors.plumbing.feedback import attention_feedback, wants_feedback
 from icecache.selectors.plumbing.prompt_queries import observation_window, query_window
 from icecache.selectors.types import Selection
@@ -65,7 +70,7 @@ from icecache.testing.synthetic import left_padding, make_clustered_kv, query_fo
 CONTRACT = "selector"
 SELECTOR_PROPERTIES: tuple[str, ...] = (
     "shapes", "valid-tokens", "left-padding", "ledger", "budget", "not-empty", "sinks-recent",
-    "attends-all", "pages", "deterministic",
+    "attends-all", "pages", "deterministic", "evictions",
 )
 SelectorFactory = Callable[[CacheConfig], Any]
 
@@ -355,6 +360,10 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
         guarded(CONTRACT, f"{name}.prefill(keys[:, :, :{N}], start={start.tolist()}{what})", s.prefill,
                 keys[:, :, :N].clone(), start=start.clone(), **{k: v.clone() for k, v in extra.items()})
     context = N
+    gone = None
+    if "evictions" in props and evicts(sels[0]):
+        gone = torch.zeros(*keys.shape[:2], keys.shape[2], dtype=torch.bool)
+        _drain(sels, gone, context, start, case.config, f"{name} after prefill")
     for i, (n, q) in enumerate(zip(case.steps, queries, strict=True)):
         new = keys[:, :, context: context + n]
         for s in sels:
@@ -370,6 +379,9 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
                 scale = s.attention_scale(D) if hasattr(s, "attention_scale") else D**-0.5
                 feedback = attention_feedback(q, picked, sel.token_ids, scale)
                 guarded(CONTRACT, f"{name}.observe() at step {i}", s.observe, feedback)
+        if gone is not None:
+            _check_not_evicted(results[0], gone, context, where)
+            _drain(sels, gone, context, start, case.config, where)
         layout = guarded(CONTRACT, f"{name}.layout", lambda s=sels[0]: s.layout) if "pages" in props else None
         layout_ids = None if layout is None else layout.token_ids.cpu()
         check_selection(results[0], config=case.config, shape=case.shape, context=context, start=start,
@@ -377,6 +389,46 @@ def run_selector_case(factory: SelectorFactory, case: SelectorCase, props: froze
                         page_size=getattr(sels[0], "page_size", case.config.page_size))
         if copies == 2:
             _same(results[0], results[1], context, where)
+
+
+def _drain(sels: list[Any], gone: Tensor, context: int, start: Tensor, config: CacheConfig,
+           where: str) -> None:
+    """Drain every copy's ``evictions()`` (the first one's into ``gone``, bool ``[B, H_kv, N]``) and check
+    what was dropped."""
+    drained = [guarded(CONTRACT, f"{where}: evictions()", s.evictions) for s in sels]
+    ids = drained[0]
+    if ids is None:
+        return
+    ids = ids.cpu().to(torch.int64)
+    B, H = gone.shape[:2]
+    if ids.dim() != 3 or tuple(ids.shape[:2]) != (B, H):
+        _fail("evictions", where, f"evictions() must be int64 [B={B}, H_kv={H}, E], got {tuple(ids.shape)}")
+    valid = ids >= 0
+    pos = ids.clamp(min=0)
+    first = (start[:, None, None] + config.sink_tokens).expand_as(ids)
+    bad = valid & ((ids >= context - min(1, config.window_tokens)) | (ids < first))
+    if bool(bad.any()):
+        b, h, e = (int(x) for x in torch.nonzero(bad)[0])
+        _fail("evictions", where, f"row [b={b}, h={h}] evicted position {int(ids[b, h, e])}: padding, a "
+                                  f"sink or the newest position (context {context}, start {int(start[b])})")
+    again = valid & gone.gather(2, pos)
+    if bool(again.any()):
+        b, h, e = (int(x) for x in torch.nonzero(again)[0])
+        _fail("evictions", where, f"row [b={b}, h={h}] evicted position {int(ids[b, h, e])} a second time")
+    N = gone.shape[2]
+    new = torch.zeros(B, H, N + 1, dtype=torch.bool).scatter_(2, torch.where(valid, ids, N), True)
+    gone |= new[..., :N]
+
+
+def _check_not_evicted(selection: Any, gone: Tensor, context: int, where: str) -> None:
+    t = selection.token_ids.cpu().to(torch.int64)
+    hit = (t >= 0) & gone.gather(2, t.clamp(0, gone.shape[2] - 1))
+    if bool(hit.any()):
+        b, h, e = (int(x) for x in torch.nonzero(hit)[0])
+        _fail("evictions", where, f"row [b={b}, h={h}] attends position {int(t[b, h, e])}, evicted before")
+    kept_ledger = getattr(selection.ledger, "kept", None)
+    if kept_ledger is not None and bool((selection.ledger.total > kept_ledger.cpu()).any()):
+        _fail("evictions", where, "the ledger attends more tokens than it says the row keeps")
 
 
 def check_selector(factory: SelectorFactory, *, max_examples: int = 20,
