@@ -5,7 +5,7 @@ run`` / ``eval`` (prefill snapshots), ``model.generate()`` (the live HF path) an
 
 A spy wraps the real ``SelectorBase.prefill`` (the real method still runs) and records what each layer
 got; the tests fail if a runner drops the queries again (IceCache's ``prompt_queries=64`` was silently
-off in run and eval while the bench turned it on)."""
+off in run and eval while the bench turned it on; it is off by default since, docs/index.md)."""
 
 import functools
 import json
@@ -48,9 +48,11 @@ def _prompt(passkey_prompts):
 def test_generate_and_snapshot_hand_the_same_window(model_and_tokenizer, passkey_prompts, seen):
     model, _ = model_and_tokenizer
     ids = _prompt(passkey_prompts)
-    cache = IceCache.for_model(model, selector="icecache", budget=128)
+    assert policy_query_window(IceCache.for_model(model, selector="icecache", budget=128).policy) == 0
+    cache = IceCache.for_model(model, selector="icecache", budget=128,
+                               options={"selector": {"prompt_queries": 64}})
     window = policy_query_window(cache.policy)
-    assert window == 64  # IceCache's default prompt_queries
+    assert window == 64
     seen.clear()
     model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False, past_key_values=cache)
     live = {layer: qs[-1] for layer, qs in seen.items()}
@@ -78,21 +80,22 @@ def test_a_left_padded_snapshot_zeroes_the_padding_queries(model_and_tokenizer, 
 
 
 @pytest.mark.parametrize("command", ["run", "eval"])
-def test_run_and_eval_hand_icecache_its_prompt_queries(tmp_path, seen, command):
+def test_run_and_eval_hand_a_selector_its_prompt_queries(tmp_path, seen, command):
+    # NOTE: snapkv, whose observation window (32 queries) is on by default; run has no --policy-options
     if command == "run":
         argv = ["run", "--out", str(tmp_path / "run"), "--context", "300", "--samples", "1",
-                "--tasks", "passkey", "--policies", "icecache@64", "--no-progress"]
+                "--tasks", "passkey", "--policies", "snapkv@64", "--no-progress"]
     else:
         path = tmp_path / "tasks.jsonl"
         context = "The grass is green. " * 20 + "The code word is amber. " + "The sky is blue. " * 20
         path.write_text(json.dumps({"id": "s0", "context": context, "question": "What is the code word?",
                                     "answers": ["amber"], "max_new_tokens": 2}) + "\n")
-        argv = ["eval", "--tasks-file", str(path), "--policy", "icecache", "--budget", "64",
+        argv = ["eval", "--tasks-file", str(path), "--policy", "snapkv", "--budget", "64",
                 "--json", str(tmp_path / "r.json"), "--no-progress"]
     assert main(argv) == 0
     assert seen, "no selector was prefilled"
     for layer, qs in seen.items():
-        assert all(q is not None and q.shape[2] == 64 for q in qs), layer
+        assert all(q is not None and q.shape[2] == 32 for q in qs), layer
 
 
 @pytest.mark.parametrize("selector", ["snapkv", "pqcache", "magicpig", "shadowkv", "omnikv"])

@@ -46,7 +46,7 @@ class IceCacheSelector(SelectorBase):
     instead); ``page_index``: a ready index object (overrides both).
     ``prompt_queries``: when ``prefill`` is given the prompt's queries and the index's ``build``
     accepts ``queries=``, the last ``prompt_queries`` positions' queries (all heads of each group) are
-    passed so pages group keys that score alike for the queries actually seen (0: never).
+    passed so pages group keys that score alike for the queries actually seen (0, the default: never).
 
     ``resident_logits``: when the index's ``query`` accepts them (the hierarchy index does), the exact
     logits of the sink and window tokens join each query head's normalizer in the GQA merge, so a head
@@ -64,7 +64,9 @@ class IceCacheSelector(SelectorBase):
     index: str = "hierarchy"
     index_options: dict[str, Any] = field(factory=dict, validator=instance_of(dict))
     page_index: Any = field(default=None, repr=False)
-    prompt_queries: int = field(default=64, validator=ge(0))
+    # NOTE: 0 (off), not 64: query-aware pages lost the needle of an 8k niah_noise sample that every
+    # variant without them answers (2026-12-02, docs/index.md); recall moves by -0.002 / +0.0006 at 4k / 8k.
+    prompt_queries: int = field(default=0, validator=ge(0))
     rerank: float = field(default=0.0, validator=ge(0.0))
     rank_by: str = field(default="density", validator=in_(("density", "mass")))
     _built: bool = field(default=False, init=False, repr=False)
