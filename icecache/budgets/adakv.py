@@ -10,8 +10,11 @@ left padding masked), the budgets are per ``(batch row, KV head)``, each at most
 the layer budget (what the cap cuts is not handed on, so a row never exceeds ``H_kv * b``).
 
 Simplified: Ada-KV re-selects per step from the cached attention; here the per-head budgets are
-fixed after prefill and any selector uses them. Without prompt queries (a runner that does not pass
-them) the heads keep the uniform share.
+fixed after prefill and any selector uses them. Runners hand the queries of the prompt's last
+``observe`` positions (:attr:`prompt_query_window`, whatever the selector asks for itself; ``Q`` of them,
+fewer for a shorter prompt or a snapshot kept with a smaller window: the last ``min(observe, Q)`` are
+read). Without prompt queries (a runner that does not pass them, a snapshot kept without) the heads keep
+the uniform share.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from attrs.validators import ge
 from torch import Tensor
 
 from icecache.budgets.base import BudgetPolicy, largest_remainder
-from icecache.core.errors import ConfigError
+from icecache.core.errors import ConfigError, TensorSpecError
 
 
 def _alpha(instance: object, attribute: object, value: float) -> None:
@@ -47,6 +50,10 @@ class AdaKVBudget(BudgetPolicy):
     max_ratio: float = field(default=2.0, validator=_ratio)
     observe: int = field(default=32, validator=ge(1))
 
+    @property
+    def prompt_query_window(self) -> int:
+        return self.observe
+
     def head_cap(self, layer_idx: int, num_layers: int) -> int:
         b = self.layer_budget(layer_idx, num_layers)
         return self.floor() + int((b - self.floor()) * self.max_ratio)
@@ -56,12 +63,17 @@ class AdaKVBudget(BudgetPolicy):
         if queries is None:
             return None
         B, H, N, D = keys.shape
+        if (queries.dim() != 4 or queries.shape[0] != B or queries.shape[2] > N or queries.shape[1] % H
+                or queries.shape[3] != D):
+            raise TensorSpecError(f"adakv budget policy: queries must be [B={B}, H_q (multiple of {H}), "
+                                  f"Q <= N={N}, D={D}], got {tuple(queries.shape)}")
+        Q = queries.shape[2]  # NOTE: the queries of the prompt's last Q positions, not of all N
         floor = self.floor()
         selected = layer_budget - floor  # the uniform share a head selects
-        if selected <= 0 or N == 0:
+        if selected <= 0 or Q == 0:
             return None
-        w = min(self.observe, N)
-        q = queries[:, :, N - w:].float()  # [B, H_q, w, D]
+        w = min(self.observe, Q)
+        q = queries[:, :, Q - w:].float()  # [B, H_q, w, D], positions N - w .. N - 1
         G = q.shape[1] // H
         q = q.reshape(B, H, G * w, D)  # [B, H_kv, G*w, D]
         logits = torch.einsum("bhqd,bhnd->bhqn", q, keys.float()) * D**-0.5  # [B, H_kv, G*w, N]

@@ -46,10 +46,18 @@ class BudgetPolicy:
     def head_budgets(self, layer_idx: int, layer_budget: int, head_cap: int, *, keys: Tensor,
                      queries: Tensor | None = None, start: Tensor | None = None) -> Tensor | None:
         """Per-head budgets ``int64 [B, H_kv]`` (or ``[H_kv]``) of a layer at prefill (``keys``
-        ``[B, H_kv, N, D]``, ``queries`` ``[B, H_q, N, D]`` when the runner hands them, ``start`` ``[B]``),
+        ``[B, H_kv, N, D]``, ``queries`` ``[B, H_q, Q, D]`` the queries of the prompt's last ``Q <= N``
+        positions when the runner hands them (:attr:`prompt_query_window` of them), ``start`` ``[B]``),
         or ``None`` for ``layer_budget`` everywhere. Each must lie in ``[sink + window, head_cap]`` and a
         row's heads may share at most ``H_kv * layer_budget``."""
         return None
+
+    @property
+    def prompt_query_window(self) -> int:
+        """How many of the prompt's last queries :meth:`head_budgets` reads (0: none). Runners hand that
+        many as ``queries`` (:mod:`~icecache.selectors.plumbing.prompt_queries`), whatever the selector
+        asks for itself."""
+        return 0
 
     # ------------------------------------------------------------------ shared
     @property

@@ -90,6 +90,50 @@ def test_adakv_moves_budget_to_the_head_whose_attention_is_spread():
     assert sel.head_budgets is None
 
 
+@pytest.mark.parametrize("Q", [32, 8, 1])
+def test_adakv_reads_the_observation_window_runners_hand(Q):
+    # NOTE: runners hand the queries of the prompt's last Q positions, not of all N; adakv sliced them as
+    # if they were all N (a reshape of an empty tensor in `icecache eval --budget-policy adakv`)
+    geo = ModelGeometry(num_layers=1, num_q_heads=4, num_kv_heads=2, head_dim=8)
+    config = CacheConfig(budget=40, page_size=4, sink_tokens=2, window_tokens=6, dense_layers=0, geometry=geo)
+    policy = compose_policy(selector="quest", config=config, budget_policy="adakv")
+    g = torch.Generator().manual_seed(0)
+    N = 200
+    keys = torch.randn(2, 2, N, 8, generator=g)
+    queries = torch.randn(2, 4, N, 8, generator=g)
+    start = torch.tensor([0, 150])
+    queries[1, :, :150] = 0  # padding positions' queries are zeros
+    sel = policy.make_selector(0)
+    sel.prefill(keys, start=start, queries=queries[:, :, N - Q:])
+    windowed = sel.head_budgets
+    assert windowed is not None and windowed.sum(-1).tolist() == [80, 80]
+    alone = compose_policy(selector="quest", config=config, budget_policy="adakv",
+                           options={"budget": {"observe": Q}}).make_selector(0)
+    alone.prefill(keys, start=start, queries=queries)  # every position: the last `observe` are read
+    assert torch.equal(windowed, alone.head_budgets)
+
+
+def test_adakv_gets_its_window_when_the_selector_asks_for_no_queries():
+    from icecache.selectors.plumbing.prompt_queries import policy_query_window, prefill_queries
+
+    geo = ModelGeometry(num_layers=2, num_q_heads=4, num_kv_heads=2, head_dim=8)
+    config = CacheConfig(budget=40, page_size=4, sink_tokens=2, window_tokens=6, dense_layers=1, geometry=geo)
+    policy = compose_policy(selector="quest", config=config, budget_policy="adakv",
+                            options={"budget": {"observe": 16}})
+    assert policy_query_window(policy) == 16
+    assert policy_query_window(compose_policy(selector="quest", config=config)) == 0
+    sel = policy.make_selector(1)
+    queries = torch.randn(1, 4, 100, 8)
+    got = prefill_queries(sel, queries)
+    assert set(got) == {"budget_queries"} and got["budget_queries"].shape == (1, 4, 16, 8)
+    sel.prefill(torch.randn(1, 2, 100, 8), **got)
+    assert sel.head_budgets is not None
+    h2o = compose_policy(selector="h2o", config=config, budget_policy="adakv",
+                         options={"budget": {"observe": 16}, "selector": {"window": 4}})
+    got = prefill_queries(h2o.make_selector(1), queries)  # each its own window
+    assert got["queries"].shape[2] == 4 and got["budget_queries"].shape[2] == 16
+
+
 def _geo_config(**kw):
     geo = ModelGeometry(num_layers=4, num_q_heads=2, num_kv_heads=2, head_dim=8)
     return CacheConfig(budget=64, page_size=8, sink_tokens=4, window_tokens=12, dense_layers=2, geometry=geo,

@@ -157,3 +157,51 @@ def test_the_paged_path_feeds_back_the_selected_tokens(model_and_tokenizer, pass
     fb = layer.selector.fed[-1]
     assert torch.equal(fb.token_ids, layer.last_selection.token_ids)
     torch.testing.assert_close(fb.weights.sum(-1), torch.ones_like(fb.weights.sum(-1)))
+
+
+@pytest.fixture
+def head_budgets(monkeypatch):
+    """``{layer_idx: [head budgets or None]}`` set by every selector prefill while the test runs."""
+    got = {}
+    real = SelectorBase.prefill
+
+    @functools.wraps(real)  # NOTE: keeps the signature runners inspect for ``budget_queries=``
+    def spy(self, keys, **kwargs):
+        real(self, keys, **kwargs)
+        got.setdefault(self.layer_idx, []).append(self.head_budgets)
+
+    monkeypatch.setattr(SelectorBase, "prefill", spy)
+    return got
+
+
+def test_eval_hands_adakv_its_window_whatever_the_selector_asks(tmp_path, head_budgets):
+    # NOTE: adakv read a snapshot's window as if it held every prompt query (a reshape of an empty tensor
+    # with h2o), and icecache (prompt_queries=0) asked for none, so its heads silently stayed uniform
+    path = tmp_path / "tasks.jsonl"
+    context = "The grass is green. " * 20 + "The code word is amber. " + "The sky is blue. " * 20
+    path.write_text(json.dumps({"id": "s0", "context": context, "question": "What is the code word?",
+                                "answers": ["amber"], "max_new_tokens": 2}) + "\n")
+    argv = ["eval", "--tasks-file", str(path), "--policy", "icecache,h2o", "--budget", "64",
+            "--budget-policy", "adakv", "--json", str(tmp_path / "r.json"), "--no-progress"]
+    assert main(argv) == 0
+    assert head_budgets, "no selector was prefilled"
+    for layer, budgets in head_budgets.items():
+        assert len(budgets) == 2 and all(b is not None for b in budgets), layer
+        assert all(int(b.sum(-1).max()) <= 64 * b.shape[1] for b in budgets), layer
+    assert any(int(b.max()) > 64 for budgets in head_budgets.values() for b in budgets)
+
+
+def test_generate_and_snapshot_give_adakv_the_same_head_budgets(model_and_tokenizer, passkey_prompts,
+                                                                head_budgets):
+    model, _ = model_and_tokenizer
+    ids = _prompt(passkey_prompts)
+    cache = IceCache.for_model(model, selector="icecache", budget=64, budget_policy="adakv")
+    window = policy_query_window(cache.policy)
+    assert window == 32
+    model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False, past_key_values=cache)
+    live = {layer: b[-1] for layer, b in head_budgets.items()}
+    assert live and all(b is not None for b in live.values())
+    head_budgets.clear()
+    IceCache.from_snapshot(prefill_snapshot(model, [ids], query_window=window), cache.policy)
+    for layer, b in head_budgets.items():
+        assert torch.equal(b[-1], live[layer]), layer

@@ -98,29 +98,32 @@ class SelectorBase:
 
     # ------------------------------------------------------------------ protocol
     def prefill(self, keys: Tensor, *, start: Tensor | None = None, queries: Tensor | None = None,
-                reader: KeyReader | None = None) -> None:
+                reader: KeyReader | None = None, budget_queries: Tensor | None = None) -> None:
         """Index the prompt. ``keys``: float ``[B, H_kv, N, D]`` post-RoPE; ``start``: int64 ``[B]``
         first real position per row (left padding); ``queries``: optional float ``[B, H_q, Q, D]``, the
         queries of the prompt's last ``Q <= N`` positions (the observation window; zeros at padding;
         runners pass ``prompt_query_window`` of them: :mod:`~icecache.selectors.plumbing.prompt_queries`);
         ``reader``: where every key of this layer (these and the appended ones) can be read back by
-        position later; without one the selector keeps its own copy."""
+        position later; without one the selector keeps its own copy; ``budget_queries``: the same for
+        the policy's budget policy (its ``prompt_query_window`` of them; ``None``: ``queries``), which
+        sets the per-head budgets. NOTE: apart, so a budget policy's window never changes what the
+        selector itself is given."""
         self._check_keys(keys, "keys")
         B, H, N, D = keys.shape
         start = self._check_start(start, B, N, keys.device)
-        if queries is not None and (
-            queries.dim() != 4 or queries.shape[0] != B or queries.shape[2] > N or queries.shape[1] % H
-            or queries.shape[3] != D
-        ):
-            raise TensorSpecError(
-                f"queries must be [B={B}, H_q (multiple of {H}), Q <= N={N}, D={D}], got "
-                f"{tuple(queries.shape)}"
-            )
+        for name, q in (("queries", queries), ("budget_queries", budget_queries)):
+            if q is not None and (
+                q.dim() != 4 or q.shape[0] != B or q.shape[2] > N or q.shape[1] % H or q.shape[3] != D
+            ):
+                raise TensorSpecError(
+                    f"{name} must be [B={B}, H_q (multiple of {H}), Q <= N={N}, D={D}], got "
+                    f"{tuple(q.shape)}"
+                )
         c = self.config
         self._shape, self._dtype = (B, H, D), keys.dtype
         self._own = KeyCopy.from_keys(keys) if reader is None else None
         self._reader = self._own if reader is None else reader
-        self._limit = self._head_budgets(keys, queries, start)
+        self._limit = self._head_budgets(keys, queries if budget_queries is None else budget_queries, start)
         flush = self.effective_flush_tokens
         if self._limit is not None:  # NOTE: the window must fit the smallest head's budget
             flush = max(1, min(flush, int(self._limit.min()) - c.sink_tokens - c.window_tokens + 1))

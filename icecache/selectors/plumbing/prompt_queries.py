@@ -7,6 +7,10 @@ attribute (an int, 0 or absent: none) and takes them as ``prefill(..., queries=.
 ``[B, H_q, Q, D]``, post-RoPE, the queries of positions ``N - Q .. N - 1`` with ``Q = min(window, N)``.
 Rows are left padded like the keys; the queries of padding positions are zeros.
 
+A budget policy that sets per-head budgets from the prompt's attention (``adakv``) says the same with its
+own ``prompt_query_window`` and takes its window as ``prefill(..., budget_queries=...)``: a snapshot keeps
+the larger of the two windows, and each gets its own (the selector's is never widened by the budget's).
+
 NOTE: the window is bounded on purpose. A prefill snapshot keeps these queries for every layer until
 the selectors are built; all of the prompt's queries would be ``H_q / H_kv`` times the keys' bytes.
 """
@@ -29,14 +33,27 @@ def query_window(selector: Any) -> int:
     return max(0, int(getattr(selector, "prompt_query_window", 0) or 0))
 
 
+def budget_query_window(selector: Any) -> int:
+    """How many of the prompt's last queries the budget policy of ``selector``'s policy reads for its
+    per-head budgets (0: none, a uniform policy, or ``prefill`` takes no ``budget_queries`` keyword)."""
+    if not accepts_keyword(getattr(selector, "prefill", None), "budget_queries"):
+        return 0
+    budgets = getattr(getattr(selector, "policy", None), "budgets", None)
+    if budgets is None or getattr(budgets, "uniform", True):
+        return 0
+    return max(0, int(getattr(budgets, "prompt_query_window", 0) or 0))
+
+
 def policy_query_window(policy: Any) -> int:
-    """The window the selector of ``policy``'s first sparse layer wants (0 for an all-dense policy): how
-    many queries a prefill snapshot must keep for it. Builds one throwaway selector."""
+    """The window the selector of ``policy``'s first sparse layer and its budget policy want (the larger;
+    0 for an all-dense policy): how many queries a prefill snapshot must keep for them. Builds one
+    throwaway selector."""
     config = policy.config
     layers = config.geometry.num_layers if config.geometry is not None else config.dense_layers + 1
     if policy.selector == "full" or config.dense_layers >= layers:
         return 0
-    return query_window(policy.make_selector(config.dense_layers))
+    selector = policy.make_selector(config.dense_layers)
+    return max(query_window(selector), budget_query_window(selector))
 
 
 def observation_window(queries: Tensor | None, window: int, start: Tensor | None = None, *,
@@ -62,6 +79,15 @@ def observation_window(queries: Tensor | None, window: int, start: Tensor | None
 def prefill_queries(selector: Any, queries: Tensor | None, start: Tensor | None = None, *,
                     num_positions: int | None = None) -> dict[str, Tensor]:
     """``{"queries": window}`` for ``selector.prefill`` when it wants a window and ``queries``
-    ``[B, H_q, n, D]`` are given (every position, or the last ``n`` of ``num_positions``), else ``{}``."""
-    window = observation_window(queries, query_window(selector), start, num_positions=num_positions)
-    return {} if window is None else {"queries": window}
+    ``[B, H_q, n, D]`` are given (every position, or the last ``n`` of ``num_positions``), plus
+    ``{"budget_queries": ...}`` when its policy's budget policy wants another window; else ``{}``."""
+    own, budget = query_window(selector), budget_query_window(selector)
+    out = {}
+    window = observation_window(queries, own, start, num_positions=num_positions)
+    if window is not None:
+        out["queries"] = window
+    if budget != own:  # NOTE: the same window serves both (prefill's budget_queries default to queries)
+        window = observation_window(queries, budget, start, num_positions=num_positions)
+        if window is not None:
+            out["budget_queries"] = window
+    return out
