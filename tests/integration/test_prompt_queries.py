@@ -98,6 +98,15 @@ def test_run_and_eval_hand_a_selector_its_prompt_queries(tmp_path, seen, command
         assert all(q is not None and q.shape[2] == 32 for q in qs), layer
 
 
+def test_the_continuation_bench_hands_a_selector_its_prompt_queries(tmp_path, seen):
+    argv = ["bench", "continuation", "--policy", "snapkv@64", "--prompt-tokens", "128",
+            "--continuation-tokens", "4", "--docs", "1", "--json", str(tmp_path / "c.json"), "--no-progress"]
+    assert main(argv) == 0
+    assert seen, "no selector was prefilled"
+    for layer, qs in seen.items():
+        assert all(q is not None and q.shape[2] == 32 for q in qs), layer
+
+
 @pytest.mark.parametrize("selector", ["snapkv", "pqcache", "magicpig", "shadowkv", "omnikv"])
 def test_every_baseline_decodes_through_the_hf_path(model_and_tokenizer, passkey_prompts, selector, seen):
     model, _ = model_and_tokenizer

@@ -16,6 +16,7 @@ from icecache.eval.policies import PolicySpec, build_policy
 from icecache.integrations.hf.cache import IceCache
 from icecache.integrations.hf.generation import decode
 from icecache.integrations.hf.snapshot import prefill_snapshot
+from icecache.selectors.plumbing.prompt_queries import policy_query_window
 
 FULL = PolicySpec("full", None)
 
@@ -72,10 +73,13 @@ def run_continuation(model: Any, splits: Sequence[Split], specs: Sequence[Policy
             out.append(entry)
         return {"reference": reference, "policies": out}
 
+    window = max((policy_query_window(policy) for policy in policies), default=0)
     for start in range(0, len(splits), batch_size):
         batch = splits[start:start + batch_size]
         tick(0, f"prefill x{len(batch)}")
-        snapshot = prefill_snapshot(model, [s.prompt for s in batch])
+        # NOTE: the largest observation window any policy asks for (SnapKV's votes, H2O's, InfLLM's,
+        # Ada-KV's budgets): without it they decoded as if the prompt had no queries
+        snapshot = prefill_snapshot(model, [s.prompt for s in batch], query_window=window)
         tokens = torch.tensor([s.continuation for s in batch], dtype=torch.long)  # [B, M + 1]
         cache = IceCache.from_snapshot(snapshot, ref_policy)
         ref_logp = reference_run(model, cache, snapshot, tokens, lambda n: tick(n, "full (reference)"))
