@@ -10,7 +10,13 @@ from torch import Tensor
 from icecache.core.config import CacheConfig
 from icecache.core.errors import ConfigError, TensorSpecError
 from icecache.core.keys import gather_positions
-from icecache.index.hierarchy.index import CANDIDATE_ORDERS, INSERT_MODES, PAGE_ESTIMATES, HierarchyIndex
+from icecache.index.hierarchy.index import (
+    CANDIDATE_ORDERS,
+    INSERT_MODES,
+    PAGE_ESTIMATES,
+    HierarchyIndex,
+    fast_bfloat16_products,
+)
 from icecache.index.hierarchy.state import round_to
 from icecache.metrics.fidelity import attention_recall, oracle_mask
 from icecache.testing.strategies.kv import index_histories
@@ -340,3 +346,18 @@ def test_stored_summary_products_keep_the_selection(estimate):
     assert sum(got["stored"]) / 6 >= sum(got["float32"]) / 6 - 0.01, got
     with pytest.raises(ValueError, match="summary_matmul"):
         HierarchyIndex(CacheConfig(), summary_matmul="float16")
+
+
+@pytest.mark.parametrize("mode,summary,want", [
+    ("stored", "bfloat16", torch.bfloat16), ("float32", "bfloat16", torch.float32),
+    ("stored", "float32", torch.float32), ("auto", "float32", torch.float32), ("auto", "bfloat16", None)])
+def test_summary_products_run_in_the_dtype_the_option_and_the_cpu_give(mode, summary, want):
+    """``summary_matmul="auto"`` (the default) multiplies in bfloat16 only where bfloat16 products are
+    fast; the cell summaries the query reads are kept in that dtype, so no conversion runs per query."""
+    cpu = torch.device("cpu")
+    want = want or (torch.bfloat16 if fast_bfloat16_products(cpu) else torch.float32)
+    index = HierarchyIndex(CacheConfig(), summary_matmul=mode, summary_dtype=summary)
+    assert index.summary_work_dtype(cpu) == want
+    index.build(torch.randn(1, 2, 256, 16), torch.arange(256))
+    assert index._state.cell_summary.dtype == want
+    assert HierarchyIndex(CacheConfig()).summary_matmul == "auto"

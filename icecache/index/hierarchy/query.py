@@ -57,10 +57,10 @@ def query_pages(ix: HierarchyIndex, query: Tensor, max_tokens: int | Tensor, *, 
     cell_target = (ix.cell_candidates * budget.float()).ceil()
     bounded = ix.bound_candidates > 0 and ix.scoring == "exact"
     gaussian = ix.page_estimate == "gaussian"
-    # NOTE: "stored": the summaries' products run in their stored dtype (bfloat16: 4-5x faster on a CPU
-    # with AVX512-BF16 than converting to float32 first; the products are rounded to bfloat16, so the
-    # coarse ranking moves by ~0.4% of a score, docs/index.md)
-    work = st.page_stats.dtype if ix.summary_matmul == "stored" else torch.float32
+    # NOTE: the summaries' products run in their stored dtype where that is fast (bfloat16: 4-5x faster
+    # on a CPU with AVX512-BF16 than converting to float32 first, 1.5x slower on an AVX2-only one; the
+    # products are rounded to bfloat16, so the coarse ranking moves by ~0.4% of a score, docs/index.md)
+    work = ix.summary_work_dtype(dev)
     keep = None
     if st.num_cells > 1 and bool((cell_target < lens.sum(1)).any()):
         # NOTE: descend: only pages of the kept cells are scored at all, so the centroid scan
