@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from icecache.bench.continuation.documents import check_lengths, load_docs_file
-from icecache.bench.continuation.measure import agreement
+from icecache.bench.continuation.measure import agreement, top2_margin
 from icecache.bench.continuation.summary import summarize
 from icecache.core.errors import ConfigError
 
@@ -59,6 +59,22 @@ def test_agreement_counts_the_first_divergence():
     got = agreement([[1, 2, 9, 4], [5, 6, 7, 8]], ref)
     assert got[0] == {"first_divergence": 2.0, "agree_fraction": 0.75}
     assert got[1] == {"first_divergence": 4.0, "agree_fraction": 1.0}
+
+
+def test_agreement_reports_fulls_margin_where_the_rows_part():
+    ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    margins = [[0.5, 0.4, 0.01, 0.3], [1.0, 1.0, 1.0, 1.0]]
+    got = agreement([[1, 2, 9, 4], [5, 6, 7, 8]], ref, margins)
+    assert got[0]["full_margin"] == 0.01  # the step where row 0 parts, not its neighbours
+    assert got[1]["full_margin"] is None  # never parts
+
+
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=12))
+def test_top2_margin_is_the_log_prob_gap_of_the_two_best(values):
+    logits = torch.tensor([values], dtype=torch.float64)
+    best, second = sorted(values, reverse=True)[:2]
+    assert top2_margin(logits)[0].item() == pytest.approx(best - second, abs=1e-4)  # float32 log-softmax
+    assert top2_margin(logits)[0].item() >= 0
 
 
 @given(steps=st.integers(4, 200), docs=st.integers(1, 4), segments=st.integers(1, 4))

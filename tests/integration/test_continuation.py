@@ -30,6 +30,18 @@ def test_full_against_full_is_exact(model_and_tokenizer, splits):
     assert s["kl"] == 0.0 and s["extra_nll"] == 0.0 and s["agree"] == 1.0
     assert s["steps"] == M and s["docs"] == 2
     assert row["free"] == {"first_divergence": 6.0, "agree_fraction": 1.0}
+    assert [d["full_margin"] for d in row["free_by_doc"]] == [None, None]
+
+
+def test_free_running_divergences_carry_fulls_margin_there(model_and_tokenizer, splits):
+    model, _ = model_and_tokenizer
+    (row,) = _run(model, splits, "streamingllm@64", free_tokens=M)
+    assert any(doc["first_divergence"] < M for doc in row["free_by_doc"])  # 64 of 256 tokens must part
+    for doc in row["free_by_doc"]:
+        if doc["first_divergence"] < M:
+            assert isinstance(doc["full_margin"], float) and doc["full_margin"] >= 0
+        else:
+            assert doc["full_margin"] is None
 
 
 def test_budget_covering_the_context_matches_full_and_small_budgets_do_not(model_and_tokenizer, splits):

@@ -111,6 +111,16 @@ def test_sampling_is_seeded_and_batched(model_and_tokenizer, snapshot):
     assert runs[0] != runs[2]
 
 
+def test_on_logits_sees_the_logits_each_greedy_token_is_picked_from(model_and_tokenizer, snapshot):
+    model, _ = model_and_tokenizer
+    seen = []
+    cache = IceCache.from_snapshot(snapshot, _cache(model, "icecache", 256).policy)
+    outs = decode(model, cache, snapshot, 5, on_logits=lambda logits: seen.append(logits.clone()))
+    assert len(seen) == 5 and seen[0].shape == snapshot.last_logits.shape
+    assert torch.equal(seen[0], snapshot.last_logits)  # the first token comes from the prefill
+    assert torch.stack([s.argmax(-1) for s in seen], dim=1).tolist() == outs
+
+
 class _Recorder:
     def __init__(self):
         self.prefills, self.selections = [], []

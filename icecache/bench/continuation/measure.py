@@ -77,13 +77,26 @@ def forced_run(model: Any, cache: Any, snapshot: PrefillSnapshot, tokens: Tensor
     return {m: torch.stack(v) for m, v in rows.items()}
 
 
-def agreement(tokens: list[list[int]], reference: list[list[int]]) -> list[dict[str, float]]:
+def top2_margin(logits: Tensor) -> Tensor:
+    """Per row, how far the most likely token leads the runner-up, in nats (log-prob gap) ``[B]``."""
+    top = torch.log_softmax(logits.float(), dim=-1).topk(2, dim=-1).values
+    return (top[..., 0] - top[..., 1]).cpu()
+
+
+def agreement(tokens: list[list[int]], reference: list[list[int]],
+              reference_margins: list[list[float]] | None = None) -> list[dict[str, float]]:
     """Per row: ``first_divergence`` (tokens generated before the first that differs from full's; the
-    length when none does) and ``agree_fraction`` (positions where both generated the same token)."""
+    length when none does) and ``agree_fraction`` (positions where both generated the same token).
+    With ``reference_margins`` (full's :func:`top2_margin` per row and step) also ``full_margin``: full's
+    own top-1 lead at the first divergence, ``None`` when none; a small one means a near-tie that any
+    perturbation flips, not a failure of the cache."""
     out = []
-    for row, ref in zip(tokens, reference, strict=True):
+    for r, (row, ref) in enumerate(zip(tokens, reference, strict=True)):
         n = min(len(row), len(ref))
         same = [a == b for a, b in zip(row[:n], ref[:n], strict=True)]
         first = next((i for i, s in enumerate(same) if not s), n)
-        out.append({"first_divergence": float(first), "agree_fraction": sum(same) / max(1, len(ref))})
+        entry = {"first_divergence": float(first), "agree_fraction": sum(same) / max(1, len(ref))}
+        if reference_margins is not None:
+            entry["full_margin"] = reference_margins[r][first] if first < n else None
+        out.append(entry)
     return out

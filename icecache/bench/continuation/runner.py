@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from icecache.bench.continuation.documents import Split
-from icecache.bench.continuation.measure import METRICS, agreement, forced_run, reference_run
+from icecache.bench.continuation.measure import METRICS, agreement, forced_run, reference_run, top2_margin
 from icecache.bench.continuation.summary import kl_curve, summarize
 from icecache.eval.policies import PolicySpec, build_policy
 from icecache.integrations.hf.cache import IceCache
@@ -35,7 +35,8 @@ def run_continuation(model: Any, splits: Sequence[Split], specs: Sequence[Policy
     and continuation lengths). ``progress(n, what)`` counts decode steps; ``on_batch(partial)`` gets the
     results so far after each batch. Returns ``{"reference": ..., "policies": [...]}``; each policy has
     ``summary`` (:func:`summarize`), ``kl_by_position``, ``step_s``, ``device_fraction`` and, with
-    ``free_tokens``, ``free`` (greedy agreement with full KV's own greedy output)."""
+    ``free_tokens``, ``free`` (greedy agreement with full KV's own greedy output) and ``free_by_doc``
+    (per document, with full's top-1 margin where it parted: :func:`agreement`)."""
     kwargs = policy_kwargs or {}
     lengths = {(len(s.prompt), len(s.continuation)) for s in splits}
     if len(lengths) != 1:
@@ -88,10 +89,14 @@ def run_continuation(model: Any, splits: Sequence[Split], specs: Sequence[Policy
         for name, value in _self_metrics(ref_logp, tokens).items():
             metrics[REF][name].append(value)
         ref_free: list[list[int]] = []
+        ref_margins: list[list[float]] = []
         if free_tokens:
+            margins: list[torch.Tensor] = []
             cache = IceCache.from_snapshot(snapshot, ref_policy)
-            ref_free = decode(model, cache, snapshot, free_tokens)
+            ref_free = decode(model, cache, snapshot, free_tokens,
+                              on_logits=lambda logits, into=margins: into.append(top2_margin(logits)))
             cache.close()
+            ref_margins = torch.stack(margins, dim=1).tolist()  # [B, steps]
             tick(free_tokens, "full free-running")
         for spec, policy in zip(specs, policies, strict=True):
             cache = IceCache.from_snapshot(snapshot, policy)
@@ -105,8 +110,8 @@ def run_continuation(model: Any, splits: Sequence[Split], specs: Sequence[Policy
                 cache = IceCache.from_snapshot(snapshot, policy)
                 out = decode(model, cache, snapshot, free_tokens)
                 cache.close()
-                free[spec.label] += [{"id": s.id, **a} for s, a in zip(batch, agreement(out, ref_free),
-                                                                        strict=True)]
+                parted = agreement(out, ref_free, ref_margins)
+                free[spec.label] += [{"id": s.id, **a} for s, a in zip(batch, parted, strict=True)]
                 tick(free_tokens, f"{spec.label} free-running")
         del snapshot, ref_logp
         gc.collect()  # NOTE: selector/index objects may hold reference cycles; free them per batch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,18 +30,21 @@ def pick_tokens(logits: Tensor, *, temperature: float = 0.0, top_p: float = 1.0,
 @torch.inference_mode()
 def decode(model: Any, cache: Any, snapshot: PrefillSnapshot, max_new_tokens: int | Sequence[int], *,
            eos_token_ids: Sequence[int] = (), temperature: float = 0.0, top_p: float = 1.0,
-           seed: int = 0) -> list[list[int]]:
+           seed: int = 0, on_logits: Callable[[Tensor], None] | None = None) -> list[list[int]]:
     """Generate after the snapshot's prompts; each row stops at an EOS token (kept out of the result)
     or after its ``max_new_tokens``. The first token comes from the dense prefill's logits; each
-    further step runs the model on one token per row through ``cache``. Returns token ids per row."""
+    further step runs the model on one token per row through ``cache``. ``on_logits``, when given, sees
+    the logits ``[B, V]`` each token is picked from (the prefill's first). Returns token ids per row."""
     B = snapshot.batch_size
     limits = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = model.device
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     eos = torch.tensor(sorted(set(eos_token_ids)) or [-1], device=device)
     positions = snapshot.lengths.to(device).clone()  # RoPE position of the next token, per row
-    token = pick_tokens(snapshot.last_logits.to(device), temperature=temperature, top_p=top_p,
-                        generator=generator)
+    logits = snapshot.last_logits.to(device)
+    if on_logits is not None:
+        on_logits(logits)
+    token = pick_tokens(logits, temperature=temperature, top_p=top_p, generator=generator)
     limit_t = torch.tensor(limits, device=device)
     cache_arg = with_cache(model, cache)
     steps: list[Tensor] = []
@@ -52,6 +55,8 @@ def decode(model: Any, cache: Any, snapshot: PrefillSnapshot, max_new_tokens: in
         if bool(done.all()):
             break
         out = model(input_ids=token[:, None], position_ids=positions[:, None], **cache_arg, use_cache=True)
+        if on_logits is not None:
+            on_logits(out.logits[:, -1])
         token = pick_tokens(out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
         cache.timings.end_step()
         positions += 1
