@@ -46,6 +46,13 @@ class BudgetLedger:
 
     def __attrs_post_init__(self) -> None:
         total = self.total
+        # NOTE: one check in the usual case (every row within 1..budget, and its own limit and kept
+        # count); the messages below are worked out only when one of them fails
+        top = self.limit.clamp(max=self.budget) if self.limit is not None else self.budget
+        if self.kept is not None:
+            top = torch.minimum(torch.as_tensor(top), self.kept)
+        if not bool(((total < 1) | (total > top)).any()):
+            return
         if bool((total < 1).any()):
             raise BudgetError(f"empty selection: a KV head attends {int(total.min())} tokens")
         worst = int(total.max())

@@ -49,8 +49,16 @@ def test_every_position_reads_back_what_was_written(tmp_path_factory, selector, 
             want = layer.sparse.keys(layout)
             assert torch.equal(stored[layout >= 0], want[layout >= 0])
         assert bool((got_k[~real] == 0).all())  # padding reads as zeros
-        resident = layer.selector.resident_ids()[:, None].expand(batch, heads, -1)  # sinks + window
-        assert torch.equal(layer.sparse.resident_keys(resident), layer.sparse.keys(resident)), step
+        resident = layer.selector.resident_ids()  # [B, R] sinks + window
+        pos_ = layer.selector.positions
+        bk, bv, held = layer.sparse.resident_block(pos_.sink_count(), pos_.window_count())
+        for b in range(batch):  # the block holds exactly the resident positions, each one's K/V
+            want_ids = sorted(resident[b][resident[b] >= 0].tolist())
+            for h in range(heads):
+                assert sorted(held[b, h][held[b, h] >= 0].tolist()) == want_ids, step
+        ok = held >= 0
+        want_k, want_v = layer.sparse.gather(torch.where(ok, held, -1))
+        assert torch.equal(bk[ok], want_k[ok]) and torch.equal(bv[ok], want_v[ok]), step
         k, v = torch.randn(2, batch, heads, 1, D, generator=gen)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
         for each in cache.layers:

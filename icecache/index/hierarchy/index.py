@@ -342,17 +342,22 @@ class HierarchyIndex:
         st = self._state
         G, K = cand.shape
         S = st.pages.shape[-1]
+        if stored and st.keys is None and callable(getattr(self._reader, "page_keys", None)):
+            # NOTE: a page's slots are filled first to last (storage only appends), so its length says
+            # which are valid: no [G, K, S] gather of the slot map
+            lens = torch.where(cand >= 0, st.page_len.gather(1, cand.clamp_min(0)), 0)
+            valid = torch.arange(S, device=cand.device) < lens[..., None]  # [G, K, S]
+            B, H = self._shape
+            # NOTE: empty slots and missing pages need no zeros: the rescoring masks them by ``valid``
+            extra = {"zero_missing": False} if accepts_keyword(self._reader.page_keys, "zero_missing") else {}
+            k = self._reader.page_keys(cand.view(B, H, K), **extra).to(st.m2.device)
+            return k.reshape(G, K, S, st.cell_sum.shape[-1]).float(), valid
         slots = st.pages.gather(1, cand.clamp_min(0)[..., None].expand(G, K, S)).long()  # [G, K, S]
         slots = torch.where((cand >= 0)[..., None], slots, -1)
         valid = slots >= 0
         if st.keys is not None:
             # NOTE: a stored read leaves empty slots unzeroed: the rescoring masks them by ``valid``
             k = gather_positions(st.keys[:, None], slots.view(G, 1, K * S), zero_missing=not stored)
-        elif stored and callable(getattr(self._reader, "page_keys", None)):
-            B, H = self._shape
-            # NOTE: empty slots and missing pages need no zeros: the rescoring masks them by ``valid``
-            extra = {"zero_missing": False} if accepts_keyword(self._reader.page_keys, "zero_missing") else {}
-            k = self._reader.page_keys(cand.view(B, H, K), **extra).to(st.m2.device)
         else:
             tok = st.slot_token.gather(1, slots.clamp_min(0).view(G, K * S)).long()
             tok = torch.where(valid.view(G, K * S), tok, -1)

@@ -69,20 +69,21 @@ def query_pages(ix: HierarchyIndex, query: Tensor, max_tokens: int | Tensor, *, 
         width = max(1, int(keep.sum(1).max()))
     if keep is not None and width <= P // 2:
         sub = keep.float().topk(width, dim=1, sorted=False).indices  # [G, K0] page ids
-        sub_ok = keep.gather(1, sub) & (lens.gather(1, sub) > 0)
+        lens_sub = lens.gather(1, sub)
+        sub_ok = keep.gather(1, sub) & (lens_sub > 0)
         stats = gather_rows(st.page_stats, sub, work)  # [G, K0, F, D]
     else:
         # NOTE: when the kept cells hold most pages (contexts up to ~8k at budget 256), scanning every
         # page with the others masked is cheaper than gathering the kept pages' summaries.
-        sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens > 0
+        sub, lens_sub, sub_ok = torch.arange(P, device=dev).expand(G, P), lens, lens > 0
         sub_ok = sub_ok if keep is None else sub_ok & keep
         stats = st.page_stats[:, :P].to(work)
-    loglen_sub = lens.gather(1, sub).clamp_min(1).float().log()
     coarse, bound = _summary_scores(q, stats, scale, gaussian=gaussian, bounded=bounded)
-    coarse = (coarse + loglen_sub[:, None]).masked_fill(~sub_ok[:, None], float("-inf"))  # [G, Gq, K0]
+    coarse = (coarse + lens_sub.clamp_min(1).float().log()[:, None]).masked_fill(~sub_ok[:, None],
+                                                                                float("-inf"))  # [G, Gq, K0]
     if ix.scoring == "exact":
         forced = _top_bound(ix, bound, sub_ok) if bounded else None
-        cand, logmass = _rescore(ix, q, scale, coarse, target, sub, forced)
+        cand, logmass = _rescore(ix, q, scale, coarse, target, sub, lens_sub, sub_ok, forced)
     else:
         cand, logmass = sub, coarse
     parts = logmass
@@ -162,13 +163,12 @@ def _top_bound(ix: HierarchyIndex, bound: Tensor, ok: Tensor) -> Tensor:
 
 
 def _rescore(ix: HierarchyIndex, q: Tensor, scale: float, coarse: Tensor, target: Tensor,
-             sub: Tensor, forced: Tensor | None = None) -> tuple[Tensor, Tensor]:
+             sub: Tensor, lens: Tensor, ok: Tensor, forced: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Exact page log-masses (logsumexp of the page's key scores) of the best coarse pages covering
     ``target`` tokens, ``forced`` ``[G, K0]`` pages first. ``coarse`` ``[G, Gq, K0]`` scores the
-    pages ``sub`` ``[G, K0]``. Returns ``(page ids [G, K'], log-mass [G, Gq, K'])``."""
-    st = ix._state
+    pages ``sub`` ``[G, K0]`` of ``lens`` int64 ``[G, K0]`` tokens; ``ok`` ``[G, K0]``: those that may be
+    taken (the others' coarse scores are ``-inf``). Returns ``(page ids [G, K'], log-mass [G, Gq, K'])``."""
     G, Gq, _ = coarse.shape
-    lens = st.page_len.long().gather(1, sub)  # [G, K0]
     share = torch.nan_to_num(coarse.softmax(-1), nan=0.0)  # [G, Gq, K0]
     est = share.sum(1) / lens.clamp_min(1)  # [G, K0]
     if ix.candidate_order == "per-head":
@@ -181,7 +181,7 @@ def _rescore(ix: HierarchyIndex, q: Tensor, scale: float, coarse: Tensor, target
         best = rank.amin(1).float()  # [G, K0]
         est = est / (Gq + 1) - best  # NOTE: est / (Gq + 1) < 1 only orders pages of equal best rank
     floor = -float(coarse.shape[-1]) - 2  # NOTE: below every estimate, per-head ranks included
-    est = est.masked_fill(~torch.isfinite(coarse).any(1), floor)
+    est = est.masked_fill(~ok, floor)
     if forced is not None:  # forced pages first, each group still in estimate order: one sort
         est = est + forced * 2.0 * (Gq + 2 - floor)  # NOTE: estimates span (floor, Gq]
     # NOTE: a partial sort first: the rescored pages are the best ones up to ``target`` tokens (forced

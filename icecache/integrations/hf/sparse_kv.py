@@ -55,7 +55,10 @@ class SparseLayerKV:
         self.written_sum: Tensor | None = None
         self.loc: Tensor | None = None
         self.start: Tensor | None = None  # int64 [B] (CPU)
-        self.sinks: tuple[Tensor, Tensor] | None = None  # [B, H_kv, sink, D] each
+        # NOTE: sinks and ring are views of one buffer per K and V, so attention and a selector's
+        # resident logits read them as one block, no concatenation per layer and step
+        self.block: tuple[Tensor, Tensor] | None = None  # [B, H_kv, sink + keep_recent, D] each
+        self.sinks: tuple[Tensor, Tensor] | None = None  # [B, H_kv, sink, D] each: views of ``block``
         self.ring: tuple[Tensor, Tensor] | None = None  # [B, H_kv, keep_recent, D]: recent positions
         self.n = 0  # positions so far
         self._chunk: tuple[Tensor, Tensor, int] | None = None  # K/V being added by the current update
@@ -87,22 +90,22 @@ class SparseLayerKV:
         keys = self.store.read_keys(phys.reshape(-1), zero_missing=zero_missing)
         return keys.view(B, H, K, self.S, -1).to(self.device, self.dtype)
 
-    def resident_keys(self, token_ids: Tensor) -> Tensor:
-        """Keys of sink and window positions ``token_ids`` int64 ``[B, H_kv, R]`` (``-1``: zeros) straight
-        from the sink buffer and the ring of recent positions, ``[B, H_kv, R, D]``: a handful of ops where
-        :meth:`keys` looks every position up in the store first (a selector's resident logits, every
-        layer and step). Positions that are neither (paged ones) are the caller's error."""
-        B, H, R = token_ids.shape
-        D = self.ring[0].shape[-1]
-        pos = token_ids.to(self.device)
-        start = self.start.to(self.device)[:, None, None]
-        ring = self.ring[0].gather(2, pos.remainder(self.keep_recent)[..., None].expand(B, H, R, D))
-        if self.sink_tokens:
-            in_sink = (pos >= start) & (pos < start + self.sink_tokens)
-            slot = (pos - start).clamp(0, self.sink_tokens - 1)
-            sink = self.sinks[0].gather(2, slot[..., None].expand(B, H, R, D))
-            ring = torch.where(in_sink[..., None], sink, ring)
-        return ring.masked_fill((pos < 0)[..., None], 0).to(self.dtype)
+    def resident_block(self, sink_n: Tensor, window_n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The sinks and the recent window as held, for attention over them or a selector's resident
+        logits (every layer and step): ``(keys, values)`` ``[B, H_kv, sink_tokens + keep_recent, D]``
+        (the sink buffer, then the ring; no copy) and ``positions`` int64 ``[B, H_kv, sink_tokens +
+        keep_recent]``, the position each slot holds, ``-1`` where it holds none of a row's ``sink_n``
+        sinks or ``window_n`` window tokens (int ``[B]`` or ``[B, H_kv]``: the selection's ledger)."""
+        B, H = self.block[0].shape[:2]
+        n, keep = self.n, self.keep_recent
+        sink_n = sink_n.to(self.device).reshape(B, -1, 1)
+        window_n = window_n.to(self.device).reshape(B, -1, 1)
+        slot = torch.arange(self.sink_tokens, device=self.device)
+        sinks = torch.where(slot < sink_n, self.start.to(self.device)[:, None, None] + slot, -1)
+        held = (n - 1) - torch.remainder(n - 1 - torch.arange(keep, device=self.device), keep)  # ring slots
+        recent = torch.where((held >= 0) & (held >= n - window_n), held, -1)
+        positions = torch.cat([sinks.expand(B, -1, -1), recent.expand(B, -1, -1)], dim=2).expand(B, H, -1)
+        return self.block[0], self.block[1], positions
 
     def gather(self, token_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values at ``token_ids`` int64 ``[B, H_kv, T]`` (``-1``: zeros), ``[B, H_kv, T, D]``."""
@@ -172,12 +175,13 @@ class SparseLayerKV:
         start = self.start.repeat_interleave(H)[row]  # [R*T] first real position of each entry's row
         in_sink = rest & (pos >= start) & (pos < start + self.sink_tokens)
         in_ring = rest & ~in_sink & (pos >= self.n - self.keep_recent)
+        width = self.sink_tokens + self.keep_recent  # NOTE: rows of the block: sinks, then the ring
         idx = in_sink.nonzero()[:, 0]
         if idx.numel():
-            put(idx, self.sinks, row[idx] * self.sink_tokens + pos[idx] - start[idx])
+            put(idx, self.block, row[idx] * width + pos[idx] - start[idx])
         idx = in_ring.nonzero()[:, 0]
         if idx.numel():
-            put(idx, self.ring, row[idx] * self.keep_recent + pos[idx] % self.keep_recent)
+            put(idx, self.block, row[idx] * width + self.sink_tokens + pos[idx] % self.keep_recent)
         lost = rest & ~in_sink & ~in_ring & (pos >= start + self.sink_tokens)
         assert not bool(lost.any()), "a paged position is neither in the store nor in the window ring"
         shaped = [o.view(B, H, T, D) for o in outs]
@@ -194,10 +198,13 @@ class SparseLayerKV:
         self.loc = torch.full((B, H, N), -1, dtype=torch.int32)
         pos = (self.start[:, None] + torch.arange(self.sink_tokens)).clamp(max=max(N - 1, 0))  # [B, sink]
         idx = pos.to(keys.device)[:, None, :, None].expand(B, H, self.sink_tokens, D)
-        self.sinks = (keys.gather(2, idx).to(self.device), values.gather(2, idx).to(self.device))
-        shape = (B, H, self.keep_recent, D)
-        self.ring = (torch.zeros(shape, dtype=keys.dtype, device=self.device),
-                     torch.zeros(shape, dtype=keys.dtype, device=self.device))
+        shape = (B, H, self.sink_tokens + self.keep_recent, D)
+        self.block = (torch.zeros(shape, dtype=keys.dtype, device=self.device),
+                      torch.zeros(shape, dtype=keys.dtype, device=self.device))
+        self.sinks = tuple(b[:, :, :self.sink_tokens] for b in self.block)
+        self.ring = tuple(b[:, :, self.sink_tokens:] for b in self.block)
+        for sink, src in zip(self.sinks, (keys, values), strict=True):
+            sink.copy_(src.gather(2, idx))
         self.n = 0
         self.gone, self._dead = None, np.zeros(0, dtype=np.int32)
         # NOTE: a prompt shorter than the sinks: positions up to here are sinks too; append fills them
@@ -419,7 +426,7 @@ class SparseLayerKV:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held: ``device`` (sinks and the ring) and ``tables`` (host: page ids, lengths, locations)."""
-        return {"device": tensor_nbytes(*(self.sinks or ()), *(self.ring or ())),
+        return {"device": tensor_nbytes(*(self.block or ())),
                 "tables": tensor_nbytes(self.phys, self.written_len, self.written_sum, self.loc, self.gone)
                 + self._dead.nbytes}
 
@@ -462,16 +469,5 @@ class SparseLayerKV:
     def resident(self, q: Tensor, ledger: Any, scale: float, softcap: float | None = None
                  ) -> tuple[Tensor, Tensor]:
         """Dense attention over sinks + window: ``q`` ``[B, H_kv, G, D]`` -> (out, lse)."""
-        n = self.n
-        sink_n = ledger.sink.to(self.device)  # [B, H_kv]
-        window_n = ledger.window.to(self.device)
-        sk, sv = self.sinks
-        rk, rv = self.ring
-        keys = torch.cat([sk, rk], dim=2)  # [B, H_kv, sink + keep, D]
-        values = torch.cat([sv, rv], dim=2)
-        slot = torch.arange(self.sink_tokens, device=self.device)
-        ring = torch.arange(self.keep_recent, device=self.device)
-        pos = (n - 1) - torch.remainder(n - 1 - ring, self.keep_recent)  # position held by each ring slot
-        sink_mask = slot[None, None, :] < sink_n[..., None]  # [B, H_kv, sink]
-        window_mask = (pos >= 0)[None, None, :] & (pos[None, None, :] >= (n - window_n)[..., None])
-        return attend_with_lse(q, keys, values, torch.cat([sink_mask, window_mask], dim=2), scale, softcap)
+        keys, values, positions = self.resident_block(ledger.sink, ledger.window)
+        return attend_with_lse(q, keys, values, positions >= 0, scale, softcap)

@@ -394,19 +394,27 @@ class SelectorBase:
 
     def resident_ids(self) -> Tensor:
         """int64 ``[B, R]``: sink and window positions, ``-1`` padded (same for every KV head)."""
-        return torch.cat([self._pos.sink_ids(), self._pos.window_ids()], dim=1)
+        return self._pos.resident_ids()
 
     def resident_logits(self, query: Tensor) -> Tensor:
         """Exact ``scale * q.k`` of the sink and window tokens: ``query`` ``[B, H_kv, G, D]`` ->
-        ``[B, H_kv, G, R]``, ``-inf`` at padding."""
-        ids = self.resident_ids()  # [B, R]
+        ``[B, H_kv, G, R]``, one column per resident slot, ``-inf`` at slots holding none (padding).
+        The columns follow :meth:`resident_ids`, or the reader's own block when it offers
+        ``resident_block`` (an ``IceCache`` layer: sinks then its ring of recent positions); what
+        consumes them (a softmax normalizer, :func:`~icecache.selectors.plumbing.merge.merge_heads`)
+        does not depend on their order."""
         B, H, G, D = query.shape
-        ids_bh = ids[:, None].expand(B, H, ids.shape[1])
-        direct = getattr(self._reader, "resident_keys", None)
-        # NOTE: a reader that holds sinks and window apart serves them without a store lookup
-        k = direct(ids_bh) if callable(direct) else self.keys_at(ids_bh)  # [B, H_kv, R, D]
-        logits = torch.einsum("bhgd,bhrd->bhgr", query.to(k.dtype), k) * self.attention_scale(D)
-        return torch.where((ids >= 0)[:, None, None, :], logits, float("-inf"))
+        block = getattr(self._reader, "resident_block", None)
+        if callable(block):
+            # NOTE: the reader's sink buffer and ring as held: no per-position lookup, no copy
+            k, _, positions = block(self._pos.sink_count(), self._pos.window_count())
+            valid = positions >= 0  # [B, H_kv, R]
+        else:
+            ids = self.resident_ids()  # [B, R]
+            k = self.keys_at(ids[:, None].expand(B, H, ids.shape[1]))  # [B, H_kv, R, D]
+            valid = (ids >= 0)[:, None]
+        logits = (query.to(k.dtype) @ k.transpose(-1, -2)) * self.attention_scale(D)
+        return logits.masked_fill(~valid[:, :, None], float("-inf"))
 
     def _head_budgets(self, keys: Tensor, queries: Tensor | None, start: Tensor) -> Tensor | None:
         """Per-head budgets ``[B, H_kv]`` from the policy's budget policy (``None``: uniform)."""

@@ -15,8 +15,10 @@ between ``window_tokens`` and ``window_tokens + flush_tokens - 1`` tokens, all c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from attrs import define
+from attrs import define, field
 from torch import Tensor
 
 
@@ -33,6 +35,17 @@ class Positions:
     sink_tokens: int
     window_tokens: int
     flush_tokens: int
+    #: what the id and count methods returned, by name, for the ``(n, paged_end)`` they were made at
+    _memo: dict[str, tuple[tuple[int, int], Tensor]] = field(factory=dict, init=False, repr=False, eq=False)
+
+    def _cached(self, name: str, make: Callable[[], Tensor]) -> Tensor:
+        """``make()``, once per ``(n, paged_end)``. NOTE: every selector asks for the same counts and ids
+        several times a step (budget, ledger, resident logits, assembly); callers never write into them."""
+        stamp = (self.n, self.paged_end)
+        hit = self._memo.get(name)
+        if hit is None or hit[0] != stamp:
+            hit = self._memo[name] = (stamp, make())
+        return hit[1]
 
     @classmethod
     def after_prefill(
@@ -54,21 +67,30 @@ class Positions:
 
     def sink_ids(self) -> Tensor:
         """int64 ``[B, sink_tokens]`` sink positions, ``-1`` where a row has fewer real tokens."""
-        ids = self.start[:, None] + torch.arange(self.sink_tokens, device=self.start.device)
-        return torch.where(ids < self.n, ids, -1)
+        def make() -> Tensor:
+            ids = self.start[:, None] + torch.arange(self.sink_tokens, device=self.start.device)
+            return torch.where(ids < self.n, ids, -1)
+        return self._cached("sink_ids", make)
 
     def window_ids(self) -> Tensor:
         """int64 ``[B, n - paged_end]`` window positions, ``-1`` at sinks and padding."""
-        ids = torch.arange(self.paged_end, self.n, device=self.start.device).expand(self.start.shape[0], -1)
-        return torch.where(ids >= self.first_unsunk[:, None], ids, -1)
+        def make() -> Tensor:
+            ids = torch.arange(self.paged_end, self.n, device=self.start.device).expand(self.start.shape[0], -1)
+            return torch.where(ids >= self.first_unsunk[:, None], ids, -1)
+        return self._cached("window_ids", make)
+
+    def resident_ids(self) -> Tensor:
+        """int64 ``[B, sink_tokens + n - paged_end]``: :meth:`sink_ids` then :meth:`window_ids`."""
+        return self._cached("resident_ids", lambda: torch.cat([self.sink_ids(), self.window_ids()], dim=1))
 
     def sink_count(self) -> Tensor:
         """int64 ``[B]``."""
-        return (self.n - self.start).clamp(min=0, max=self.sink_tokens)
+        return self._cached("sink_count", lambda: (self.n - self.start).clamp(min=0, max=self.sink_tokens))
 
     def window_count(self) -> Tensor:
         """int64 ``[B]``."""
-        return (self.n - torch.clamp(self.first_unsunk, min=self.paged_end)).clamp(min=0)
+        return self._cached("window_count", lambda: (
+            self.n - torch.clamp(self.first_unsunk, min=self.paged_end)).clamp(min=0))
 
     def paged_ids(self, lo: int, hi: int) -> Tensor:
         """int64 ``[B, hi - lo]``: positions ``lo..hi-1``, ``-1`` where not a paged token of the row."""
