@@ -75,7 +75,8 @@ class Positions:
     def window_ids(self) -> Tensor:
         """int64 ``[B, n - paged_end]`` window positions, ``-1`` at sinks and padding."""
         def make() -> Tensor:
-            ids = torch.arange(self.paged_end, self.n, device=self.start.device).expand(self.start.shape[0], -1)
+            ids = torch.arange(self.paged_end, self.n, device=self.start.device)
+            ids = ids.expand(self.start.shape[0], -1)
             return torch.where(ids >= self.first_unsunk[:, None], ids, -1)
         return self._cached("window_ids", make)
 
