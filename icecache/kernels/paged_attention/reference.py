@@ -35,17 +35,20 @@ def paged_decode_attention(query: Tensor, k_pool: Tensor, v_pool: Tensor, table:
     G = H_q * B // R
     pages, lens = padded_pages(table)  # [R, K]
     K = pages.shape[1]
-    keys = k_pool[pages].reshape(R, K * S, D).float()  # [R, K*S, D]
-    values = v_pool[pages].reshape(R, K * S, D).float()  # [R, K*S, D]
+    # NOTE: index_select, not k_pool[pages]: advanced indexing of a [slots, S, D] pool ran 7x slower
+    # on the CPU (0.26 vs 0.04 ms for 12 rows x 26 pages of 8 x 64)
+    flat = pages.reshape(-1)
+    keys = k_pool.index_select(0, flat).reshape(R, K * S, D).float()  # [R, K*S, D]
+    values = v_pool.index_select(0, flat).reshape(R, K * S, D).float()  # [R, K*S, D]
     slot = torch.arange(S, device=query.device)
     valid = (slot[None, None, :] < lens[:, :, None]).reshape(R, 1, K * S)  # [R, 1, K*S]
     q = query.reshape(R, G, D).float()  # [R, G, D]
-    scores = torch.einsum("rgd,rnd->rgn", q, keys) * scale  # [R, G, K*S]
+    scores = (q @ keys.transpose(1, 2)) * scale  # [R, G, K*S]
     if softcap is not None:  # Gemma 2's attention logit softcapping
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~valid, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # [R, G]; -inf for an empty row
     # NOTE: an empty row has lse = -inf; shifting by 0 there keeps exp() at 0 instead of NaN.
     probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse)[..., None])  # [R, G, K*S]
-    out = torch.einsum("rgn,rnd->rgd", probs, values)  # [R, G, D]
+    out = probs @ values  # [R, G, D]
     return out.reshape(B, H_q, D).to(query.dtype), lse.reshape(B, H_q)
