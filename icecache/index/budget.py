@@ -39,19 +39,19 @@ def greedy_take(scores: Tensor, lens: Tensor, budget: Tensor, *,
     order = scores.argsort(dim=-1, descending=True, stable=True)
     lens_o = lens.gather(-1, order)
     ok = (scores.gather(-1, order) > float("-inf")) & (lens_o > 0)
-    taken = torch.zeros_like(ok)
-    left = budget.clone()
+    pending = ok.clone()  # eligible pages not taken yet
+    left = budget.clone()[:, None]
     # NOTE: each check is a host sync, which drains a GPU's queue; there a round with nothing eligible is a
     # cheap no-op, so the loop checks every 4th round (default). On the CPU a check costs nothing.
     if check_every is None:
         check_every = 1 if scores.device.type == "cpu" else 4
     for round_ in range(max_rounds):
-        eligible = ok & ~taken & (lens_o <= left[:, None])
+        eligible = pending & (lens_o <= left)
         if round_ % check_every == 0 and not bool(eligible.any()):
             break
-        cum = torch.where(eligible, lens_o, 0).cumsum(-1)
-        take = eligible & (cum <= left[:, None])
-        taken |= take
-        left = left - torch.where(take, lens_o, 0).sum(-1)
+        size = lens_o * eligible
+        take = eligible & (size.cumsum(-1) <= left)
+        pending ^= take  # NOTE: take is a subset of pending
+        left = left - (size * take).sum(-1, keepdim=True)
     # NOTE: hitting max_rounds only leaves budget unused; the total never exceeds it.
-    return order, taken
+    return order, ok & ~pending
