@@ -59,6 +59,18 @@ def test_every_position_reads_back_what_was_written(tmp_path_factory, selector, 
         ok = held >= 0
         want_k, want_v = layer.sparse.gather(torch.where(ok, held, -1))
         assert torch.equal(bk[ok], want_k[ok]) and torch.equal(bv[ok], want_v[ok]), step
+        # the selector's resident logits (read from that block) are those of the resident positions
+        q = torch.randn(batch, heads, 2, D, generator=gen)
+        got = layer.selector.resident_logits(q)  # [B, H, 2, R'] in the block's order
+        ref_k = layer.sparse.keys(resident[:, None].expand(batch, heads, -1))
+        ref = q @ ref_k.transpose(-1, -2) * D**-0.5
+        ref = torch.where((resident >= 0)[:, None, None], ref, float("-inf"))
+        for b in range(batch):
+            for h in range(heads):
+                for g in range(2):
+                    a, r = got[b, h, g], ref[b, h, g]
+                    a, r = a[a > float("-inf")].sort().values, r[r > float("-inf")].sort().values
+                    assert torch.allclose(a, r, atol=1e-5), step
         k, v = torch.randn(2, batch, heads, 1, D, generator=gen)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
         for each in cache.layers:
