@@ -164,10 +164,12 @@ class HierarchyIndex:
     cell_tokens: int = field(default=128, validator=positive)
     iters: int = field(default=4, validator=positive)
     init: str = field(default="random", validator=in_(("random", "kmeans++")))
-    # NOTE: 8, not 4: with 4x the budget rescored, a page holding one needle key among unrelated ones
+    # NOTE: 6, not 4: with 4x the budget rescored, a page holding one needle key among unrelated ones
     # (low centroid score) fell out of the candidates at 8k while exact scoring ranked it first for one
     # query head; icecache@256 answered 7 of 9 8k niah_noise samples, 9 of 9 with 8 (docs/index.md).
-    candidates: float = field(default=8.0, validator=_positive_float)
+    # 6 (since 2026-12-03, with the bound candidates on) answers what 8 answers on the 4k suite and the
+    # 8k niah_noise samples, and rescores a quarter fewer keys (docs/benchmarks.md).
+    candidates: float = field(default=6.0, validator=_positive_float)
     cell_candidates: float = field(default=32.0, validator=_positive_float)
     # NOTE: a copying head puts ~all its attention on one needle key; in a page of unrelated keys the
     # centroid hides it (8k niah_noise: 0.98 of a head's mass on the needle, none selected). The
