@@ -15,10 +15,20 @@ from icecache.integrations.hf import IceCache
 D = 8
 
 
+def _dense_reference(query, keys, values, mask, scale):
+    """Attention of ``query`` [B, H_q, D] over ``keys``/``values`` [B, H_kv, n, D] where ``mask``."""
+    B, H, n, d = keys.shape
+    q = query.reshape(B, H, -1, d)
+    logits = torch.einsum("bhgd,bhnd->bhgn", q, keys) * scale
+    logits = logits.masked_fill(~mask[:, :, None], float("-inf"))
+    return torch.einsum("bhgn,bhnd->bhgd", torch.softmax(logits, -1), values).reshape(B, -1, d)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
-@given(selector=st.sampled_from(["icecache", "quest", "oracle", "clusterkv"]), batch=st.integers(1, 2),
-       heads=st.integers(1, 2), n=st.integers(20, 120), steps=st.integers(0, 30), spill=st.booleans(),
+@given(selector=st.sampled_from(["icecache", "quest", "oracle", "clusterkv", "streamingllm"]),
+       batch=st.integers(1, 2), heads=st.integers(1, 2), n=st.integers(20, 120), steps=st.integers(0, 30),
+       spill=st.booleans(),
        seed=st.integers(0, 2**16), data=st.data())
 def test_every_position_reads_back_what_was_written(tmp_path_factory, selector, batch, heads, n, steps, spill,
                                                     seed, data):
@@ -75,7 +85,12 @@ def test_every_position_reads_back_what_was_written(tmp_path_factory, selector, 
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
         for each in cache.layers:
             each.update(k, v)
-            each.decode_attention(torch.randn(batch, heads * 2, 1, D, generator=gen), D**-0.5)
+            query = torch.randn(batch, heads * 2, 1, D, generator=gen)
+            out = each.decode_attention(query, D**-0.5)
+            if each is layer:  # what the step attended is dense attention over exactly its selection
+                mask = each.last_selection.token_mask(keys.shape[2])
+                ref = _dense_reference(query[:, :, 0], keys, values, mask, D**-0.5)
+                assert torch.allclose(out[:, 0], ref, atol=1e-5), step
     if spill and int((layer.sparse.phys >= 0).sum()) > 3:  # more pages than the host tier holds
         assert cache.store.stats().moves["spill"]["pages"] > 0
     cache.close()

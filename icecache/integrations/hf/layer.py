@@ -250,8 +250,6 @@ class IceCacheLayer(CacheLayerMixin):
                 out, lse = attend_with_lse(q, keys, values, mask, scale, softcap)
                 out = apply_sinks(out.reshape(B, H_q, D), lse.reshape(B, H_q), sinks)
             return out[:, None]
-        H_kv = self.sparse.phys.shape[1]
-        q = query[:, :, 0, :].reshape(B, H_kv, H_q // H_kv, D)  # [B, H_kv, G, D]
         with timings.part("index_query"):
             selection = self.selector.select(query[:, :, 0, :])
         # NOTE: the selector itself calls the icecache_selection_made observer hook.
@@ -263,14 +261,11 @@ class IceCacheLayer(CacheLayerMixin):
                                      sinks=sinks)
             self._feedback(query, selection, scale)
             return out[:, None]  # [B, 1, H_q, D]
-        # token-level selectors (oracle, streamingllm): gather the chosen tokens from their pages
-        with timings.part("page_load"):
-            keys, values = self.sparse.gather(selection.token_ids)
+        # token-level selectors (oracle, streamingllm): sinks + window as held, the others gathered
+        out = self.sparse.attend_tokens(query[:, :, 0, :], selection, scale, timings, softcap=softcap,
+                                        sinks=sinks)
         self.owner.note_device_tokens(self.layer_idx, int(selection.token_ids.shape[-1]))
-        with timings.part("attention"):
-            out, lse = attend_with_lse(q, keys, values, selection.token_ids.to(q.device) >= 0, scale, softcap)
-            out = apply_sinks(out.reshape(B, H_q, D), lse.reshape(B, H_q), sinks)
-        self._feedback(query, selection, scale, keys)
+        self._feedback(query, selection, scale)
         return out[:, None]  # [B, 1, H_q, D]
 
     def _feedback(self, query: Tensor, selection: Any, scale: float, keys: Tensor | None = None) -> None:

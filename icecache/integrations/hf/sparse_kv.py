@@ -466,6 +466,46 @@ class SparseLayerKV:
                 self.store.release(pinned)
         return out
 
+    def attend_tokens(self, query: Tensor, selection: Any, scale: float, timings: Any, *,
+                      softcap: float | None = None, sinks: Tensor | None = None) -> Tensor:
+        """``query`` ``[B, H_q, D]`` over a token-level selection -> ``[B, H_q, D]``: sinks and window
+        as held (the resident block, no copy) beside the other selected tokens, read from their pages."""
+        B, H_q, D = query.shape
+        H = self.phys.shape[1]
+        ledger, ids = selection.ledger, selection.token_ids.to("cpu", torch.int64)
+        first = self.start[:, None, None]
+        sink_end = first + ledger.sink.to("cpu").reshape(B, -1, 1)
+        window_start = self.n - ledger.window.to("cpu").reshape(B, -1, 1)
+        # NOTE: the resident positions are exactly what resident_block holds for this ledger
+        others = ids.masked_fill(((ids >= first) & (ids < sink_end)) | (ids >= window_start), -1)
+        with timings.part("page_load"):
+            keys, values = self._paged_rows(others)
+        with timings.part("attention"):
+            block_k, block_v, held = self.resident_block(ledger.sink, ledger.window)
+            keys = torch.cat([block_k, keys], dim=2)
+            values = torch.cat([block_v, values], dim=2)
+            mask = torch.cat([held >= 0, others.to(self.device) >= 0], dim=2)
+            out, lse = attend_with_lse(query.reshape(B, H, H_q // H, D), keys, values, mask, scale, softcap)
+            return apply_sinks(out.reshape(B, H_q, D), lse.reshape(B, H_q), sinks)
+
+    def _paged_rows(self, token_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """K/V ``[B, H_kv, T, D]`` of paged positions ``token_ids`` (``-1``: any finite values, for a
+        masked attention): one read of the store, no scatter into a zeroed buffer. Positions outside
+        pages (the chunk, the ring) or evicted ones take the general :meth:`gather`."""
+        B, H, T = token_ids.shape
+        cap = self.loc.shape[2]
+        valid = token_ids >= 0
+        if self.gone is not None or self._chunk is not None or cap == 0 or not bool(valid.any()):
+            return self.gather(token_ids)
+        inside = valid & (token_ids < cap)
+        loc = self.loc.gather(2, token_ids.clamp(0, cap - 1)).long().masked_fill_(~inside, -1)
+        if bool((valid & (loc < 0)).any()):
+            return self.gather(token_ids)
+        loc = torch.where(valid, loc, loc.max())  # NOTE: padding reads a stored slot; the mask drops it
+        rec = self.store.read_tokens(loc // self.S, loc % self.S, values=True)
+        rec = rec.view(B, H, T, 2, -1).to(self.device, self.dtype)
+        return rec[..., 0, :], rec[..., 1, :]
+
     def resident(self, q: Tensor, ledger: Any, scale: float, softcap: float | None = None
                  ) -> tuple[Tensor, Tensor]:
         """Dense attention over sinks + window: ``q`` ``[B, H_kv, G, D]`` -> (out, lse)."""
