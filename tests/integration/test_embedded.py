@@ -1,6 +1,7 @@
 """The offline models' short names and the assembly of a chunked GGUF (real packages on sys.path)."""
 
 import hashlib
+import json
 import sys
 
 import pytest
@@ -97,3 +98,23 @@ def test_gemma3_270m_reproduces_dense_across_its_window():
     got = model.generate(ids, max_new_tokens=4, do_sample=False, past_key_values=cache)
     assert got.tolist() == want.tolist()
     assert all(layer.win.keys.shape[2] == 511 for layer in cache.layers if layer.window)
+
+
+def test_a_reinstalled_copy_of_a_gguf_maps_to_the_same_converted_checkpoint(tmp_path, monkeypatch):
+    """The converted copy is keyed by the file's content: a fresh set-up's copy (other path, new mtime)
+    reuses it; other content gets its own; the digest is memoized by path, size and mtime."""
+    import os
+
+    from icecache.integrations.hf.loader import _fingerprint
+
+    monkeypatch.setenv("ICECACHE_CACHE_DIR", str(tmp_path / "cache"))
+    first, again, other = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
+    first.write_bytes(b"GGUF" + bytes(range(256)) * 4000)
+    again.write_bytes(first.read_bytes())
+    os.utime(again, (1, 1))
+    other.write_bytes(b"GGUF" + bytes(range(255, -1, -1)) * 4000)
+    assert _fingerprint(first) == _fingerprint(again) != _fingerprint(other)
+    memo = json.loads((tmp_path / "cache" / "models" / ".digests.json").read_text())
+    assert len(memo) == 3 and set(memo.values()) == {_fingerprint(first), _fingerprint(other)}
+    first.write_bytes(b"GGUF" + bytes(1024))  # new content, new size: hashed again
+    assert _fingerprint(first) != _fingerprint(again)

@@ -39,8 +39,34 @@ def embedded_gguf_path(name: str | None = None) -> Path:
 
 
 def _fingerprint(path: Path) -> str:
+    """The GGUF file's content digest (SHA-256, 12 hex digits), memoized by path, size and mtime in
+    ``models/.digests.json``: a reinstalled copy of the same file (every fresh set-up writes one) maps to
+    the converted checkpoint already on disk instead of converting another ~0.5 GB copy."""
     st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    stamp = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    memo_path = cache_dir() / "models" / ".digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if not isinstance(memo, dict):
+        memo = {}
+    if isinstance(memo.get(stamp), str):
+        return memo[stamp]
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    memo[stamp] = digest.hexdigest()[:12]
+    try:  # NOTE: a memo, not a record: written atomically, a lost race only costs one more hash
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=memo_path.parent, prefix=".digests-")
+        with os.fdopen(fd, "w") as out:
+            json.dump(memo, out)
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass
+    return memo[stamp]
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
