@@ -106,14 +106,15 @@ def check(args: argparse.Namespace) -> tuple[list[Any], list[int], list[int], to
 
 
 def snapshots(args: argparse.Namespace, contexts: list[int], batches: list[int], device: torch.device):
-    """``(model, [(context, batch, snapshot)])``: the prefills every policy decodes from."""
+    """``(model, [(context, batch, make_snapshot(query_window))])``: the prefills every policy decodes
+    from, keeping the prompt's last ``query_window`` queries (what the policies ask for, as in eval)."""
     if args.shape is not None:
         from icecache.bench.shapes import random_model, synthetic_snapshot
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = random_model(args.shape, positions=max(contexts) + args.steps + 8, layers=args.layers,
                              dtype=dtype, device=device)
-        return model, ((c, b, lambda c=c, b=b: synthetic_snapshot(model, b, c))
+        return model, ((c, b, lambda w, c=c, b=b: synthetic_snapshot(model, b, c, query_window=w))
                        for c in contexts for b in batches)
     from icecache.integrations.hf.attention import use_icecache
     from icecache.integrations.hf.loader import load_model
@@ -125,11 +126,11 @@ def snapshots(args: argparse.Namespace, contexts: list[int], batches: list[int],
     model, tokenizer = load_model(args.model, dtype=dtype, device=str(device))
     use_icecache(model)
 
-    def prefill(c: int, b: int) -> Any:
+    def prefill(c: int, b: int, window: int) -> Any:
         samples = generate_suite([args.task], n=b, context=c, tokenizer=tokenizer, seed=0)
-        return prefill_snapshot(model, [prompt_ids(tokenizer, s) for s in samples])
+        return prefill_snapshot(model, [prompt_ids(tokenizer, s) for s in samples], query_window=window)
 
-    return model, ((c, b, lambda c=c, b=b: prefill(c, b)) for c in contexts for b in batches)
+    return model, ((c, b, lambda w, c=c, b=b: prefill(c, b, w)) for c in contexts for b in batches)
 
 
 def time_policy(model: Any, snapshot: Any, policy: Any, steps: int, warmup: int) -> dict[str, Any]:
@@ -176,16 +177,18 @@ def main(args: argparse.Namespace) -> int:
     from icecache.bench.report import format_table, machine_info, write_json
     from icecache.core.errors import IceCacheError
     from icecache.eval.policies import build_policy
+    from icecache.selectors.plumbing.prompt_queries import policy_query_window
 
     try:
         specs, contexts, batches, device = check(args)
         torch.set_num_threads(args.threads)
         model, cases = snapshots(args, contexts, batches, device)
         policies = [(s.label, build_policy(s, model.config, device=device)) for s in specs]
+        window = max(policy_query_window(policy) for _, policy in policies)
         rows: list[dict[str, Any]] = []
         for context, batch, make in cases:
             print(f"prefill: {context} tokens x {batch}", file=sys.stderr)
-            snapshot = make()
+            snapshot = make(window)
             runs: dict[str, list[dict[str, Any]]] = {}
             for r in range(args.rounds):
                 for label, policy in policies:

@@ -56,9 +56,11 @@ def random_model(name: str, *, positions: int, layers: int | None = None, dtype:
     return model
 
 
-def synthetic_snapshot(model: Any, batch: int, context: int, *, seed: int = 0) -> Any:
+def synthetic_snapshot(model: Any, batch: int, context: int, *, seed: int = 0, query_window: int = 0) -> Any:
     """A :class:`~icecache.integrations.hf.snapshot.PrefillSnapshot` of ``batch`` rows of ``context``
-    clustered random keys (one tensor shared by every layer: its memory is one layer's)."""
+    clustered random keys (one tensor shared by every layer: its memory is one layer's). With
+    ``query_window``, the last that many positions' queries too: each query head's own KV head's key
+    at that position plus noise (queries that attend near their own keys, as a prompt's tail does)."""
     from icecache.integrations.hf.snapshot import PrefillSnapshot
     from icecache.testing.synthetic import make_clustered_kv
 
@@ -72,6 +74,13 @@ def synthetic_snapshot(model: Any, batch: int, context: int, *, seed: int = 0) -
     values = torch.randn(batch, H, context, D, generator=gen).to(device, dtype)
     logits = torch.randn(batch, cfg.vocab_size, generator=torch.Generator().manual_seed(seed + 2)).to(device)
     layers = cfg.num_hidden_layers
+    queries = None
+    if query_window > 0:
+        W, group = min(query_window, context), cfg.num_attention_heads // H
+        tail = kv.keys[:, :, context - W:].repeat_interleave(group, dim=1)  # [B, H_q, W, D]
+        noise = torch.randn(tail.shape, generator=torch.Generator().manual_seed(seed + 3))
+        queries = ((tail + 0.3 * noise).to(device, dtype),) * layers
     return PrefillSnapshot(keys=(keys,) * layers, values=(values,) * layers,
                            start=torch.zeros(batch, dtype=torch.int64),
-                           lengths=torch.full((batch,), context, dtype=torch.int64), last_logits=logits)
+                           lengths=torch.full((batch,), context, dtype=torch.int64), last_logits=logits,
+                           queries=queries)

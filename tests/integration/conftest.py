@@ -27,11 +27,12 @@ def passkey_prompts(model_and_tokenizer):
 
 @pytest.fixture(scope="session")
 def snapshot(model_and_tokenizer, passkey_prompts):
-    """The dense prefill of both passkey prompts (a left-padded batch of two), without prompt queries."""
+    """The dense prefill of both passkey prompts (a left-padded batch of two), with the prompt's last 64
+    queries (what the tests' policies ask for at most: ``IceCache.from_snapshot`` refuses fewer)."""
     from icecache.integrations.hf import prefill_snapshot
 
     model, _ = model_and_tokenizer
-    return prefill_snapshot(model, passkey_prompts[0])
+    return prefill_snapshot(model, passkey_prompts[0], query_window=64)
 
 
 @pytest.fixture(autouse=True, scope="module")

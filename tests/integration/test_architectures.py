@@ -95,7 +95,7 @@ def test_left_padded_snapshot_batch_decodes_like_each_prompt_alone(name):
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, 256, (n,), generator=g).tolist() for n in (PROMPT, PROMPT - 9)]
     want = [_generate(model, torch.tensor([p]))[0] for p in prompts]
-    snapshot = prefill_snapshot(model, prompts)
+    snapshot = prefill_snapshot(model, prompts, query_window=64)
     assert snapshot.windows == attention_features(model).windows
     config = CacheConfig.from_model_config(model.config, budget=64, dense_layers=0, page_size=4)
     cache = IceCache.from_snapshot(snapshot, compose_policy(selector="icecache", config=config))

@@ -46,15 +46,17 @@ def test_cuda_budget_covering_context_matches_dense(tiny, selector):
 
 def test_cuda_sparse_batch_two_equals_batch_one_and_reports(tiny):
     from icecache.integrations.hf import IceCache, decode, prefill_snapshot
+    from icecache.selectors.plumbing.prompt_queries import policy_query_window
 
     model, prompts = tiny
-    snap = prefill_snapshot(model, prompts)
     policy = IceCache.for_model(model, selector="icecache", budget=128).policy
+    window = policy_query_window(policy)
+    snap = prefill_snapshot(model, prompts, query_window=window)
     cache = IceCache.from_snapshot(snap, policy)
     both = decode(model, cache, snap, 12)
     singles = []
     for p in prompts:
-        s = prefill_snapshot(model, [p])
+        s = prefill_snapshot(model, [p], query_window=window)
         singles.append(decode(model, IceCache.from_snapshot(s, policy), s, 12)[0])
     assert both == singles
     steps = cache.timings.mean(skip=1)

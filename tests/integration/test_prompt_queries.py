@@ -15,6 +15,7 @@ import torch
 
 from icecache.cli.main import main
 from icecache.core.config import CacheConfig
+from icecache.core.errors import ConfigError
 from icecache.core.hookspecs import hookimpl
 from icecache.core.plugins import get_plugin_manager
 from icecache.core.policy import compose_policy
@@ -214,3 +215,23 @@ def test_generate_and_snapshot_give_adakv_the_same_head_budgets(model_and_tokeni
     IceCache.from_snapshot(prefill_snapshot(model, [ids], query_window=window), cache.policy)
     for layer, b in head_budgets.items():
         assert torch.equal(b[-1], live[layer]), layer
+
+
+def test_a_snapshot_without_the_queries_a_selector_asks_for_is_refused_by_name(model_and_tokenizer,
+                                                                                passkey_prompts):
+    """SnapKV from a snapshot with no prompt queries would vote with nothing (recency): refused, unless
+    the caller says so; with the window it asks for, the cache builds."""
+    model, _ = model_and_tokenizer
+    ids = [passkey_prompts[0][1]]
+    policy = IceCache.for_model(model, selector="snapkv", budget=128).policy
+    bare = prefill_snapshot(model, ids)
+    with pytest.raises(ConfigError, match=r"'snapkv' wants the prompt's last 32 queries.*holds 0"):
+        IceCache.from_snapshot(bare, policy)
+    IceCache.from_snapshot(bare, policy, fewer_queries=True).close()
+    short = prefill_snapshot(model, ids, query_window=8)
+    with pytest.raises(ConfigError, match="holds 8"):
+        IceCache.from_snapshot(short, policy)
+    ok = prefill_snapshot(model, ids, query_window=policy_query_window(policy))
+    cache = IceCache.from_snapshot(ok, policy)
+    assert cache.layers[-1].selector.prompt_query_window == 32
+    cache.close()

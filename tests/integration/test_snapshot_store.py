@@ -61,15 +61,16 @@ def test_the_embedded_models_prefill_reads_back_exactly_and_decodes_the_same(mod
                                                                              tmp_path):
     model, _ = model_and_tokenizer
     prompts, _ = passkey_prompts
-    path = save_snapshot(tmp_path, model, prompts, snapshot)
+    window = snapshot.queries[0].shape[2]  # NOTE: the fixture keeps the prompt's last 64 queries
+    path = save_snapshot(tmp_path, model, prompts, snapshot, query_window=window)
     assert (path / "manifest.json").is_file() and path.parent == tmp_path
-    loaded = load_snapshot(tmp_path, model, prompts)
+    loaded = load_snapshot(tmp_path, model, prompts, query_window=window)
     _same(snapshot, loaded)
     policy = IceCache.for_model(model, selector="icecache", budget=128).policy
     runs = [decode(model, IceCache.from_snapshot(s, policy), s, 6) for s in (snapshot, loaded)]
     assert runs[0] == runs[1]
     assert load_snapshot(tmp_path, model, prompts, query_window=4) is None  # another key: a miss
-    assert load_snapshot(tmp_path, model, [prompts[1], prompts[0]]) is None
+    assert load_snapshot(tmp_path, model, [prompts[1], prompts[0]], query_window=window) is None
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "torch"])

@@ -134,3 +134,12 @@ def test_sinks_longer_than_the_prompt_hold_the_decoded_tokens(selector):
     got_k, got_v = layer.sparse.gather(torch.where(real, pos, -1))
     assert torch.equal(got_k[real], keys[real]) and torch.equal(got_v[real], values[real])
     cache.close()
+
+
+@pytest.mark.parametrize("policy", ["snapkv@256", None, {"selector": "quest"}])
+def test_a_cache_refuses_a_policy_that_is_not_a_composed_one(policy):
+    """A name or a dict where a composed policy belongs is a clear error, not an AttributeError later."""
+    with pytest.raises(ConfigError, match="policy must be a CachePolicy.*got") as err:
+        IceCache(policy, 2)
+    assert repr(policy) in str(err.value)
+

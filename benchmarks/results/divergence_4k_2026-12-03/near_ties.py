@@ -38,7 +38,8 @@ def main() -> None:
     cache.close()
 
     def log_probs(policy) -> torch.Tensor:  # [T, B, V]
-        cache = IceCache.from_snapshot(snap, policy)
+        # NOTE: as run on 2026-12-03, without prompt queries (query_window=0 above)
+        cache = IceCache.from_snapshot(snap, policy, fewer_queries=True)
         out = [snap.last_logits.float(), *forced_logits(model, cache, snap, tokens[:, :-1])]
         cache.close()
         return torch.stack(out).log_softmax(-1)

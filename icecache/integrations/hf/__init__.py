@@ -11,7 +11,8 @@ from icecache.integrations.hf.snapshot_store import (
     load_snapshot,
     save_snapshot,
 )
+from icecache.selectors.plumbing.prompt_queries import policy_query_window
 
 __all__ = ["ATTN_NAME", "IceCache", "PrefillSnapshot", "SnapshotStore", "SnapshotWarning", "decode",
-           "load_model", "load_snapshot", "pick_tokens", "prefill_snapshot", "register_attention",
-           "save_snapshot", "use_icecache"]
+           "load_model", "load_snapshot", "pick_tokens", "policy_query_window", "prefill_snapshot",
+           "register_attention", "save_snapshot", "use_icecache"]

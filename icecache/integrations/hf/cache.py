@@ -47,6 +47,9 @@ class IceCache(Cache):
 
     def __init__(self, policy: CachePolicy, num_layers: int, *, host_device: str | torch.device = "cpu",
                  timing: bool = True, paged: bool = True, windows: Sequence[int | None] | None = None):
+        if not isinstance(policy, CachePolicy):
+            raise ConfigError(f"policy must be a CachePolicy (from compose_policy, or build the cache with "
+                              f"IceCache.for_model(model, selector=..., budget=...)), got {policy!r}")
         if num_layers < 1:
             raise ConfigError(f"num_layers must be positive, got {num_layers}")
         windows = tuple(windows) if windows is not None else (None,) * num_layers
@@ -163,10 +166,19 @@ class IceCache(Cache):
         return cls(policy, model.config.num_hidden_layers, timing=timing, windows=features.windows)
 
     @classmethod
-    def from_snapshot(cls, snapshot: Any, policy: CachePolicy, *, timing: bool = True) -> IceCache:
+    def from_snapshot(cls, snapshot: Any, policy: CachePolicy, *, timing: bool = True,
+                      fewer_queries: bool = False) -> IceCache:
         """A cache holding a :class:`~icecache.integrations.hf.snapshot.PrefillSnapshot`'s prompt, its
         selectors built (from its keys and its prompt queries' window), ready to decode (the model's
-        prefill is not re-run); its sliding-window layers are the snapshot's."""
+        prefill is not re-run); its sliding-window layers are the snapshot's.
+
+        A snapshot holding fewer prompt queries than the policy's selector asks for at prefill (SnapKV's
+        votes, IceCache's query-aware clustering, ...) is refused: the selector would silently fall back
+        to its query-free form, which no runner gives it. Prefill with ``query_window=``
+        :func:`~icecache.selectors.plumbing.prompt_queries.policy_query_window` ``(policy)``, or pass
+        ``fewer_queries=True`` to accept the fallback on purpose."""
+        if not fewer_queries:
+            check_snapshot_queries(snapshot, policy)
         cache = cls(policy, len(snapshot.keys), timing=timing, windows=snapshot.windows)
         queries = snapshot.queries or (None,) * len(snapshot.keys)
         for layer, k, v, q in zip(cache.layers, snapshot.keys, snapshot.values, queries, strict=True):
@@ -316,3 +328,18 @@ def device_capacity(policy: CachePolicy, *, sparse_layers: int, num_layers: int,
         return max(rows * sum(-(-s // S) + 1 for s in shares), rows * max(shares), 1)
     per_layer = -(-config.selected_budget // S)
     return max(max(1, sparse_layers) * rows * per_layer, rows * config.selected_budget, 1)
+
+
+def check_snapshot_queries(snapshot: Any, policy: CachePolicy) -> None:
+    """:class:`ConfigError` when ``snapshot`` keeps fewer of the prompt's last queries than ``policy``'s
+    selector wants at prefill (the prompt's length caps what it can want)."""
+    from icecache.selectors.plumbing.prompt_queries import policy_query_window
+
+    if not isinstance(policy, CachePolicy):
+        return  # NOTE: the constructor names the bad value
+    wanted = min(policy_query_window(policy), snapshot.num_positions)
+    held = snapshot.queries[0].shape[2] if snapshot.queries else 0
+    if held < wanted:
+        raise ConfigError(f"selector {policy.selector!r} wants the prompt's last {wanted} queries at "
+                          f"prefill; the snapshot holds {held}: prefill it with prefill_snapshot(..., "
+                          f"query_window={wanted}), or pass fewer_queries=True to decode without them")
