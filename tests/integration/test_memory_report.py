@@ -118,3 +118,21 @@ def test_evicted_tokens_leave_the_report_and_the_walk_agrees(selector):
     assert 0 <= after["host"]["other"] <= 0.01 * after["full_kv_bytes"], after["host"]
     total = sum(reachable_bytes(dropped).values())
     assert after["device_kv_bytes"] - after["device"].get("working_set", 0) + after["host_bytes"] == total
+
+
+@pytest.mark.parametrize("selector", ["icecache", "quest", "streamingllm"])
+def test_the_first_window_flushes_fit_the_host_room_reserved_at_prefill(selector):
+    """A tier grows by copying everything it holds into a larger block: sized to the prompt alone, the
+    first window flush grew it (a multi-second stall in one step at 4k x 4). The prefill reserves room
+    for the first decode flushes too, at most an eighth of the prompt's pages."""
+    def host(cache):
+        return next(t for t in cache.store.occupancy() if t["name"] == "host")
+
+    prefilled = _cache(selector, steps=0)
+    reserved, stored = host(prefilled)["allocated_slots"], host(prefilled)["pages"]
+    assert stored < reserved <= stored + stored // 8 + 1
+    decoded = _cache(selector, steps=24)  # NOTE: with a window of 8, a flush every page of tokens
+    assert host(decoded)["pages"] > stored  # the flushes wrote pages
+    assert host(decoded)["allocated_slots"] == reserved  # and the tier did not grow for them
+    prefilled.close()
+    decoded.close()
