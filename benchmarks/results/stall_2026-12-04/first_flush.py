@@ -33,6 +33,7 @@ for label in sys.argv[1].split(","):
     growths.clear()
     decode(model, cache, snap, 37)
     steps = [round(s["total"] * 1e3) for s in cache.timings.steps]
-    print(f"{label}: step 16 {steps[15]} ms, median {sorted(steps)[len(steps) // 2]} ms, max {max(steps)} ms; "
+    median = sorted(steps)[len(steps) // 2]
+    print(f"{label}: step 16 {steps[15]} ms, median {median} ms, max {max(steps)} ms; "
           f"host growths during decode {growths}")
     cache.close()
