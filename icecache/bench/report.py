@@ -55,10 +55,28 @@ def median_times_paired(cases: Mapping[str, Case], *, repeats: int = 7, warmup: 
     return {name: (statistics.median(times[name]), statistics.median(cpu[name])) for name in cases}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else ``None``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict[str, Any]:
+    from icecache.index.hierarchy.index import fast_bfloat16_products
+
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        # NOTE: the hierarchy index's summary products run in bfloat16 where this holds
+        # (summary_matmul="auto"), so its CPU selections, and a near-tie sample's answer, depend on it
+        "cpu_bf16_products": fast_bfloat16_products(torch.device("cpu")),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
